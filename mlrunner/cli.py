@@ -1,0 +1,114 @@
+"""Command line: parse the flags, then hand over to planning, running or reporting (SPEC R9)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from datetime import datetime
+from typing import List, Optional
+
+from . import __version__
+from .errors import EXIT_OK, EXIT_USAGE, UserError
+
+DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)\Z")
+UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """`90`, `90s`, `90m`, `2h`, `1d` -> seconds."""
+    match = DURATION_RE.match(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 90s, 90m, 2h)")
+    return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (R4), no usage dump
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mlrunner",
+        description="Run every experiment of a params.yaml sweep on a pool of GPU workers; "
+                    "rerun to resume what did not finish.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-y", "--yaml", default="params.yaml", help="the config file")
+    parser.add_argument("-o", "--output", default="output", help="output root: one directory per experiment")
+    parser.add_argument("-t", "--title", help="run only the sweep documents with this _title")
+    parser.add_argument("-c", "--command", nargs="+", help="run only these commands (overrides _cmd)")
+    parser.add_argument("-r", "--resource", nargs="+",
+                        help="workers' CUDA_VISIBLE_DEVICES, e.g. `-r 0 1 2,3`, or `-r auto` (overrides 'resource')")
+    parser.add_argument("-f", "--force", action="store_true", help="rerun commands that already finished")
+    parser.add_argument("-d", "--debug", action="store_true",
+                        help="run the first task only, show its log on the console, force")
+    parser.add_argument("--dry-run", action="store_true", help="print the shell lines; run and write nothing")
+    parser.add_argument("--sample", type=positive_int, metavar="N",
+                        help="run N random combinations of each sweep document")
+    parser.add_argument("--sample-seed", type=int, metavar="S", help="seed for --sample, to repeat a draw")
+    parser.add_argument("--no-dedup", action="store_true", help="keep tasks whose params equal an earlier task's")
+    parser.add_argument("--no-subdir", action="store_true",
+                        help="put every experiment in the output root; logs get the experiment name")
+    parser.add_argument("--retry", type=positive_int, default=0, metavar="N", help="rerun a failed command up to N times")
+    parser.add_argument("--timeout", type=duration, metavar="DURATION",
+                        help="end a command that runs longer (e.g. 90m, 2h) and mark it failed")
+    parser.add_argument("--grace", type=duration, default=10.0, metavar="DURATION",
+                        help="after SIGTERM, wait this long before SIGKILL")
+    parser.add_argument("--status", action="store_true", help="print every experiment's command statuses; run nothing")
+    parser.add_argument("--examine", action="store_true",
+                        help="print the params that differ, the 'metric' values and the status of every experiment")
+    parser.add_argument("--format", choices=("tsv", "csv", "markdown"), default="tsv", help="table format for --examine")
+    parser.add_argument("--hosts", help="remote hosts, e.g. gpu1,alice@gpu2:2222 (not available in this version)")
+    parser.add_argument("--version", action="version", version=f"mlrunner {__version__}")
+    return parser
+
+
+def _command(args: argparse.Namespace) -> int:
+    from . import config as config_module
+    from .sweep import expand
+
+    config = config_module.load(args.yaml)
+    if args.hosts or config.hosts:
+        raise UserError("remote hosts (--hosts, 'hosts:') are not available in this version yet; "
+                        "run on each machine with its own output root", args.yaml if config.hosts else None)
+    if args.examine:
+        from .report import print_examine
+        return print_examine(config, args.output, args.format)
+    for command in args.command or []:
+        if command not in config.templates:
+            raise UserError(f"-c: unknown command '{command}' (commands: {', '.join(config.templates)})")
+    sweeps = config_module.select_sweeps(config, args.title)
+    plan = expand(config, sweeps, args.output, commands=args.command, sample=args.sample,
+                  sample_seed=args.sample_seed, dedup=not args.no_dedup, no_subdir=args.no_subdir)
+    if args.debug:
+        plan.tasks = plan.tasks[:1]
+        args.force = True
+    run_time = datetime.now().strftime("%Y%m%d.%H%M%S")
+    if args.dry_run:
+        from .report import print_dry_run
+        resources = [str(r) for r in args.resource] if args.resource else config.resources
+        return print_dry_run(plan, config, resources, run_time, args)
+    from .runner import run
+    return run(plan, config, run_time, args)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.status:
+            from .report import print_status
+            return print_status(args.output)
+        return _command(args)
+    except UserError as error:
+        print(error if error.path else f"mlrunner: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `mlrunner --dry-run | head`
+        sys.stderr.close()
+        return EXIT_OK

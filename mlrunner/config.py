@@ -1,0 +1,284 @@
+"""Read and check `params.yaml`: every mistake becomes one `file:line: message` (SPEC C1-C10)."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from .errors import UserError
+from .template import Template
+
+ALLOWED_KEYS = ("template", "default", "resource", "alias", "hosts", "sync", "metric")
+SWEEP_RESERVED = ("_title", "_cmd")
+NAME_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
+SCALARS = (str, int, float, bool)
+
+
+@dataclass
+class Sweep:
+    """One sweep document: param -> list of values, in document order."""
+
+    params: Dict[str, list]
+    title: Optional[str] = None
+    commands: Optional[List[str]] = None
+    line: Optional[int] = None
+
+
+@dataclass
+class Config:
+    path: str
+    templates: Dict[str, Template]
+    defaults: Dict[str, Any] = field(default_factory=dict)
+    resources: Optional[List[str]] = None  # None means `auto`
+    aliases: Dict[str, Dict[Any, Dict[str, Any]]] = field(default_factory=dict)
+    hosts: Dict[str, Any] = field(default_factory=dict)
+    sync: Dict[str, Any] = field(default_factory=dict)
+    metrics: Dict[str, Dict[str, str]] = field(default_factory=dict)
+    sweeps: List[Sweep] = field(default_factory=list)
+
+
+class _Doc:
+    """A constructed YAML document that still knows the line of every mapping key."""
+
+    def __init__(self, node: yaml.Node, data: Any):
+        self.node = node
+        self.data = data
+
+    def line(self, *keys: Any) -> Optional[int]:
+        node = self.node
+        found = node.start_mark.line + 1
+        for key in keys:
+            if not isinstance(node, yaml.MappingNode):
+                break
+            for key_node, value_node in node.value:
+                if key_node.value == str(key):
+                    node, found = value_node, key_node.start_mark.line + 1
+                    break
+            else:
+                break
+        return found
+
+
+def _check_duplicate_keys(node: yaml.Node, path: str) -> None:
+    """PyYAML keeps the last of two equal keys silently; a sweep would lose values."""
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            if key_node.value in seen:
+                raise UserError(f"duplicate key '{key_node.value}'", path, key_node.start_mark.line + 1)
+            seen.add(key_node.value)
+            _check_duplicate_keys(value_node, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicate_keys(item, path)
+
+
+def _read_docs(path: str) -> List[_Doc]:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except FileNotFoundError:
+        raise UserError("file not found (create it, or name another one with -y)", path) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read: {error}", path) from None
+    docs = []
+    try:
+        for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
+            _check_duplicate_keys(node, path)
+            docs.append(_Doc(node, yaml.SafeLoader("").construct_document(node)))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or str(error)
+        raise UserError(f"invalid YAML: {problem}", path, mark.line + 1 if mark else None) from None
+    return docs
+
+
+def _suggest(word: str, choices: Tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(choices)})"
+
+
+class _Checker:
+    """Validation helpers that all report `file:line:` of the offending key."""
+
+    def __init__(self, path: str, doc: _Doc):
+        self.path = path
+        self.doc = doc
+
+    def fail(self, message: str, *keys: Any) -> UserError:
+        return UserError(message, self.path, self.doc.line(*keys))
+
+    def mapping(self, value: Any, what: str, *keys: Any) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(f"{what} must be a mapping", *keys)
+        return value
+
+    def name(self, name: Any, what: str, *keys: Any) -> str:
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise self.fail(f"{what} {name!r} may only use letters, digits, '_' and '-'", *keys)
+        return name
+
+    def scalar(self, value: Any, what: str, *keys: Any) -> Any:
+        if value is None:
+            raise self.fail(f"{what} has no value", *keys)
+        if not isinstance(value, SCALARS):
+            kind = "list" if isinstance(value, list) else type(value).__name__
+            raise self.fail(f"{what} must be a str, int, float or bool, not a {kind}", *keys)
+        return value
+
+
+def _parse_templates(check: _Checker, data: dict) -> Dict[str, Template]:
+    if "template" not in data:
+        raise UserError("'template' is required in the first document (command name -> command line)",
+                        check.path, check.doc.line())
+    raw = check.mapping(data["template"], "'template'", "template")
+    if not raw:
+        raise check.fail("'template' needs at least one command", "template")
+    templates = {}
+    for name, text in raw.items():
+        check.name(name, "command name", "template", name)
+        if not isinstance(text, str) or not text.strip():
+            raise check.fail(f"template '{name}' must be a non-empty string", "template", name)
+        try:
+            templates[name] = Template(name, text)
+        except ValueError as error:
+            raise check.fail(str(error), "template", name) from None
+    return templates
+
+
+def _parse_aliases(check: _Checker, raw: Any) -> Dict[Any, Dict[Any, Dict[str, Any]]]:
+    aliases = check.mapping(raw, "'alias'", "alias")
+    for alias, cases in aliases.items():
+        check.name(alias, "alias name", "alias", alias)
+        check.mapping(cases, f"alias '{alias}'", "alias", alias)
+        if not cases:
+            raise check.fail(f"alias '{alias}' needs at least one case", "alias", alias)
+        first_keys = None
+        for case, group in cases.items():
+            check.mapping(group, f"alias '{alias}' case '{case}'", "alias", alias, case)
+            for param, value in group.items():
+                check.name(param, "param name", "alias", alias, case, param)
+                check.scalar(value, f"alias '{alias}' case '{case}' param '{param}'", "alias", alias, case, param)
+            if first_keys is None:
+                first_keys = set(group)
+            elif set(group) != first_keys:
+                raise check.fail(f"all cases of alias '{alias}' must set the same params "
+                                 f"({', '.join(sorted(first_keys))})", "alias", alias, case)
+    return aliases
+
+
+def _parse_resources(check: _Checker, raw: Any) -> Optional[List[str]]:
+    if raw == "auto":
+        return None
+    if not isinstance(raw, list):
+        raise check.fail("'resource' must be a list (one entry per worker) or 'auto'", "resource")
+    if not raw:
+        raise check.fail("'resource' needs at least one entry", "resource")
+    for entry in raw:
+        if isinstance(entry, bool) or not isinstance(entry, (str, int)):
+            raise check.fail(f"resource entry {entry!r} must be a GPU list like 0 or \"0,1\"", "resource")
+    return [str(entry) for entry in raw]
+
+
+def _parse_metrics(check: _Checker, raw: Any, templates: Dict[str, Template]) -> Dict[str, Dict[str, str]]:
+    metrics = check.mapping(raw, "'metric'", "metric")
+    for name, spec in metrics.items():
+        check.mapping(spec, f"metric '{name}'", "metric", name)
+        if set(spec) != {"command", "regex"}:
+            raise check.fail(f"metric '{name}' needs exactly the keys 'command' and 'regex'", "metric", name)
+        if spec["command"] not in templates:
+            raise check.fail(f"metric '{name}': unknown command '{spec['command']}'"
+                             + _suggest(str(spec["command"]), tuple(templates)), "metric", name)
+        try:
+            groups = re.compile(str(spec["regex"])).groups
+        except re.error as error:
+            raise check.fail(f"metric '{name}': bad regex: {error}", "metric", name) from None
+        if groups < 1:
+            raise check.fail(f"metric '{name}': the regex needs a (group) around the value", "metric", name)
+    return metrics
+
+
+def _parse_sweep(path: str, doc: _Doc, templates: Dict[str, Template], aliases: dict) -> Sweep:
+    check = _Checker(path, doc)
+    data = check.mapping(doc.data, "a sweep document")
+    sweep = Sweep(params={}, line=doc.line())
+    for key, value in data.items():
+        if key == "_title":
+            if not isinstance(value, (str, int)) or isinstance(value, bool):
+                raise check.fail("'_title' must be a string", key)
+            sweep.title = str(value)
+        elif key == "_cmd":
+            commands = [value] if isinstance(value, str) else value
+            if not isinstance(commands, list) or not commands:
+                raise check.fail("'_cmd' must be a command name or a list of them", key)
+            for command in commands:
+                if command not in templates:
+                    raise check.fail(f"'_cmd': unknown command {command!r}" + _suggest(str(command), tuple(templates)),
+                                     key)
+            sweep.commands = commands
+        else:
+            if isinstance(key, str) and key.startswith("_"):
+                raise check.fail(f"unknown reserved key '{key}'" + _suggest(key, SWEEP_RESERVED), key)
+            check.name(key, "param name", key)
+            values = value if isinstance(value, list) else [value]
+            if not values:
+                raise check.fail(f"'{key}' has an empty list of values", key)
+            for item in values:
+                check.scalar(item, f"'{key}'", key)
+                if key in aliases and item not in aliases[key]:
+                    raise check.fail(f"'{key}': {item!r} is not a case of alias '{key}' "
+                                     f"(cases: {', '.join(map(str, aliases[key]))})", key)
+            sweep.params[key] = values
+    for alias in set(sweep.params) & set(aliases):
+        targets = next(iter(aliases[alias].values()))
+        for param in set(targets) & set(sweep.params):
+            raise check.fail(f"'{param}' is set both directly and by alias '{alias}'; keep one", param)
+    return sweep
+
+
+def load(path: str) -> Config:
+    """Read `path` and check everything that can be checked without expanding the sweeps."""
+    docs = _read_docs(path)
+    if not docs:
+        raise UserError("the file is empty; it needs at least a first document with 'template'", path)
+    check = _Checker(path, docs[0])
+    data = check.mapping(docs[0].data, "the first document")
+    for key in data:
+        if key not in ALLOWED_KEYS:
+            raise check.fail(f"unknown key '{key}'" + _suggest(str(key), ALLOWED_KEYS), key)
+    templates = _parse_templates(check, data)
+    config = Config(path=path, templates=templates)
+
+    config.aliases = _parse_aliases(check, data.get("alias") or {})
+    for name, template in templates.items():
+        for alias in template.params & set(config.aliases):
+            raise check.fail(f"alias '{alias}' cannot be a placeholder in template '{name}'; "
+                             "use the params it sets", "template", name)
+    defaults = check.mapping(data.get("default") or {}, "'default'", "default")
+    for param, value in defaults.items():
+        check.name(param, "param name", "default", param)
+        check.scalar(value, f"default '{param}'", "default", param)
+    config.defaults = defaults
+    if "resource" in data:
+        config.resources = _parse_resources(check, data["resource"])
+    config.hosts = check.mapping(data.get("hosts") or {}, "'hosts'", "hosts")
+    config.sync = check.mapping(data.get("sync") or {}, "'sync'", "sync")
+    config.metrics = _parse_metrics(check, data.get("metric") or {}, templates)
+    config.sweeps = [_parse_sweep(path, doc, templates, config.aliases) for doc in docs[1:] if doc.data is not None]
+    return config
+
+
+def select_sweeps(config: Config, title: Optional[str]) -> List[Sweep]:
+    """The sweeps to run: all of them, those with `_title: title`, or the defaults alone (C5)."""
+    if title is not None:
+        chosen = [sweep for sweep in config.sweeps if sweep.title == title]
+        if not chosen:
+            titles = sorted({s.title for s in config.sweeps if s.title is not None})
+            known = f"titles in the file: {', '.join(titles)}" if titles else "no document has a '_title'"
+            raise UserError(f"no sweep document has _title '{title}' ({known})", config.path)
+        return chosen
+    return config.sweeps or [Sweep(params={})]

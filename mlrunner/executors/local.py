@@ -1,0 +1,52 @@
+"""Run commands on this machine, each in its own session so its whole tree can be ended."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Optional
+
+from .base import Executor, Process
+
+
+class LocalProcess(Process):
+    def __init__(self, popen: "subprocess.Popen[bytes]"):
+        self.popen = popen
+        self.pgid = popen.pid  # start_new_session makes the shell its group's leader
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def signal(self, number: int) -> None:
+        try:
+            os.killpg(self.pgid, number)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+
+class LocalExecutor(Executor):
+    host = "localhost"
+
+    def __init__(self, resource: str):
+        self.resource = resource
+        self.label = resource or "cpu"
+        self.env = dict(os.environ, CUDA_VISIBLE_DEVICES=resource)
+        # GPU numbers mean what nvidia-smi shows only in PCI order (R1); the user's choice wins.
+        self.env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+
+    def prepare(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+
+    def start(self, line: str, debug: bool = False) -> Process:
+        argv = ["bash", "-o", "pipefail", "-c", line] if debug else ["bash", "-c", line]
+        return LocalProcess(subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True))

@@ -1,0 +1,149 @@
+"""Find the GPUs of this machine with `nvidia-smi` (SPEC R1: `resource: auto`).
+
+The parsers are pure functions so that they are tested against golden samples of the
+tool's output; only `discover` starts a process, through an injectable runner.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
+
+QUERY_FIELDS = ("index", "name", "uuid", "memory.total", "memory.used",
+                "memory.free", "utilization.gpu")
+QUERY_ARGS = ["nvidia-smi", "--query-gpu=" + ",".join(QUERY_FIELDS),
+              "--format=csv,noheader,nounits"]
+_LIST_ARGS = ["nvidia-smi", "-L"]
+_TIMEOUT_S = 10
+
+_Runner = Callable[[List[str]], Tuple[int, str, str]]
+
+_CPU_ONLY = "running one CPU worker (CUDA_VISIBLE_DEVICES='')"
+_NUMBER = re.compile(r"^(\d+)\s*(?:MiB|%)?$")
+_GPU_LINE = re.compile(r"^GPU (\d+):")
+_MIG_LINE = re.compile(r"^\s+MIG\b.*\(UUID: (MIG-[^)\s]+)\)")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One row of `nvidia-smi --query-gpu`; memory in MiB, utilization in percent.
+
+    A number the card cannot report (`[N/A]`, `[Not Supported]`) is None, so that a
+    GeForce or MIG-enabled card is still listed rather than failing discovery.
+    """
+
+    index: str
+    name: str
+    uuid: str
+    memory_total: Optional[int]
+    memory_used: Optional[int]
+    memory_free: Optional[int]
+    utilization: Optional[int]
+
+
+def _number(field: str) -> Optional[int]:
+    """Read `81559`, `81559 MiB` or `97 %`; anything else is unknown."""
+    match = _NUMBER.match(field)
+    return int(match.group(1)) if match else None
+
+
+def parse_query_csv(text: str) -> list[Gpu]:
+    """Parse query output for QUERY_FIELDS, with or without header and units.
+
+    Both forms are accepted because a user pasting `--format=csv` output, or an older
+    driver, should not need a different code path.
+    """
+    gpus = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if fields[0] == "index":
+            continue
+        if len(fields) != len(QUERY_FIELDS):
+            raise ValueError(
+                f"nvidia-smi output line {lineno}: expected {len(QUERY_FIELDS)} "
+                f"fields ({', '.join(QUERY_FIELDS)}), got {len(fields)}: {line.strip()!r}")
+        index, name, uuid = fields[:3]
+        total, used, free, util = (_number(f) for f in fields[3:])
+        gpus.append(Gpu(index, name, uuid, total, used, free, util))
+    return gpus
+
+
+def parse_list(text: str) -> list[str]:
+    """Parse `nvidia-smi -L` into CUDA_VISIBLE_DEVICES entries, in listed order.
+
+    A GPU with MIG devices is replaced by their `MIG-...` UUIDs: with MIG enabled,
+    CUDA addresses the MIG devices, not the parent GPU's index.
+    """
+    devices: list[str] = []
+    gpu: Optional[str] = None
+    migs: list[str] = []
+
+    def flush() -> None:
+        if gpu is not None:
+            devices.extend(migs or [gpu])
+
+    for line in text.splitlines():
+        gpu_match = _GPU_LINE.match(line)
+        mig_match = _MIG_LINE.match(line)
+        if gpu_match:
+            flush()
+            gpu, migs = gpu_match.group(1), []
+        elif mig_match and gpu is not None:
+            migs.append(mig_match.group(1))
+    flush()
+    return devices
+
+
+def _run(args: list[str]) -> tuple[int, str, str]:
+    """Run a command; return code 127 when it is not on PATH (looked up at call time)."""
+    try:
+        proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, errors="replace", timeout=_TIMEOUT_S)
+    except FileNotFoundError:
+        return 127, "", f"{args[0]}: command not found"
+    except subprocess.TimeoutExpired:
+        return 124, "", f"{args[0]} timed out after {_TIMEOUT_S} s"
+    except OSError as exc:
+        return 126, "", f"{args[0]}: {exc}"
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _first_line(*texts: str) -> str:
+    """The tool's own message; nvidia-smi writes some errors to stdout, so try both."""
+    for text in texts:
+        for line in text.splitlines():
+            if line.strip():
+                return line.strip()
+    return "no message"
+
+
+def discover(run: _Runner = _run) -> tuple[list[str], Optional[str]]:
+    """Return (one CUDA_VISIBLE_DEVICES string per worker, warning or None).
+
+    The stable query mode decides whether there are GPUs and gives their indices;
+    `-L` is read afterwards only to swap a MIG-enabled GPU for its MIG devices, since
+    query mode does not list them. If `-L` fails, the indices are still right for
+    every GPU without MIG, so they are kept. Any failure of the query itself means
+    no usable GPU: one CPU worker (`""`) and a one-line warning saying why.
+    """
+    code, out, err = run(QUERY_ARGS)
+    if code == 127:
+        return [""], f"nvidia-smi not found: {_CPU_ONLY}"
+    if code == 6:
+        return [""], f"nvidia-smi found no GPU ({_first_line(err, out)}): {_CPU_ONLY}"
+    if code != 0:
+        return [""], (f"nvidia-smi failed (exit {code}: {_first_line(err, out)}): "
+                      f"{_CPU_ONLY}")
+    try:
+        gpus = parse_query_csv(out)
+    except ValueError as exc:
+        return [""], f"could not read {exc}: {_CPU_ONLY}"
+    if not gpus:
+        return [""], f"nvidia-smi listed no GPU: {_CPU_ONLY}"
+    indices = [gpu.index for gpu in gpus]
+    code, out, _ = run(_LIST_ARGS)
+    listed = parse_list(out) if code == 0 else []
+    return (listed if any(d.startswith("MIG-") for d in listed) else indices), None

@@ -1,0 +1,235 @@
+"""The scheduler: one thread per worker pulls tasks from the pool in order (SPEC R1-R8)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Set
+
+from .config import Config
+from .console import Console
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, UserError
+from .executors.base import Executor, Outcome, Process, wait_for
+from .executors.local import LocalExecutor
+from .report import format_orphans
+from .state import FAILED, FINISHED, INTERRUPTED, SKIPPED, Experiment, first_to_run
+from .sweep import Plan, Task
+from .template import log_name, shell_line
+
+
+@dataclass
+class Summary:
+    finished: int = 0
+    already: int = 0
+    skipped: int = 0
+    interrupted: int = 0
+    failures: List[str] = field(default_factory=list)
+    busy: List[str] = field(default_factory=list)
+
+
+class Scheduler:
+    """Runs a plan on executors; `stop()` (from a signal handler) ends every running tree."""
+
+    def __init__(self, plan: Plan, config: Config, executors: Sequence[Executor], run_time: str,
+                 args: argparse.Namespace, starts: List[Optional[int]], console: Console):
+        self.plan = plan
+        self.config = config
+        self.executors = executors
+        self.run_time = run_time
+        self.args = args
+        self.starts = starts  # per task: first command to run, None when all finished
+        self.console = console
+        self.summary = Summary()
+        self.stopping = threading.Event()
+        self.signal_number: Optional[int] = None
+        self._lock = threading.Lock()
+        self._tasks: Iterator[Task] = iter(plan.tasks)
+        self._running: Set[Process] = set()
+        self._enders: List[threading.Thread] = []
+        self._width = max((len(c) for t in plan.tasks[:1000] for c in t.commands), default=0)
+
+    def run(self) -> Summary:
+        threads = [threading.Thread(target=self._worker, args=(e,), daemon=True) for e in self.executors]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)  # short joins keep the main thread free for signal handlers
+        for ender in self._enders:
+            ender.join()
+        return self.summary
+
+    def stop(self, number: int) -> None:
+        """End every running command's process tree: SIGTERM, then SIGKILL after the grace (R8)."""
+        with self._lock:
+            self.signal_number = self.signal_number or number
+            self.stopping.set()
+            for process in self._running:
+                ender = threading.Thread(target=process.end, args=(self.args.grace,), daemon=True)
+                ender.start()
+                self._enders.append(ender)
+
+    def _next_task(self) -> Optional[Task]:
+        with self._lock:
+            return None if self.stopping.is_set() else next(self._tasks, None)
+
+    def _worker(self, executor: Executor) -> None:
+        while True:
+            task = self._next_task()
+            if task is None:
+                return
+            self._run_task(task, executor)
+
+    def _run_task(self, task: Task, executor: Executor) -> None:
+        start = self.starts[task.index]
+        if start is None:
+            with self._lock:
+                self.summary.already += len(task.commands)
+            return
+        experiment = Experiment(task.output, task.name, shared=self.args.no_subdir)
+        executor.prepare(task.output)
+        start = first_to_run(experiment.read_stat(), experiment.keys(task.commands), self.args.force)
+        if start is None:  # another run finished it meanwhile
+            return
+        values = dict(task.params, _output=task.output, _name=task.name, _time=self.run_time,
+                      _resource=executor.resource, _host=executor.host)
+        commands = {c: self.config.templates[c].render(values) for c in task.commands}
+        scripts = {c: shell_line(line, executor.resource, self._log(task, c), self.args.debug)
+                   for c, line in commands.items()}
+        experiment.write_param(dict(task.params, _name=task.name, _output=task.output,
+                                    _time=self.run_time, _scripts=scripts))
+        with self._lock:
+            self.summary.already += start
+        for position, command in enumerate(task.commands[start:], start):
+            verdict = experiment.claim(command, True, executor.label)
+            if verdict != "run":
+                self._note_busy(task, command, verdict)
+                return
+            info = self._info(executor, command, task)
+            outcome = self._run_command(executor, experiment, task, command, commands[command], info)
+            if outcome is None:
+                return
+            if outcome.code != 0:
+                later = {c: SKIPPED for c in task.commands[position + 1:]}
+                experiment.record(dict({command: FAILED}, **later), outcome.seconds, outcome.reason)
+                with self._lock:
+                    self.summary.failures.append(f"{task.output} ({command}: {outcome.reason})")
+                    self.summary.skipped += len(later)
+                self.console.print(f"FAIL    {info} ({outcome.reason})")
+                return
+            experiment.record({command: FINISHED}, outcome.seconds)
+            with self._lock:
+                self.summary.finished += 1
+            self.console.print(f"DONE    {info}")
+
+    def _run_command(self, executor: Executor, experiment: Experiment, task: Task, command: str, line: str,
+                     info: str) -> Optional[Outcome]:
+        """Run one command, with its retries; None when the run was stopped under it."""
+        self.console.print(f"START   {info}")
+        for attempt in range(self.args.retry + 1):
+            log = self._log(task, command) + (f".retry{attempt}" if attempt else "")
+            with self._lock:
+                if self.stopping.is_set():
+                    break
+                process = executor.start(shell_line(line, executor.resource, log, self.args.debug), self.args.debug)
+                self._running.add(process)
+            self.console.started_command()
+            outcome = wait_for(process, self.args.timeout, self.args.grace)
+            with self._lock:
+                self._running.discard(process)
+            self.console.ended_command(outcome.code == 0, outcome.seconds)
+            if self.stopping.is_set():
+                experiment.record({command: INTERRUPTED}, outcome.seconds, "interrupted")
+                with self._lock:
+                    self.summary.interrupted += 1
+                self.console.print(f"STOP    {info}")
+                return None
+            if outcome.code == 0 or attempt == self.args.retry:
+                return outcome
+            self.console.print(f"RETRY   {info} ({outcome.reason}; attempt {attempt + 2} of {self.args.retry + 1})")
+        experiment.record({command: INTERRUPTED})
+        return None
+
+    def _log(self, task: Task, command: str) -> str:
+        name = task.name if self.args.no_subdir else None
+        return os.path.join(task.output, log_name(command, self.run_time, name))
+
+    def _info(self, executor: Executor, command: str, task: Task) -> str:
+        total = len(self.plan.tasks)
+        width = max(2, len(str(total)))
+        return (f"gpu: {executor.label}, {command:<{self._width}}: {task.index + 1:{width}d}/{total:{width}d}, "
+                f"{task.output}")
+
+    def _note_busy(self, task: Task, command: str, verdict: str) -> None:
+        with self._lock:
+            self.summary.busy.append(f"{task.output} ({command}: {verdict})")
+        self.console.print(f"BUSY    {command}, {task.output}: {verdict}")
+
+
+def resolve_resources(option: Optional[List[str]], configured: Optional[List[str]]) -> List[str]:
+    """Workers' CUDA_VISIBLE_DEVICES strings: `-r` wins over the file; `auto` asks nvidia-smi (R1)."""
+    chosen = option if option else configured
+    if chosen is None or list(chosen) == ["auto"]:
+        from .gpus import discover
+        found, warning = discover()
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        return found
+    return [str(r) for r in chosen]
+
+
+def _copy_config(config: Config, output: str, title: Optional[str]) -> None:
+    os.makedirs(output, exist_ok=True)
+    target = os.path.join(output, os.path.basename(config.path) + (f".{title}" if title else ""))
+    temporary = f"{target}.{os.getpid()}.tmp"
+    shutil.copyfile(config.path, temporary)
+    os.replace(temporary, target)
+
+
+def _scan(plan: Plan, no_subdir: bool, force: bool) -> List[Optional[int]]:
+    """Per task, the first command that is not finished yet (R6)."""
+    starts = []
+    for task in plan.tasks:
+        experiment = Experiment(task.output, task.name, shared=no_subdir)
+        starts.append(first_to_run(experiment.read_stat(), experiment.keys(task.commands), force))
+    return starts
+
+
+def _print_summary(console: Console, summary: Summary) -> None:
+    console.print(f"Finished: {summary.finished}, failed: {len(summary.failures)}, skipped: {summary.skipped}, "
+                  f"interrupted: {summary.interrupted}, already finished: {summary.already}")
+    if summary.failures:
+        console.print("Failed:\n" + "\n".join(f"    {f}" for f in summary.failures))
+    if summary.busy:
+        console.print("Left to another mlrunner:\n" + "\n".join(f"    {b}" for b in summary.busy))
+
+
+def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> int:
+    """Run the plan here and return the exit status (R4)."""
+    resources = resolve_resources(args.resource, config.resources)
+    if not resources:
+        raise UserError("no workers: 'resource' and -r are empty")
+    starts = _scan(plan, args.no_subdir, args.force)
+    to_run = sum(len(t.commands) - s for t, s in zip(plan.tasks, starts) if s is not None)
+    print(f"Orphan params: {format_orphans(plan.orphans)}")
+    print(f"Tasks: {len(plan.tasks)}, commands to run: {to_run}", flush=True)
+    _copy_config(config, args.output, args.title)
+    console = Console(to_run, len(resources))
+    scheduler = Scheduler(plan, config, [LocalExecutor(r) for r in resources], run_time, args, starts, console)
+    previous = {s: signal.signal(s, lambda number, _frame: scheduler.stop(number))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with console:
+            summary = scheduler.run()
+            _print_summary(console, summary)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if scheduler.signal_number is not None:
+        return EXIT_INTERRUPTED if scheduler.signal_number == signal.SIGINT else EXIT_TERMINATED
+    return EXIT_FAILED if summary.failures else EXIT_OK

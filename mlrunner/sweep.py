@@ -1,0 +1,224 @@
+"""Pure expansion: config -> the ordered task pool and each experiment's directory name (SPEC X1-X5)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import random
+import re
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+from .config import Config, Sweep
+from .errors import UserError
+
+MAX_NAME_BYTES = 255
+MAX_VALUE_CHARS = 100
+
+
+class Task:
+    """One experiment: its directory, its params and the commands to run for it.
+
+    Tasks of one sweep document share their `keys` and `commands` tuples, so a pool of 10^6
+    tasks costs little more than its value tuples and names (X5).
+    """
+
+    __slots__ = ("index", "name", "output", "keys", "values", "commands")
+
+    def __init__(self, index: int, name: str, output: str, keys: Tuple[str, ...], values: tuple,
+                 commands: Tuple[str, ...]):
+        self.index = index
+        self.name = name
+        self.output = output
+        self.keys = keys
+        self.values = values
+        self.commands = commands
+
+    @property
+    def params(self) -> Dict[str, Any]:
+        return dict(zip(self.keys, self.values))
+
+
+class Plan:
+    """The expanded pool plus what the console reports about it."""
+
+    def __init__(self) -> None:
+        self.tasks: List[Task] = []
+        self.duplicates = 0
+        self.orphans: Set[str] = set()
+
+    @property
+    def command_count(self) -> int:
+        return sum(len(task.commands) for task in self.tasks)
+
+
+def key_name(key: str) -> str:
+    """`early-stop` -> `EaStop`, `max_tokens` -> `MaTokens`, as mlrunner 0.5.9 names them.
+
+    Like 0.5.9, a leading part of two letters or fewer is kept as written (`lr_min` -> `lrMin`).
+    """
+    parts = key.split("-")
+    if len(parts) == 1:
+        parts = key.split("_")
+    head = "".join(part[:2].title() if len(part) > 2 else part for part in parts[:-1])
+    return head + parts[-1].title()
+
+
+_value_names: Dict[Tuple[type, Any], str] = {}
+
+
+def value_name(value: Any) -> str:
+    """The value part of a directory name (X2); cached because paths are checked on disk."""
+    cache_key = (type(value), value)
+    name = _value_names.get(cache_key)
+    if name is None:
+        if isinstance(value, bool):
+            name = "T" if value else "F"
+        elif isinstance(value, (int, float)):
+            name = "%g" % value
+        elif os.path.exists(value):
+            name = os.path.basename(value)[-MAX_VALUE_CHARS:]
+        else:
+            name = re.sub(r"^[/.]*", "", value).replace("/", "_")[-MAX_VALUE_CHARS:]
+        _value_names[cache_key] = name = name.replace("\0", "_")
+    return name
+
+
+def safe_name(name: str) -> str:
+    """Keep a name one path component of at most 255 bytes, with a stable hash when cut."""
+    name = name.replace("/", "_").replace("\0", "_")
+    if name in ("", ".", ".."):
+        name = "_" + name
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha1(encoded).hexdigest()[:10]
+    head = encoded[:MAX_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore")
+    return f"{head}-{digest}"
+
+
+def experiment_name(keys: Sequence[str], values: Sequence[Any]) -> str:
+    if not keys:
+        return "default"
+    return safe_name("-".join(f"{key_name(k)}_{value_name(v)}" for k, v in zip(keys, values)))
+
+
+def _combinations(sweep: Sweep, sample: Optional[int], rng: random.Random) -> Iterator[tuple]:
+    lists = list(sweep.params.values())
+    if sample is None:
+        yield from itertools.product(*lists)
+        return
+    sizes = [len(values) for values in lists]
+    total = 1
+    for size in sizes:
+        total *= size
+    for index in sorted(rng.sample(range(total), min(sample, total))):
+        combo = []
+        for size, values in zip(reversed(sizes), reversed(lists)):  # the last key varies fastest
+            index, digit = divmod(index, size)
+            combo.append(values[digit])
+        yield tuple(reversed(combo))
+
+
+def _canonical(values: tuple) -> tuple:
+    """Values as a dedup key; `True`, `1` and `1.0` render differently, so they must differ here."""
+    return tuple(v if type(v) in (str, int) else (type(v).__name__, v) for v in values)
+
+
+def _identity(keys: Tuple[str, ...], values: tuple, order: Optional[List[int]] = None) -> tuple:
+    """The full param set, whatever the key order of the document it came from (X3)."""
+    if order is None:
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+    return tuple(keys[i] for i in order), _canonical(tuple(values[i] for i in order))
+
+
+class _DocLayout:
+    """How one sweep document's own params become a task's full, ordered param set."""
+
+    def __init__(self, config: Config, sweep: Sweep, commands: Tuple[str, ...]):
+        self.own = tuple(sweep.params)
+        keys: List[str] = []
+        for key in self.own:
+            keys.extend(next(iter(config.aliases[key].values())) if key in config.aliases else [key])
+        self.from_sweep = tuple(keys)
+        self.defaults = tuple((k, v) for k, v in config.defaults.items() if k not in keys)
+        self.keys = self.from_sweep + tuple(k for k, _ in self.defaults)
+        self.order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+        self.aliases = [config.aliases.get(key) for key in self.own]
+        self.commands = commands
+        self._check(config, sweep)
+
+    def _check(self, config: Config, sweep: Sweep) -> None:
+        available = set(self.keys)
+        for command in self.commands:
+            template = config.templates[command]
+            for param in sorted(template.params - available):
+                raise UserError(f"template '{command}' needs '{param}', which neither this sweep "
+                                "nor 'default' sets", config.path, sweep.line)
+            for param in sorted(template.braced & available):
+                if any(isinstance(v, bool) for v in self._possible_values(config, sweep, param)):
+                    raise UserError(f"'{param}' is a bool: write [{param}] instead of {{{param}}} "
+                                    f"in template '{command}'", config.path, sweep.line)
+
+    def _possible_values(self, config: Config, sweep: Sweep, param: str) -> List[Any]:
+        values = list(sweep.params.get(param, []))
+        for key, cases in zip(self.own, self.aliases):
+            if cases:
+                values.extend(case[param] for case in cases.values() if param in case)
+        if param in config.defaults:
+            values.append(config.defaults[param])
+        return values
+
+    def values(self, combo: tuple) -> tuple:
+        out: List[Any] = []
+        for value, cases in zip(combo, self.aliases):
+            if cases is None:
+                out.append(value)
+            else:
+                out.extend(cases[value].values())
+        out.extend(v for _, v in self.defaults)
+        return tuple(out)
+
+
+def selected_commands(config: Config, sweep: Sweep, override: Optional[Sequence[str]]) -> Tuple[str, ...]:
+    """Commands of one sweep, in template order: `-c` wins over `_cmd`, which wins over all (C3)."""
+    chosen = override or sweep.commands
+    return tuple(c for c in config.templates if chosen is None or c in chosen)
+
+
+def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Optional[Sequence[str]] = None,
+           sample: Optional[int] = None, sample_seed: Optional[int] = None, dedup: bool = True,
+           no_subdir: bool = False) -> Plan:
+    """Expand the sweeps, in file order, into the ordered task pool (X1-X4)."""
+    plan = Plan()
+    rng = random.Random(sample_seed)
+    by_output: Dict[str, Task] = {}
+    seen: Set[tuple] = set()
+    for sweep in sweeps:
+        layout = _DocLayout(config, sweep, selected_commands(config, sweep, commands))
+        used = set().union(*(config.templates[c].params for c in layout.commands))
+        plan.orphans.update(k for k in layout.from_sweep if k not in used)
+        for combo in _combinations(sweep, sample, rng):
+            values = layout.values(combo)
+            key = _identity(layout.keys, values, layout.order)
+            name = experiment_name(layout.own, combo)
+            directory = output if no_subdir else os.path.join(output, name)
+            task_id = (directory, name)
+            earlier = by_output.get(task_id)
+            if earlier is not None and _identity(earlier.keys, earlier.values) == key:
+                # The same experiment again, perhaps with other commands: one task runs them all.
+                merged = set(earlier.commands) | set(layout.commands)
+                earlier.commands = tuple(c for c in config.templates if c in merged)
+                continue
+            if dedup and key in seen:
+                plan.duplicates += 1
+                continue
+            if earlier is not None:
+                # Other params, same name (a path basename, a cut value): keep them apart.
+                name = safe_name(f"{name}-{hashlib.sha1(repr(key).encode()).hexdigest()[:8]}")
+                directory = output if no_subdir else os.path.join(output, name)
+            seen.add(key)
+            task = Task(len(plan.tasks), name, directory, layout.keys, values, layout.commands)
+            by_output[(directory, name)] = task
+            plan.tasks.append(task)
+    return plan
