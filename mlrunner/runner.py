@@ -162,7 +162,7 @@ class Scheduler:
     def _info(self, executor: Executor, command: str, task: Task) -> str:
         total = len(self.plan.tasks)
         width = max(2, len(str(total)))
-        return (f"gpu: {executor.label}, {command:<{self._width}}: {task.index + 1:{width}d}/{total:{width}d}, "
+        return (f"gpu: {executor.label}, {command:<{self._width}}:{task.index + 1:{width}d}/{total:{width}d}, "
                 f"{task.output}")
 
     def _note_busy(self, task: Task, command: str, verdict: str) -> None:

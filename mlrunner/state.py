@@ -69,11 +69,12 @@ def read_yaml(path: str) -> Dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def write_yaml(path: str, data: Dict[str, Any]) -> None:
+def write_yaml(path: str, data: Dict[str, Any], sort_keys: bool = True) -> None:
     """Replace `path` atomically: readers see the old file or the new one, never a torn one."""
     temporary = f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(temporary, "w", encoding="utf-8") as stream:
-        yaml.dump(data, stream, Dumper=_Dumper, default_flow_style=False, width=1 << 20, allow_unicode=True)
+        yaml.dump(data, stream, Dumper=_Dumper, default_flow_style=False, width=1 << 20, allow_unicode=True,
+                  sort_keys=sort_keys)
     os.replace(temporary, path)
 
 
@@ -85,6 +86,13 @@ def locked(directory: str) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)
+
+
+def _write_stat(path: str, stat: Dict[str, Any]) -> None:
+    """Commands in the order they ran, then their details, so the file reads like the run."""
+    ordered = {k: v for k, v in stat.items() if k != RUNS}
+    ordered[RUNS] = stat.get(RUNS) or {}
+    write_yaml(path, ordered, sort_keys=False)
 
 
 def statuses(stat: Dict[str, Any]) -> Dict[str, str]:
@@ -152,7 +160,7 @@ class Experiment:
                 return FINISHED
             stat[key] = RUNNING
             runs[key] = dict(OWNER, worker=worker, started=time.strftime("%Y-%m-%d %H:%M:%S"))
-            write_yaml(self.stat_path, stat)
+            _write_stat(self.stat_path, stat)
         return "run"
 
     def record(self, updates: Dict[str, str], seconds: Optional[float] = None, reason: Optional[str] = None) -> None:
@@ -169,7 +177,7 @@ class Experiment:
                                  "seconds": round(seconds, 3)}
                     if reason:
                         runs[key]["reason"] = reason
-            write_yaml(self.stat_path, stat)
+            _write_stat(self.stat_path, stat)
 
     def read_stat(self) -> Dict[str, Any]:
         return read_yaml(self.stat_path)

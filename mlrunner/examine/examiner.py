@@ -1,0 +1,290 @@
+"""Apply user-written metric parsers to every experiment directory and table the results.
+
+The directories written by the runner are the only record of an experiment, so the Examiner
+re-reads them on every call: each experiment's `param` file gives the row, and the user's
+parsers (functions of the directory) add metrics and caches to it. Nothing here starts a
+process per directory; `workers > 0` forks a small pool once, so parsers defined in a notebook
+work without being importable.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import re
+import sys
+import traceback
+from collections import namedtuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+import yaml
+
+Experiment = namedtuple("Experiment", ["cache", "metric", "param"])
+Parser = Callable[[Path, Experiment, Dict[str, Any]], None]
+
+# The C loader reads a `param` file several times faster than the pure-Python one (SPEC E5).
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class ExamineError(RuntimeError):
+    """A user parser failed; the message names the experiment directory and the parser."""
+
+    def __init__(self, directory: Path, parser: str, error: BaseException):
+        super().__init__(f"parser {parser} failed on {directory}: {type(error).__name__}: {error}")
+        self.directory = directory
+        self.parser = parser
+
+
+class _WorkerTraceback(Exception):
+    """The traceback text of an error raised in a worker process, where the frames were lost."""
+
+    def __str__(self) -> str:
+        return "\n\n" + str(self.args[0])
+
+
+class _BadParam(ValueError):
+    """A `param` file that exists but is not a YAML mapping."""
+
+
+def read_param(directory: Path) -> Dict[str, Any]:
+    """The params of one experiment; FileNotFoundError when it has none, _BadParam when corrupt."""
+    path = directory / "param"
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        try:
+            data = yaml.load(stream, Loader=_Loader)
+        except yaml.MarkedYAMLError as error:
+            line = f" at line {error.problem_mark.line + 1}" if error.problem_mark else ""
+            raise _BadParam(f"{path}: unreadable param ({error.problem}{line})") from None
+        except yaml.YAMLError as error:
+            raise _BadParam(f"{path}: unreadable param ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise _BadParam(f"{path}: unreadable param (not a YAML mapping)")
+    return data
+
+
+def experiment_dirs(output: Union[str, Path], regex: str = ".*") -> List[Path]:
+    """The subdirectories of `output` whose names `re.search` `regex`, sorted by name."""
+    pattern = re.compile(regex)
+    with os.scandir(output) as entries:
+        names = [entry.name for entry in entries if entry.is_dir() and pattern.search(entry.name)]
+    return [Path(output, name) for name in sorted(names)]
+
+
+def _name_of(parser: Parser) -> str:
+    return getattr(parser, "__qualname__", None) or repr(parser)
+
+
+def _apply(parsers: Iterable[Parser], directory: Path, experiment: Experiment, caches: dict) -> None:
+    """Run the parsers in order; the first failure becomes an ExamineError naming `directory`."""
+    for parser in parsers:
+        try:
+            parser(directory, experiment, caches)
+        except Exception as error:
+            raise ExamineError(directory, _name_of(parser), error) from error
+
+
+# State of a forked worker: set once by the pool initializer, inherited without pickling.
+_worker_state: Optional[Tuple[List[Parser], Dict[str, Experiment], dict]] = None
+
+
+def _init_worker(parsers: List[Parser], experiments: Dict[str, Experiment], caches: dict) -> None:
+    global _worker_state
+    _worker_state = (parsers, experiments, caches)
+
+
+def _work(directory: str) -> Tuple[str, str, Any]:
+    """Examine one directory in a worker; returns (name, outcome, payload) for the parent to merge.
+
+    The worker's caches persist across its directories, so a cache built once (a reference file,
+    a vocabulary) is reused; only the entries added or rebound here are sent back.
+    """
+    assert _worker_state is not None
+    parsers, experiments, caches = _worker_state
+    path = Path(directory)
+    try:
+        params = read_param(path)
+    except FileNotFoundError:
+        return path.name, "missing", None
+    except _BadParam as error:
+        return path.name, "corrupt", str(error)
+    experiment = experiments.get(path.name) or Experiment(cache={}, metric={}, param={})
+    experiment.param.update(params)
+    before = dict(caches)
+    unset = object()
+    try:
+        _apply(parsers, path, experiment, caches)
+    except ExamineError as error:
+        cause = error.__cause__
+        text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+        try:
+            pickle.loads(pickle.dumps(cause))
+        except Exception:
+            cause = RuntimeError(repr(cause))
+        return path.name, "failed", (error.parser, cause, text)
+    changed = {key: value for key, value in caches.items() if before.get(key, unset) is not value}
+    return path.name, "ok", (experiment, changed)
+
+
+def _fork_context() -> Optional[Any]:
+    """The fork start method, or None where the platform lacks it (Windows)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return multiprocessing.get_context("fork")
+
+
+def _distinct_key(value: Any) -> Any:
+    """A hashable stand-in for a param value, so lists and mappings can be counted too."""
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return ("<unhashable>", repr(value))
+
+
+def varying_params(experiments: Iterable[Experiment], concise: bool = True) -> List[str]:
+    """Sorted names of the params worth a column: those with 2+ distinct values (all if not concise).
+
+    `_`-params (name, output, time, scripts) are bookkeeping and never shown. As in 0.5.9, an
+    experiment that lacks a param does not count as a distinct value.
+    """
+    values: Dict[str, set] = {}
+    for experiment in experiments:
+        for key, value in experiment.param.items():
+            if not str(key).startswith("_"):
+                values.setdefault(key, set()).add(_distinct_key(value))
+    return sorted((key for key, seen in values.items() if not concise or len(seen) > 1), key=str)
+
+
+class Examiner:
+    """A container of parsed experiments: register parsers with `add`, run them with `exam`.
+
+    A parser is `func(output_dir: Path, experiment: Experiment, caches: dict)`; it fills
+    `experiment.metric` (a table column each), `experiment.cache` (per-experiment scratch) and
+    `caches` (shared by all experiments). Calling `exam` again merges into the same experiments.
+    """
+
+    def __init__(self) -> None:
+        self.exams: List[Parser] = []
+        self.caches: Dict[str, Any] = {}
+        self.experiments: Dict[str, Experiment] = {}
+
+    def add(self, func: Parser) -> Parser:
+        """Register a parser; parsers run in the order added, each at most once per directory."""
+        if func not in self.exams:
+            self.exams.append(func)
+        return func
+
+    def exam(self, output: Union[str, Path] = "output", regex: str = ".*", verbose: bool = False,
+             workers: int = 0) -> None:
+        """Run every parser on every experiment of `output` whose directory name matches `regex`."""
+        if not os.path.isdir(output):
+            raise FileNotFoundError(f"no output directory '{output}'")
+        paths = experiment_dirs(output, regex)
+        context = _fork_context() if workers > 0 else None
+        if workers > 0 and context is None:
+            print("note: parallel exam needs the 'fork' start method; examining serially")
+        if context is not None and len(paths) > 1:
+            self._exam_parallel(paths, verbose, min(workers, len(paths)), context)
+        else:
+            self._exam_serial(paths, verbose)
+
+    def _exam_serial(self, paths: List[Path], verbose: bool) -> None:
+        for path in paths:
+            try:
+                params = read_param(path)
+            except FileNotFoundError:
+                self._note_missing(path)
+                continue
+            except _BadParam as error:
+                print(f"skip {error}", file=sys.stderr)
+                continue
+            if verbose:
+                print(path.name)
+            experiment = self.experiments.setdefault(path.name, Experiment(cache={}, metric={}, param={}))
+            experiment.param.update(params)
+            _apply(self.exams, path, experiment, self.caches)
+
+    def _exam_parallel(self, paths: List[Path], verbose: bool, workers: int, context: Any) -> None:
+        """Fork `workers` processes once; merge their results in directory order (deterministic)."""
+        chunksize = max(1, len(paths) // (workers * 8))
+        initargs = (self.exams, self.experiments, self.caches)
+        with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+            for name, outcome, payload in pool.imap(_work, [str(path) for path in paths], chunksize):
+                path = paths[0].parent / name
+                if outcome == "missing":
+                    self._note_missing(path)
+                elif outcome == "corrupt":
+                    print(f"skip {payload}", file=sys.stderr)
+                elif outcome == "failed":
+                    parser, cause, text = payload
+                    cause.__cause__ = _WorkerTraceback(text)
+                    raise ExamineError(path, parser, cause) from cause
+                else:
+                    if verbose:
+                        print(name)
+                    self._merge(name, *payload)
+
+    def _merge(self, name: str, experiment: Experiment, caches: dict) -> None:
+        known = self.experiments.setdefault(name, Experiment(cache={}, metric={}, param={}))
+        known.param.update(experiment.param)
+        known.metric.update(experiment.metric)
+        known.cache.update(experiment.cache)
+        self.caches.update(caches)
+
+    @staticmethod
+    def _note_missing(path: Path) -> None:
+        print(f"skip {path}: no 'param' file")
+
+    def rows(self, concise: bool = True) -> Tuple[List[str], List[List[Any]]]:
+        """The table as plain data: headers (varying params, then metrics) and one row per experiment."""
+        experiments = [self.experiments[name] for name in sorted(self.experiments)]
+        params = varying_params(experiments, concise)
+        metrics = sorted({key for experiment in experiments for key in experiment.metric}, key=str)
+        rows = [[experiment.param.get(key) for key in params] + [experiment.metric.get(key) for key in metrics]
+                for experiment in experiments]
+        return params + metrics, rows
+
+    def table(self, concise: bool = True, print_tsv: bool = False) -> Any:
+        """One row per experiment, in directory-name order.
+
+        Returns a pandas DataFrame when pandas is installed, else a list of {column: value}
+        dicts (None where an experiment lacks the column). `print_tsv` also prints the table
+        as TSV, with missing values shown as `None` like 0.5.9 did.
+        """
+        headers, rows = self.rows(concise)
+        if print_tsv:
+            print("\t".join(str(header) for header in headers))
+            for row in rows:
+                print("\t".join(str(value) for value in row))
+        try:
+            import pandas
+        except ImportError:
+            return [dict(zip(headers, row)) for row in rows]
+        return pandas.DataFrame(rows, columns=headers)
+
+
+def _natural_key(name: str) -> List[Union[int, str]]:
+    """Sort key that orders `retry2` before `retry10`; timestamps sort as they do as text."""
+    parts = re.split(r"(\d+)", name)  # text at even positions, digit runs at odd ones
+    return [int(part) if position % 2 else part for position, part in enumerate(parts)]
+
+
+def latest_log(command: str, output_dir: Union[str, Path], index: int = -1) -> Optional[Path]:
+    """The `index`-th of the sorted `log.<command>.*` files of an experiment; -1 is the newest.
+
+    Log names carry a `YYYYmmdd.HHMMSS` stamp (and maybe a retry suffix), so sorting them is
+    sorting by time. None when the directory has fewer logs than `index` asks for.
+    """
+    if not isinstance(index, int):
+        raise TypeError(f"index must be an int, not {type(index).__name__}")
+    prefix = f"log.{command}."
+    try:
+        with os.scandir(output_dir) as entries:
+            names = [entry.name for entry in entries if entry.name.startswith(prefix) and entry.is_file()]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not -len(names) <= index < len(names):
+        return None
+    return Path(output_dir, sorted(names, key=_natural_key)[index])

@@ -1,0 +1,153 @@
+"""The no-code metrics of SPEC E6: a regex per metric instead of a Python parser.
+
+Document 1 of params.yaml may hold `metric: {bleu: {command: test, regex: 'BLEU4 = ([\\d.]+)'}}`;
+`--examine` then prints, for every experiment, the params that differ, each metric (the first
+group of the last match in the newest log of its command) and the experiment's status. The
+directory walk is the Examiner's: this module only supplies a parser and the rendering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import re
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Pattern, Tuple, Union
+
+import yaml
+
+from .examiner import Examiner, latest_log, varying_params
+
+FORMATS = ("tsv", "csv", "markdown")
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_INT = re.compile(r"[+-]?\d+")
+
+
+def to_number(text: str) -> Union[int, float, str]:
+    """`text` as an int or a float when it reads as one, so that tables sort numerically."""
+    text = text.strip()
+    if _INT.fullmatch(text):
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def read_metric(output_dir: Union[str, Path], command: str, regex: Union[str, Pattern[str]]) -> Any:
+    """The first group of the last match of `regex` in the newest log of `command`.
+
+    The last match, because a log usually reports a metric once per epoch and the final one
+    counts. The whole match is used when the regex has no group. None when there is no log or
+    no match.
+    """
+    log = latest_log(command, output_dir)
+    if log is None:
+        return None
+    pattern = re.compile(regex) if isinstance(regex, str) else regex
+    with open(log, encoding="utf-8", errors="replace") as stream:
+        text = stream.read()
+    last = None
+    for last in pattern.finditer(text):
+        pass
+    if last is None:
+        return None
+    value = last.group(1) if pattern.groups else last.group(0)
+    return None if value is None else to_number(value)
+
+
+def status_of(output_dir: Union[str, Path]) -> str:
+    """One word or a short list for an experiment's `stat`, so the table stays one line per row.
+
+    `finished` (or `failed`, `running`, ...) when every command has that status;
+    otherwise each command with its own, in the file's order: `avg:failed test:skipped
+    train:finished`. `pending` when no command has started (no `stat` yet) and `unreadable`
+    when the file is corrupt. `_`-keys (such as `_runs`) are details, not commands.
+    """
+    try:
+        with open(Path(output_dir, "stat"), encoding="utf-8", errors="replace") as stream:
+            data = yaml.load(stream, Loader=_Loader)
+    except FileNotFoundError:
+        return "pending"
+    except yaml.YAMLError:
+        return "unreadable"
+    if data is None:
+        return "pending"
+    if not isinstance(data, dict):
+        return "unreadable"
+    statuses = {str(command): str(status) for command, status in data.items() if not str(command).startswith("_")}
+    if not statuses:
+        return "pending"
+    if len(set(statuses.values())) == 1:
+        return next(iter(statuses.values()))
+    return " ".join(f"{command}:{status}" for command, status in statuses.items())
+
+
+def compile_metrics(metrics: Mapping[str, Mapping[str, str]]) -> Dict[str, Tuple[str, Pattern[str]]]:
+    """name -> (command, compiled regex); a ValueError names the metric that is malformed."""
+    compiled = {}
+    for name, spec in metrics.items():
+        if not isinstance(spec, Mapping) or "command" not in spec or "regex" not in spec:
+            raise ValueError(f"metric '{name}' needs the keys 'command' and 'regex'")
+        try:
+            compiled[str(name)] = (str(spec["command"]), re.compile(str(spec["regex"])))
+        except re.error as error:
+            raise ValueError(f"metric '{name}': bad regex: {error}") from None
+    return compiled
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def render(headers: List[str], rows: List[List[Any]], fmt: str = "tsv") -> str:
+    """The table as text: `tsv`, `csv` or a `markdown` pipe table; missing values are empty."""
+    headers = [str(header) for header in headers]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows([[_cell(value) for value in row] for row in rows])
+        return buffer.getvalue()
+    if fmt == "tsv":
+        lines = [headers] + [[_cell(value) for value in row] for row in rows]
+        return "".join("\t".join(re.sub(r"[\t\r\n]", " ", cell) for cell in line) + "\n" for line in lines)
+    if fmt == "markdown":
+        lines = [[re.sub(r"[\r\n]", " ", _cell(value)).replace("|", r"\|") for value in line]
+                 for line in [headers] + rows]
+        widths = [max(3, *(len(line[column]) for line in lines)) for column in range(len(headers))]
+        lines.insert(1, ["-" * width for width in widths])
+        return "".join("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |\n"
+                       for line in lines)
+    raise ValueError(f"unknown table format '{fmt}' (choose from {', '.join(FORMATS)})")
+
+
+def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: str = "tsv", *,
+                  regex: str = ".*", workers: int = 0) -> str:
+    """The `--examine` table of every experiment under `output`: params that differ, then the
+    metrics in the order given, then `status`. Notes about skipped directories go to stderr so
+    that the table on stdout can be redirected to a file as it is.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown table format '{fmt}' (choose from {', '.join(FORMATS)})")
+    compiled = compile_metrics(metrics)
+
+    def parse(directory: Path, experiment: Any, caches: dict) -> None:
+        for name, (command, pattern) in compiled.items():
+            experiment.metric[name] = read_metric(directory, command, pattern)
+        experiment.cache["status"] = status_of(directory)
+
+    examiner = Examiner()
+    examiner.add(parse)
+    with contextlib.redirect_stdout(sys.stderr):
+        examiner.exam(output, regex=regex, workers=workers)
+    experiments = [examiner.experiments[name] for name in sorted(examiner.experiments)]
+    params = varying_params(experiments)
+    headers = params + list(compiled) + ["status"]
+    rows = [[experiment.param.get(key) for key in params]
+            + [experiment.metric.get(name) for name in compiled]
+            + [experiment.cache.get("status")]
+            for experiment in experiments]
+    return render(headers, rows, fmt)
