@@ -86,16 +86,12 @@ class Scheduler:
             self._run_task(task, executor)
 
     def _run_task(self, task: Task, executor: Executor) -> None:
-        start = self.starts[task.index]
-        if start is None:
+        if self.starts[task.index] is None:  # finished before this run began
             with self._lock:
                 self.summary.already += len(task.commands)
             return
         experiment = Experiment(task.output, task.name, shared=self.args.no_subdir)
         executor.prepare(task.output)
-        start = first_to_run(experiment.read_stat(), experiment.keys(task.commands), self.args.force)
-        if start is None:  # another run finished it meanwhile
-            return
         values = dict(task.params, _output=task.output, _name=task.name, _time=self.run_time,
                       _resource=executor.resource, _host=executor.host)
         commands = {c: self.config.templates[c].render(values) for c in task.commands}
@@ -103,13 +99,18 @@ class Scheduler:
                    for c, line in commands.items()}
         experiment.write_param(dict(task.params, _name=task.name, _output=task.output,
                                     _time=self.run_time, _scripts=scripts))
-        with self._lock:
-            self.summary.already += start
-        for position, command in enumerate(task.commands[start:], start):
-            verdict = experiment.claim(command, True, executor.label)
+        rerun = self.args.force
+        for position, command in enumerate(task.commands):
+            # Once a command runs, the later ones run too: their inputs changed (R6).
+            verdict = experiment.claim(command, rerun, executor.label)
+            if verdict == FINISHED:
+                with self._lock:
+                    self.summary.already += 1
+                continue
             if verdict != "run":
                 self._note_busy(task, command, verdict)
                 return
+            rerun = True
             info = self._info(executor, command, task)
             outcome = self._run_command(executor, experiment, task, command, commands[command], info)
             if outcome is None:
