@@ -10,6 +10,7 @@ work without being importable.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 import os
 import pickle
 import re
@@ -56,7 +57,7 @@ def read_param(directory: Path) -> Dict[str, Any]:
             data = yaml.load(stream, Loader=_Loader)
         except yaml.MarkedYAMLError as error:
             line = f" at line {error.problem_mark.line + 1}" if error.problem_mark else ""
-            raise _BadParam(f"{path}: unreadable param ({error.problem}{line})") from None
+            raise _BadParam(f"{path}: unreadable param ({error.problem or error.context}{line})") from None
         except yaml.YAMLError as error:
             raise _BadParam(f"{path}: unreadable param ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -211,7 +212,15 @@ class Examiner:
         chunksize = max(1, len(paths) // (workers * 8))
         initargs = (self.exams, self.experiments, self.caches)
         with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
-            for name, outcome, payload in pool.imap(_work, [str(path) for path in paths], chunksize):
+            results = pool.imap(_work, [str(path) for path in paths], chunksize)
+            while True:
+                try:
+                    name, outcome, payload = next(results)
+                except StopIteration:
+                    break
+                except multiprocessing.pool.MaybeEncodingError as error:
+                    raise RuntimeError("a parser stored a value that cannot be sent back from a worker "
+                                       f"process; store plain data or use workers=0 ({error})") from None
                 path = paths[0].parent / name
                 if outcome == "missing":
                     self._note_missing(path)
