@@ -83,7 +83,7 @@ def _command(args: argparse.Namespace) -> int:
         return print_examine(config, args.output, args.format)
     for command in args.command or []:
         if command not in config.templates:
-            raise UserError(f"-c: unknown command '{command}' (commands: {', '.join(config.templates)})")
+            raise UserError(f"-c: unknown command '{command}' (commands: {', '.join(config.templates)})", args.yaml)
     sweeps = config_module.select_sweeps(config, args.title)
     plan = expand(config, sweeps, args.output, commands=args.command, sample=args.sample,
                   sample_seed=args.sample_seed, dedup=not args.no_dedup, no_subdir=args.no_subdir)

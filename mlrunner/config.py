@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import yaml
 
@@ -63,18 +63,48 @@ class _Doc:
         return found
 
 
-def _check_duplicate_keys(node: yaml.Node, path: str) -> None:
+def _nodes(root: yaml.Node) -> Iterator[yaml.Node]:
+    """Every node once, in file order; an anchor can make the graph cyclic (`x: &a [*a]`)."""
+    seen = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(reversed([child for pair in node.value for child in pair]))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+
+
+def _check_duplicate_keys(root: yaml.Node, path: str) -> None:
     """PyYAML keeps the last of two equal keys silently; a sweep would lose values."""
-    if isinstance(node, yaml.MappingNode):
-        seen = set()
-        for key_node, value_node in node.value:
-            if key_node.value in seen:
-                raise UserError(f"duplicate key '{key_node.value}'", path, key_node.start_mark.line + 1)
-            seen.add(key_node.value)
-            _check_duplicate_keys(value_node, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _check_duplicate_keys(item, path)
+    for node in _nodes(root):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue  # `? [a, b]`: PyYAML itself rejects it as unhashable, with its line
+                if (key_node.tag, key_node.value) in seen:
+                    raise UserError(f"duplicate key '{key_node.value}'", path, key_node.start_mark.line + 1)
+                seen.add((key_node.tag, key_node.value))
+
+
+def _construct(root: yaml.Node, path: str) -> Any:
+    """Build the document; PyYAML raises a bare ValueError for `2020-13-45` or `!!int abc`, with no line."""
+    try:
+        return yaml.SafeLoader("").construct_document(root)
+    except (ValueError, TypeError, OverflowError) as error:
+        for node in _nodes(root):
+            if isinstance(node, yaml.ScalarNode):
+                try:
+                    yaml.SafeLoader("").construct_object(node)
+                except (ValueError, TypeError, OverflowError):
+                    raise UserError(f"invalid value {node.value!r}: {error}", path,
+                                    node.start_mark.line + 1) from None
+        raise UserError(f"invalid value: {error}", path, root.start_mark.line + 1) from None
 
 
 def _read_docs(path: str) -> List[_Doc]:
@@ -89,7 +119,7 @@ def _read_docs(path: str) -> List[_Doc]:
     try:
         for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
             _check_duplicate_keys(node, path)
-            docs.append(_Doc(node, yaml.SafeLoader("").construct_document(node)))
+            docs.append(_Doc(node, _construct(node, path)))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         problem = getattr(error, "problem", None) or str(error)
@@ -144,7 +174,7 @@ def _parse_templates(check: _Checker, data: dict) -> Dict[str, Template]:
         if not isinstance(text, str) or not text.strip():
             raise check.fail(f"template '{name}' must be a non-empty string", "template", name)
         try:
-            templates[name] = Template(name, text)
+            templates[name] = Template(name, text, check.doc.line("template", name))
         except ValueError as error:
             raise check.fail(str(error), "template", name) from None
     return templates
@@ -190,7 +220,7 @@ def _parse_metrics(check: _Checker, raw: Any, templates: Dict[str, Template]) ->
         check.mapping(spec, f"metric '{name}'", "metric", name)
         if set(spec) != {"command", "regex"}:
             raise check.fail(f"metric '{name}' needs exactly the keys 'command' and 'regex'", "metric", name)
-        if spec["command"] not in templates:
+        if not isinstance(spec["command"], str) or spec["command"] not in templates:
             raise check.fail(f"metric '{name}': unknown command '{spec['command']}'"
                              + _suggest(str(spec["command"]), tuple(templates)), "metric", name)
         try:
@@ -216,7 +246,7 @@ def _parse_sweep(path: str, doc: _Doc, templates: Dict[str, Template], aliases: 
             if not isinstance(commands, list) or not commands:
                 raise check.fail("'_cmd' must be a command name or a list of them", key)
             for command in commands:
-                if command not in templates:
+                if not isinstance(command, str) or command not in templates:
                     raise check.fail(f"'_cmd': unknown command {command!r}" + _suggest(str(command), tuple(templates)),
                                      key)
             sweep.commands = commands
@@ -233,10 +263,14 @@ def _parse_sweep(path: str, doc: _Doc, templates: Dict[str, Template], aliases: 
                     raise check.fail(f"'{key}': {item!r} is not a case of alias '{key}' "
                                      f"(cases: {', '.join(map(str, aliases[key]))})", key)
             sweep.params[key] = values
-    for alias in set(sweep.params) & set(aliases):
-        targets = next(iter(aliases[alias].values()))
-        for param in set(targets) & set(sweep.params):
-            raise check.fail(f"'{param}' is set both directly and by alias '{alias}'; keep one", param)
+    setter: Dict[str, str] = {}  # param -> the sweep key that sets it (itself, or an alias)
+    for key in sweep.params:
+        for param in next(iter(aliases[key].values())) if key in aliases else [key]:
+            if param in setter:
+                first, second = sorted((setter[param], key), key=lambda k: k in aliases)
+                how = "directly" if first not in aliases else f"by alias '{first}'"
+                raise check.fail(f"'{param}' is set both {how} and by alias '{second}'; keep one", key)
+            setter[param] = key
     return sweep
 
 

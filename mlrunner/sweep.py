@@ -74,8 +74,10 @@ def value_name(value: Any) -> str:
     if name is None:
         if isinstance(value, bool):
             name = "T" if value else "F"
-        elif isinstance(value, (int, float)):
+        elif isinstance(value, float) or (isinstance(value, int) and abs(value) < 10**300):
             name = "%g" % value
+        elif isinstance(value, int):
+            name = str(value)  # too large for %g
         elif os.path.exists(value):
             name = os.path.basename(value)[-MAX_VALUE_CHARS:]
         else:
@@ -145,6 +147,8 @@ class _DocLayout:
         self.keys = self.from_sweep + tuple(k for k, _ in self.defaults)
         self.order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
         self.aliases = [config.aliases.get(key) for key in self.own]
+        # Cases of one alias may list their params in any order; read each in the first case's order.
+        self.alias_keys = [tuple(next(iter(cases.values()))) if cases else () for cases in self.aliases]
         self.commands = commands
         self._check(config, sweep)
 
@@ -154,28 +158,28 @@ class _DocLayout:
             template = config.templates[command]
             for param in sorted(template.params - available):
                 raise UserError(f"template '{command}' needs '{param}', which neither this sweep "
-                                "nor 'default' sets", config.path, sweep.line)
+                                "nor 'default' sets", config.path, sweep.line or template.line)
             for param in sorted(template.braced & available):
                 if any(isinstance(v, bool) for v in self._possible_values(config, sweep, param)):
                     raise UserError(f"'{param}' is a bool: write [{param}] instead of {{{param}}} "
-                                    f"in template '{command}'", config.path, sweep.line)
+                                    f"in template '{command}'", config.path, template.line)
 
     def _possible_values(self, config: Config, sweep: Sweep, param: str) -> List[Any]:
         values = list(sweep.params.get(param, []))
         for key, cases in zip(self.own, self.aliases):
             if cases:
                 values.extend(case[param] for case in cases.values() if param in case)
-        if param in config.defaults:
+        if param in config.defaults and param not in self.from_sweep:
             values.append(config.defaults[param])
         return values
 
     def values(self, combo: tuple) -> tuple:
         out: List[Any] = []
-        for value, cases in zip(combo, self.aliases):
+        for value, cases, keys in zip(combo, self.aliases, self.alias_keys):
             if cases is None:
                 out.append(value)
             else:
-                out.extend(cases[value].values())
+                out.extend(cases[value][key] for key in keys)
         out.extend(v for _, v in self.defaults)
         return tuple(out)
 
@@ -203,9 +207,13 @@ def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Op
             key = _identity(layout.keys, values, layout.order)
             name = experiment_name(layout.own, combo)
             directory = output if no_subdir else os.path.join(output, name)
-            task_id = (directory, name)
-            earlier = by_output.get(task_id)
-            if earlier is not None and _identity(earlier.keys, earlier.values) == key:
+            earlier = by_output.get((directory, name))
+            if earlier is not None and _identity(earlier.keys, earlier.values) != key:
+                # Other params, same name (a path basename, a cut value): keep them apart.
+                name = safe_name(f"{name}-{hashlib.sha1(repr(key).encode()).hexdigest()[:8]}")
+                directory = output if no_subdir else os.path.join(output, name)
+                earlier = by_output.get((directory, name))
+            if earlier is not None:
                 # The same experiment again, perhaps with other commands: one task runs them all.
                 merged = set(earlier.commands) | set(layout.commands)
                 earlier.commands = tuple(c for c in config.templates if c in merged)
@@ -213,10 +221,6 @@ def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Op
             if dedup and key in seen:
                 plan.duplicates += 1
                 continue
-            if earlier is not None:
-                # Other params, same name (a path basename, a cut value): keep them apart.
-                name = safe_name(f"{name}-{hashlib.sha1(repr(key).encode()).hexdigest()[:8]}")
-                directory = output if no_subdir else os.path.join(output, name)
             seen.add(key)
             task = Task(len(plan.tasks), name, directory, layout.keys, values, layout.commands)
             by_output[(directory, name)] = task

@@ -22,8 +22,9 @@ def quote(value: Any) -> str:
 class Template:
     """A command template, parsed once so that rendering a task is a join of strings."""
 
-    def __init__(self, name: str, text: str):
+    def __init__(self, name: str, text: str, line: Optional[int] = None):
         self.name = name
+        self.line = line  # where the template is in params.yaml, for errors found at expansion
         self.text = LINE_BREAK_RE.sub(" ", text).strip()
         self.segments: List[Segment] = []
         self.braced = set()  # params used as {p}: a bool there is an error (C6)
@@ -45,7 +46,7 @@ class Template:
     def render(self, values: Mapping[str, Any]) -> str:
         """Fill the placeholders; `values` holds the task's params and the reserved `_` names."""
         out: List[str] = []
-        for segment in self.segments:
+        for index, segment in enumerate(self.segments):
             if isinstance(segment, str):
                 out.append(segment)
                 continue
@@ -56,8 +57,9 @@ class Template:
             elif value is True:
                 out.append(f"--{param}")
             elif value is False:
-                # Drop the flag and one space beside it, so `a [flag] b` becomes `a b`.
-                if out and out[-1].endswith(" "):
+                # Drop the flag and one space beside it, so `a [flag] b` becomes `a b`; the text
+                # after a placeholder is always a literal, and `a [flag]b` must stay two words.
+                if out and out[-1].endswith(" ") and self.segments[index + 1].startswith(" "):
                     out[-1] = out[-1][:-1]
             else:
                 out.append(f"--{param} {quote(value)}")
