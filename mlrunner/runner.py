@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Set
+from typing import Iterator, List, Optional, Sequence, Set
 
 from .config import Config
 from .console import Console

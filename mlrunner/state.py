@@ -17,12 +17,12 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import yaml
 
+from . import records
+
 PARAM, STAT, LOCK = "param", "stat", ".lock"
 RUNS = "_runs"  # stat's per-command details: owner while running, duration when ended
 FINISHED, FAILED, RUNNING, INTERRUPTED, SKIPPED = "finished", "failed", "running", "interrupted", "skipped"
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 HOST = socket.gethostname()
 
 
@@ -61,7 +61,7 @@ def read_yaml(path: str) -> Dict[str, Any]:
     """A YAML mapping, or {} when the file is missing, empty or not a mapping."""
     try:
         with open(path, encoding="utf-8") as stream:
-            data = yaml.load(stream, Loader=_Loader)
+            data = records.loads(stream.read())
     except FileNotFoundError:
         return {}
     except (yaml.YAMLError, UnicodeDecodeError):
@@ -73,8 +73,7 @@ def write_yaml(path: str, data: Dict[str, Any], sort_keys: bool = True) -> None:
     """Replace `path` atomically: readers see the old file or the new one, never a torn one."""
     temporary = f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(temporary, "w", encoding="utf-8") as stream:
-        yaml.dump(data, stream, Dumper=_Dumper, default_flow_style=False, width=1 << 20, allow_unicode=True,
-                  sort_keys=sort_keys)
+        stream.write(records.dumps(data, sort_keys))
     os.replace(temporary, path)
 
 

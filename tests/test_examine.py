@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from mlrunner.examine import ExamineError, Examiner, Experiment, latest_log
-from mlrunner.examine import examiner as examiner_module
 from mlrunner.examine.metrics import examine_table, read_metric, status_of
 
 OLD_PYTHON = Path("/tmp/old/bin/python")
@@ -266,11 +265,6 @@ def test_e4_latest_log_order_and_range(tmp_path):
     assert latest_log("train", tmp_path, index=-5) is None
     assert latest_log("avg", tmp_path) is None
     assert latest_log("train", tmp_path / "nowhere") is None
-
-
-def test_e5_uses_the_c_yaml_loader_when_available():
-    """E5: the C loader is what makes 10^4 param files take seconds (see benchmarks/examine.py)."""
-    assert examiner_module._Loader is getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def test_e6_read_metric_last_match_in_latest_log_and_numbers(tmp_path):

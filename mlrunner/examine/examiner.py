@@ -22,11 +22,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import yaml
 
+from .. import records
+
 Experiment = namedtuple("Experiment", ["cache", "metric", "param"])
 Parser = Callable[[Path, Experiment, Dict[str, Any]], None]
-
-# The C loader reads a `param` file several times faster than the pure-Python one (SPEC E5).
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ExamineError(RuntimeError):
@@ -54,7 +53,7 @@ def read_param(directory: Path) -> Dict[str, Any]:
     path = directory / "param"
     with open(path, encoding="utf-8", errors="replace") as stream:
         try:
-            data = yaml.load(stream, Loader=_Loader)
+            data = records.loads(stream.read())
         except yaml.MarkedYAMLError as error:
             line = f" at line {error.problem_mark.line + 1}" if error.problem_mark else ""
             raise _BadParam(f"{path}: unreadable param ({error.problem or error.context}{line})") from None

@@ -18,10 +18,10 @@ from typing import Any, Dict, List, Mapping, Pattern, Tuple, Union
 
 import yaml
 
+from .. import records
 from .examiner import Examiner, latest_log, varying_params
 
 FORMATS = ("tsv", "csv", "markdown")
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _INT = re.compile(r"[+-]?\d+")
 
 
@@ -68,7 +68,7 @@ def status_of(output_dir: Union[str, Path]) -> str:
     """
     try:
         with open(Path(output_dir, "stat"), encoding="utf-8", errors="replace") as stream:
-            data = yaml.load(stream, Loader=_Loader)
+            data = records.loads(stream.read())
     except FileNotFoundError:
         return "pending"
     except yaml.YAMLError:

@@ -1,0 +1,98 @@
+"""Fast reading and writing of the small YAML mappings in `param` and `stat`.
+
+PyYAML builds every scalar through Python-level constructor calls, even with the C parser, which
+makes reading 10^4 `param` files take seconds. These files are block mappings of plain or
+single-quoted scalars, one level of nesting at most (as PyYAML writes them, and as 0.5.9 wrote
+them), so a line reader handles them; any line it is not sure of sends the whole text to PyYAML.
+Scalars are typed by PyYAML's own implicit resolvers, so both paths give the same values.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_RESOLVERS = yaml.SafeLoader.yaml_implicit_resolvers
+_LINE_RE = re.compile(r"( *)([A-Za-z0-9_.-]+):(?: (.*))?\Z")
+_UNSURE = re.compile(r"^[\[\]{}&*!|>%@`\"#?,-]|: | #|:\Z|\t")
+_memo: Dict[str, Any] = {}
+
+
+class _Unsure(Exception):
+    """The fast reader met YAML it does not handle; PyYAML reads the text instead."""
+
+
+def _scalar(text: str) -> Any:
+    """A plain or single-quoted scalar, typed exactly as PyYAML types it; short ones are memoised."""
+    if text in _memo:
+        return _memo[text]
+    value = _resolve(text.strip())
+    if len(text) <= 64:
+        if len(_memo) > 100_000:
+            _memo.clear()
+        _memo[text] = value
+    return value
+
+
+def _resolve(text: str) -> Any:
+    if text.startswith("'"):
+        if len(text) < 2 or not text.endswith("'") or "'" in text[1:-1].replace("''", ""):
+            raise _Unsure
+        return text[1:-1].replace("''", "'")
+    if not text or _UNSURE.search(text):
+        raise _Unsure
+    if not any(regexp.match(text) for _, regexp in _RESOLVERS.get(text[0], ())):
+        return text
+    if text.isdigit() and (text[0] != "0" or len(text) == 1):  # YAML 1.1 reads 017 as octal
+        return int(text)
+    return yaml.load(text, Loader=_Loader)  # another number, a bool or null
+
+
+def _fast(text: str) -> Dict[Any, Any]:
+    top: Dict[Any, Any] = {}
+    levels: List[Tuple[int, Dict[Any, Any]]] = [(0, top)]  # (indent of the keys, mapping)
+    pending: Optional[Tuple[Dict[Any, Any], Any, int]] = None  # a `key:` that may open a mapping
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        match = _LINE_RE.match(line)
+        if match is None:
+            raise _Unsure
+        indent, key, value = len(match.group(1)), _scalar(match.group(2)), match.group(3)
+        if pending is not None:
+            parent, parent_key, parent_indent = pending
+            pending = None
+            if indent > parent_indent:
+                parent[parent_key] = {}
+                levels.append((indent, parent[parent_key]))
+        while levels[-1][0] > indent:
+            levels.pop()
+        if levels[-1][0] != indent:
+            raise _Unsure
+        mapping = levels[-1][1]
+        if value is None or not value.strip():
+            mapping[key] = None
+            pending = (mapping, key, indent)
+        else:
+            mapping[key] = _scalar(value)
+    if not top:
+        raise _Unsure  # an empty text is null in YAML, not {}
+    return top
+
+
+def loads(text: str) -> Any:
+    """Parse a `param` or `stat` file's text; any YAML is accepted, the common shape is fast."""
+    try:
+        return _fast(text)
+    except _Unsure:
+        return yaml.load(text, Loader=_Loader)
+
+
+def dumps(data: Dict[str, Any], sort_keys: bool = True) -> str:
+    return yaml.dump(data, Dumper=_Dumper, default_flow_style=False, width=1 << 20, allow_unicode=True,
+                     sort_keys=sort_keys)
+
