@@ -97,12 +97,11 @@ class Scheduler:
         commands = {c: self.config.templates[c].render(values) for c in task.commands}
         scripts = {c: shell_line(line, executor.resource, self._log(task, c), self.args.debug)
                    for c, line in commands.items()}
-        experiment.write_param(dict(task.params, _name=task.name, _output=task.output,
-                                    _time=self.run_time, _scripts=scripts))
+        param = dict(task.params, _name=task.name, _output=task.output, _time=self.run_time, _scripts=scripts)
         rerun = self.args.force
         for position, command in enumerate(task.commands):
             # Once a command runs, the later ones run too: their inputs changed (R6).
-            verdict = experiment.claim(command, rerun, executor.label)
+            verdict = experiment.claim(command, rerun, executor.label, param)
             if verdict == FINISHED:
                 with self._lock:
                     self.summary.already += 1
@@ -110,7 +109,7 @@ class Scheduler:
             if verdict != "run":
                 self._note_busy(task, command, verdict)
                 return
-            rerun = True
+            rerun, param = True, None  # param is written with the first command that runs
             info = self._info(executor, command, task)
             outcome = self._run_command(executor, experiment, task, command, commands[command], info)
             if outcome is None:
@@ -134,11 +133,15 @@ class Scheduler:
         self.console.print(f"START   {info}")
         for attempt in range(self.args.retry + 1):
             log = self._log(task, command) + (f".retry{attempt}" if attempt else "")
+            if self.stopping.is_set():
+                break
+            # Start outside the lock, so that workers do not queue behind each other's fork.
+            process = executor.start(shell_line(line, executor.resource, log, self.args.debug), self.args.debug)
             with self._lock:
-                if self.stopping.is_set():
-                    break
-                process = executor.start(shell_line(line, executor.resource, log, self.args.debug), self.args.debug)
                 self._running.add(process)
+                missed_stop = self.stopping.is_set()
+            if missed_stop:  # stop() ran before this process was in the set: end it here
+                process.end(self.args.grace)
             self.console.started_command()
             outcome = wait_for(process, self.args.timeout, self.args.grace)
             with self._lock:

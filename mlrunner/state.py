@@ -1,7 +1,7 @@
 """The `param` and `stat` files: the record of every experiment, and the resume rules (SPEC R5-R7).
 
 Both files are YAML, replaced atomically (temporary file + rename), and changed only under an
-flock on the experiment's `.lock`, so two runs on one tree never claim the same command. The lock
+flock on the experiment's directory, so two runs on one tree never claim the same command. The lock
 is released by the kernel when its holder dies, so a crash can never leave a tree locked.
 """
 
@@ -19,7 +19,7 @@ import yaml
 
 from . import records
 
-PARAM, STAT, LOCK = "param", "stat", ".lock"
+PARAM, STAT = "param", "stat"
 RUNS = "_runs"  # stat's per-command details: owner while running, duration when ended
 FINISHED, FAILED, RUNNING, INTERRUPTED, SKIPPED = "finished", "failed", "running", "interrupted", "skipped"
 
@@ -79,7 +79,8 @@ def write_yaml(path: str, data: Dict[str, Any], sort_keys: bool = True) -> None:
 
 @contextmanager
 def locked(directory: str) -> Iterator[None]:
-    descriptor = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold the experiment directory's flock (on the directory itself: no lock file to create)."""
+    descriptor = os.open(directory, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
@@ -130,23 +131,23 @@ class Experiment:
     def key(self, command: str) -> str:
         return f"{command}.{self.name}" if self.shared else command
 
-    def write_param(self, params: Dict[str, Any]) -> None:
+    def _write_param(self, params: Dict[str, Any]) -> None:
         """Write this run's params, keeping `_scripts` of commands that earlier runs ran (R5)."""
-        with locked(self.directory):
-            whole = read_yaml(self.param_path)
-            old = whole.get(self.name, {}) if self.shared else whole
-            scripts = dict(old.get("_scripts") or {})
-            scripts.update(params["_scripts"])
-            new = dict(params, _scripts=scripts)
-            if self.shared:
-                whole[self.name] = new
-                new = whole
-            write_yaml(self.param_path, new)
+        whole = read_yaml(self.param_path)
+        old = whole.get(self.name, {}) if self.shared else whole
+        scripts = dict(old.get("_scripts") or {})
+        scripts.update(params["_scripts"])
+        new = dict(params, _scripts=scripts)
+        if self.shared:
+            whole[self.name] = new
+            new = whole
+        write_yaml(self.param_path, new)
 
-    def claim(self, command: str, rerun: bool, worker: str) -> str:
+    def claim(self, command: str, rerun: bool, worker: str, param: Optional[Dict[str, Any]] = None) -> str:
         """Mark `command` running for this run, unless it finished or another live run has it.
 
-        Returns "run", FINISHED or a description of the live owner.
+        Returns "run", FINISHED or a description of the live owner. `param`, when given, is
+        written in the same locked step if the command is to run, before the task's first command.
         """
         key = self.key(command)
         with locked(self.directory):
@@ -157,6 +158,8 @@ class Experiment:
                 return f"running in another mlrunner (host {owner.get('host')}, pid {owner.get('pid')})"
             if stat.get(key) == FINISHED and not rerun:
                 return FINISHED
+            if param is not None:
+                self._write_param(param)
             stat[key] = RUNNING
             runs[key] = dict(OWNER, worker=worker, started=time.strftime("%Y-%m-%d %H:%M:%S"))
             _write_stat(self.stat_path, stat)

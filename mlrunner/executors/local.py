@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from typing import Optional
 
@@ -37,6 +38,8 @@ class LocalProcess(Process):
 class LocalExecutor(Executor):
     host = "localhost"
 
+    bash = shutil.which("bash") or "bash"  # looked up once, not along PATH at every start
+
     def __init__(self, resource: str):
         self.resource = resource
         self.label = resource or "cpu"
@@ -48,5 +51,5 @@ class LocalExecutor(Executor):
         os.makedirs(directory, exist_ok=True)
 
     def start(self, line: str, debug: bool = False) -> Process:
-        argv = ["bash", "-o", "pipefail", "-c", line] if debug else ["bash", "-c", line]
+        argv = [self.bash, "-o", "pipefail", "-c", line] if debug else [self.bash, "-c", line]
         return LocalProcess(subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True))
