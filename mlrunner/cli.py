@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", default="output", help="output root: one directory per experiment")
     parser.add_argument("-t", "--title", help="run only the sweep documents with this _title")
     parser.add_argument("-c", "--command", nargs="+", help="run only these commands (overrides _cmd)")
-    parser.add_argument("-r", "--resource", nargs="+",
-                        help="workers' CUDA_VISIBLE_DEVICES, e.g. `-r 0 1 2,3`, or `-r auto` (overrides 'resource')")
+    parser.add_argument("-r", "--resource", nargs="*",
+                        help="workers' CUDA_VISIBLE_DEVICES, e.g. `-r 0 1 2,3`, or `-r auto` (overrides 'resource'); "
+                             "`-r` alone: no local worker, hosts only")
     parser.add_argument("-f", "--force", action="store_true", help="rerun commands that already finished")
     parser.add_argument("-d", "--debug", action="store_true",
                         help="run the first task only, show its log on the console, force")
@@ -65,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--examine", action="store_true",
                         help="print the params that differ, the 'metric' values and the status of every experiment")
     parser.add_argument("--format", choices=("tsv", "csv", "markdown"), default="tsv", help="table format for --examine")
-    parser.add_argument("--hosts", help="remote hosts, e.g. gpu1,alice@gpu2:2222 (not available in this version)")
+    parser.add_argument("--hosts", help="remote hosts whose GPUs are more workers, e.g. gpu1,alice@gpu2:2222 "
+                                        "(needs paramiko, or the mlrunner-ssh-*.pyz; python3 on each host)")
+    parser.add_argument("--accept-new-hosts", action="store_true",
+                        help="trust and record host keys not yet in ~/.ssh/known_hosts (never changed ones)")
     parser.add_argument("--version", action="version", version=f"mlrunner {__version__}")
     return parser
 
@@ -75,9 +79,9 @@ def _command(args: argparse.Namespace) -> int:
     from .sweep import expand
 
     config = config_module.load(args.yaml)
-    if args.hosts or config.hosts:
-        raise UserError("remote hosts (--hosts, 'hosts:') are not available in this version yet; "
-                        "run on each machine with its own output root", args.yaml if config.hosts else None)
+    if args.hosts or config.hosts:  # check host settings before anything starts (C10)
+        from . import hosts
+        hosts.select(args.hosts, hosts.parse_config(config.hosts, config.path), hosts.parse_sync(config.sync, config.path))
     if args.examine:
         from .report import print_examine
         return print_examine(config, args.output, args.format)

@@ -25,6 +25,7 @@ def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], ru
     if resources is None or resources == ["auto"]:
         from .runner import resolve_resources
         resources = resolve_resources(None, None)
+    resources = resources or [""]  # `-r` alone: hosts only, which a dry run does not contact
     print(f"Orphan params: {format_orphans(plan.orphans)}")
     for task in plan.tasks:
         resource = resources[task.index % len(resources)]

@@ -9,13 +9,14 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Set
+from typing import List, Optional, Sequence, Set
 
 from .config import Config
 from .console import Console
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, UserError
-from .executors.base import Executor, Outcome, Process, wait_for
+from .executors.base import Executor, HostLost, Outcome, Process, wait_for
 from .executors.local import LocalExecutor
+from .pool import Pool
 from .report import format_orphans
 from .state import FAILED, FINISHED, INTERRUPTED, SKIPPED, Experiment, first_to_run
 from .sweep import Plan, Task
@@ -28,6 +29,8 @@ class Summary:
     already: int = 0
     skipped: int = 0
     interrupted: int = 0
+    requeued: int = 0
+    not_run: int = 0
     failures: List[str] = field(default_factory=list)
     busy: List[str] = field(default_factory=list)
 
@@ -48,7 +51,7 @@ class Scheduler:
         self.stopping = threading.Event()
         self.signal_number: Optional[int] = None
         self._lock = threading.Lock()
-        self._tasks: Iterator[Task] = iter(plan.tasks)
+        self.pool = Pool(plan.tasks)
         self._running: Set[Process] = set()
         self._enders: List[threading.Thread] = []
         self._width = max((len(c) for t in plan.tasks[:1000] for c in t.commands), default=0)
@@ -62,6 +65,8 @@ class Scheduler:
                 thread.join(0.2)  # short joins keep the main thread free for signal handlers
         for ender in self._enders:
             ender.join()
+        if not self.stopping.is_set():
+            self.summary.not_run = self.pool.left()
         return self.summary
 
     def stop(self, number: int) -> None:
@@ -69,27 +74,34 @@ class Scheduler:
         with self._lock:
             self.signal_number = self.signal_number or number
             self.stopping.set()
+            self.pool.close()
             for process in self._running:
                 ender = threading.Thread(target=process.end, args=(self.args.grace,), daemon=True)
                 ender.start()
                 self._enders.append(ender)
 
-    def _next_task(self) -> Optional[Task]:
-        with self._lock:
-            return None if self.stopping.is_set() else next(self._tasks, None)
-
     def _worker(self, executor: Executor) -> None:
-        while True:
-            task = self._next_task()
+        while executor.ready(self.pool.finished):
+            task = self.pool.take()
             if task is None:
                 return
-            self._run_task(task, executor)
+            lost = False
+            try:
+                lost = self._run_task(task, executor)
+            except HostLost:
+                lost = True
+            if lost and not self.stopping.is_set():
+                with self._lock:
+                    self.summary.requeued += 1
+                self.console.print(f"REQUEUE {task.output}: host {executor.host} lost; another worker takes it")
+            self.pool.done(task, requeue=lost)
 
-    def _run_task(self, task: Task, executor: Executor) -> None:
+    def _run_task(self, task: Task, executor: Executor) -> bool:
+        """Run a task's commands in order; True when its host was lost under it."""
         if self.starts[task.index] is None:  # finished before this run began
             with self._lock:
                 self.summary.already += len(task.commands)
-            return
+            return False
         experiment = Experiment(task.output, task.name, shared=self.args.no_subdir)
         executor.prepare(task.output)
         values = dict(task.params, _output=task.output, _name=task.name, _time=self.run_time,
@@ -108,12 +120,12 @@ class Scheduler:
                 continue
             if verdict != "run":
                 self._note_busy(task, command, verdict)
-                return
+                return False
             rerun, param = True, None  # param is written with the first command that runs
             info = self._info(executor, command, task)
             outcome = self._run_command(executor, experiment, task, command, commands[command], info)
-            if outcome is None:
-                return
+            if outcome is None or outcome.lost:
+                return outcome is not None
             if outcome.code != 0:
                 later = {c: SKIPPED for c in task.commands[position + 1:]}
                 experiment.record(dict({command: FAILED}, **later), outcome.seconds, outcome.reason)
@@ -121,15 +133,19 @@ class Scheduler:
                     self.summary.failures.append(f"{task.output} ({command}: {outcome.reason})")
                     self.summary.skipped += len(later)
                 self.console.print(f"FAIL    {info} ({outcome.reason})")
-                return
+                return False
             experiment.record({command: FINISHED}, outcome.seconds)
             with self._lock:
                 self.summary.finished += 1
             self.console.print(f"DONE    {info}")
+        return False
 
     def _run_command(self, executor: Executor, experiment: Experiment, task: Task, command: str, line: str,
                      info: str) -> Optional[Outcome]:
-        """Run one command, with its retries; None when the run was stopped under it."""
+        """Run one command, with its retries; None when the run was stopped under it.
+
+        A lost host's command is `interrupted` here and its outcome says `lost`.
+        """
         self.console.print(f"START   {info}")
         for attempt in range(self.args.retry + 1):
             log = self._log(task, command) + (f".retry{attempt}" if attempt else "")
@@ -147,6 +163,11 @@ class Scheduler:
             with self._lock:
                 self._running.discard(process)
             self.console.ended_command(outcome.code == 0, outcome.seconds)
+            self._collect(executor, task)
+            if outcome.lost:
+                experiment.record({command: INTERRUPTED}, outcome.seconds, outcome.reason)
+                self.console.print(f"LOST    {info} ({outcome.reason})")
+                return outcome
             if self.stopping.is_set():
                 experiment.record({command: INTERRUPTED}, outcome.seconds, "interrupted")
                 with self._lock:
@@ -158,6 +179,15 @@ class Scheduler:
             self.console.print(f"RETRY   {info} ({outcome.reason}; attempt {attempt + 2} of {self.args.retry + 1})")
         experiment.record({command: INTERRUPTED})
         return None
+
+    def _collect(self, executor: Executor, task: Task) -> None:
+        """Bring a remote command's files home, partial logs included (H5)."""
+        try:
+            executor.collect(task.output)
+        except HostLost:
+            pass  # the files stay on the host; the task runs again elsewhere
+        except Exception as error:  # a failed copy must not end the run: say it and go on
+            self.console.print(f"warning: copying {task.output} back from {executor.host} failed: {error}")
 
     def _log(self, task: Task, command: str) -> str:
         name = task.name if self.args.no_subdir else None
@@ -204,36 +234,60 @@ def _scan(plan: Plan, no_subdir: bool, force: bool) -> List[Optional[int]]:
     return starts
 
 
-def _print_summary(console: Console, summary: Summary) -> None:
+def _print_summary(console: Console, summary: Summary, tasks: int) -> None:
     console.print(f"Finished: {summary.finished}, failed: {len(summary.failures)}, skipped: {summary.skipped}, "
                   f"interrupted: {summary.interrupted}, already finished: {summary.already}")
+    if summary.requeued:
+        console.print(f"Tasks moved to another worker after a host was lost: {summary.requeued}")
+    if summary.not_run:
+        console.print(f"Tasks not run (every worker that could take them was lost): {summary.not_run}")
     if summary.failures:
         console.print("Failed:\n" + "\n".join(f"    {f}" for f in summary.failures))
     if summary.busy:
         console.print("Left to another mlrunner:\n" + "\n".join(f"    {b}" for b in summary.busy))
 
 
+def build_executors(config: Config, args: argparse.Namespace) -> List[Executor]:
+    """Local workers (unless `-r` with no value empties them) plus every reachable host's GPUs."""
+    local = [] if args.resource == [] else resolve_resources(args.resource, config.resources)
+    executors: List[Executor] = [LocalExecutor(r) for r in local]
+    if args.hosts or config.hosts:
+        from . import hosts
+        from .executors.ssh import HostError, connect_hosts, require_paramiko
+        specs = hosts.select(args.hosts, hosts.parse_config(config.hosts, config.path),
+                             hosts.parse_sync(config.sync, config.path))
+        try:
+            require_paramiko()
+        except HostError as error:
+            raise UserError(str(error)) from None
+        executors += connect_hosts(specs, args.accept_new_hosts, args.grace)
+    return executors
+
+
 def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> int:
-    """Run the plan here and return the exit status (R4)."""
-    resources = resolve_resources(args.resource, config.resources)
-    if not resources:
-        raise UserError("no workers: 'resource' and -r are empty")
+    """Run the plan and return the exit status (R4)."""
     starts = _scan(plan, args.no_subdir, args.force)
     to_run = sum(len(t.commands) - s for t, s in zip(plan.tasks, starts) if s is not None)
+    executors = build_executors(config, args)
+    if not executors:
+        print("mlrunner: no workers: no local resource and no reachable host", file=sys.stderr)
+        return EXIT_FAILED
     print(f"Orphan params: {format_orphans(plan.orphans)}")
     print(f"Tasks: {len(plan.tasks)}, commands to run: {to_run}", flush=True)
     _copy_config(config, args.output, args.title)
-    console = Console(to_run, len(resources))
-    scheduler = Scheduler(plan, config, [LocalExecutor(r) for r in resources], run_time, args, starts, console)
+    console = Console(to_run, len(executors))
+    scheduler = Scheduler(plan, config, executors, run_time, args, starts, console)
     previous = {s: signal.signal(s, lambda number, _frame: scheduler.stop(number))
                 for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with console:
             summary = scheduler.run()
-            _print_summary(console, summary)
+            _print_summary(console, summary, len(plan.tasks))
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        for executor in executors:
+            executor.close()
     if scheduler.signal_number is not None:
         return EXIT_INTERRUPTED if scheduler.signal_number == signal.SIGINT else EXIT_TERMINATED
-    return EXIT_FAILED if summary.failures else EXIT_OK
+    return EXIT_FAILED if summary.failures or summary.not_run else EXIT_OK

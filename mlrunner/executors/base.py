@@ -9,7 +9,11 @@ import signal
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
+
+
+class HostLost(Exception):
+    """The connection to a remote host broke while a command ran or was being started (H6)."""
 
 
 class Process(ABC):
@@ -29,13 +33,16 @@ class Process(ABC):
 
     def end(self, grace: float) -> None:
         """SIGTERM the whole tree, then SIGKILL what is left after `grace` seconds (R8)."""
-        self.signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        self.wait(grace)
-        while self.group_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.signal(signal.SIGKILL)
-        self.wait()
+        try:
+            self.signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            self.wait(grace)
+            while self.group_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.signal(signal.SIGKILL)
+            self.wait()
+        except HostLost:
+            pass  # the host's agent ends what it ran when its connection closes
 
 
 class Executor(ABC):
@@ -53,18 +60,32 @@ class Executor(ABC):
     def start(self, line: str, debug: bool = False) -> Process:
         """Start `line` under bash in its own process group."""
 
+    def collect(self, directory: str) -> None:
+        """Bring the experiment's files to the local output tree after a command (H5)."""
+
+    def ready(self, finished: Callable[[], bool]) -> bool:
+        """Wait until this worker can take a task; False when it never will (H6)."""
+        return True
+
+    def close(self) -> None:
+        """Release what the executor holds (a remote connection) when the run ends."""
+
 
 @dataclass
 class Outcome:
-    code: Optional[int]  # None when the command was ended (timeout or interrupt)
+    code: Optional[int]  # None when the command was ended (timeout, interrupt, host lost)
     seconds: float
     reason: Optional[str] = None  # why it failed, when the exit status does not say
+    lost: bool = False  # the host went away: the task goes back to the pool
 
 
 def wait_for(process: Process, timeout: Optional[float], grace: float) -> Outcome:
     """Wait for a command; past `timeout` end its tree and report it as timed out."""
     started = time.monotonic()
-    code = process.wait(timeout)
+    try:
+        code = process.wait(timeout)
+    except HostLost as error:
+        return Outcome(None, time.monotonic() - started, f"host {error} lost", lost=True)
     if code is None:
         process.end(grace)
         return Outcome(None, time.monotonic() - started, f"timed out after {timeout:g}s")

@@ -1,0 +1,113 @@
+"""The remote end of an SSH host: one long-lived process that starts and ends commands there.
+
+mlrunner sends this file's source to `python3 -c` over one SSH channel per host, started once
+through the user's login shell, so commands see the environment the shell start-up sets (PATH,
+conda) without paying for a new shell per command. Requests and replies are JSON lines.
+Standard library only, Python >= 3.6: it runs on whatever python3 the GPU server has.
+
+When its stdin closes (the runner ended, or the connection died) it ends every command's process
+group, SIGTERM then SIGKILL, so nothing outlives the run.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+GRACE = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
+_out_lock = threading.Lock()
+_groups = {}  # request id -> process group id
+
+
+def send(message):
+    with _out_lock:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+
+def group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def signal_group(pgid, number):
+    try:
+        os.killpg(pgid, number)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def watch(ident, process):
+    code = process.wait()
+    send({"id": ident, "exit": code})
+
+
+def start(request):
+    process = subprocess.Popen(
+        ["bash", "-o", "pipefail", "-c", request["line"]] if request.get("debug") else ["bash", "-c", request["line"]],
+        cwd=os.path.expanduser(request["cwd"]), env=dict(os.environ, **request["env"]),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    _groups[request["id"]] = process.pid
+    threading.Thread(target=watch, args=(request["id"], process), daemon=True).start()
+    return {"pid": process.pid}
+
+
+def run(request):
+    try:
+        done = subprocess.run(request["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=30)
+        return {"code": done.returncode, "stdout": done.stdout.decode(errors="replace"),
+                "stderr": done.stderr.decode(errors="replace")}
+    except FileNotFoundError:
+        return {"code": 127, "stdout": "", "stderr": request["argv"][0] + ": not found"}
+
+
+def handle(request):
+    op = request["op"]
+    if op == "start":
+        return start(request)
+    if op == "signal":
+        signal_group(_groups[request["target"]], request["signal"])
+        return {}
+    if op == "alive":
+        return {"alive": group_alive(_groups[request["target"]])}
+    if op == "mkdir":
+        path = os.path.expanduser(request["path"])
+        os.makedirs(path, exist_ok=True)
+        return {"path": os.path.abspath(path)}
+    if op == "run":
+        return run(request)
+    raise ValueError("unknown op " + repr(op))
+
+
+def end_all():
+    groups = [pgid for pgid in _groups.values() if group_alive(pgid)]
+    for pgid in groups:
+        signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE
+    while time.monotonic() < deadline and any(group_alive(pgid) for pgid in groups):
+        time.sleep(0.05)
+    for pgid in groups:
+        signal_group(pgid, signal.SIGKILL)
+
+
+def main():
+    send({"ready": os.getpid(), "home": os.path.expanduser("~")})
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            reply = handle(request)
+            reply["id"] = request.get("id")
+        except Exception as error:  # the runner shows it; the agent keeps serving
+            reply = {"id": request.get("id"), "error": "%s: %s" % (type(error).__name__, error)}
+        send(reply)
+    end_all()
+
+
+main()
