@@ -48,10 +48,20 @@ def watch(ident, process):
     send({"id": ident, "exit": code})
 
 
+def command_env(forced):
+    env = dict(os.environ)
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # GPU numbers as nvidia-smi shows them
+    # bash reads ~/.bashrc again when it thinks sshd started it (SSH_CLIENT set, SHLVL < 2): this
+    # agent already has that environment, and a command should not pay for (or cd in) it again.
+    env["SHLVL"] = str(max(int(env.get("SHLVL") or 0), 1))
+    env.update(forced)
+    return env
+
+
 def start(request):
     process = subprocess.Popen(
         ["bash", "-o", "pipefail", "-c", request["line"]] if request.get("debug") else ["bash", "-c", request["line"]],
-        cwd=os.path.expanduser(request["cwd"]), env=dict(os.environ, **request["env"]),
+        cwd=os.path.expanduser(request["cwd"]), env=command_env(request["env"]),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
     _groups[request["id"]] = process.pid
     threading.Thread(target=watch, args=(request["id"], process), daemon=True).start()

@@ -23,7 +23,7 @@ try:
 except ImportError:  # pragma: no cover - exercised by the H7 test in a bare interpreter
     paramiko = None
 
-from ..hosts import HostSpec
+from ..hosts import HostSpec, default_workdir
 from ..sync import pull
 from .base import Executor, HostLost, Process
 
@@ -126,9 +126,9 @@ class Connection:
         transport.set_keepalive(5)
         channel = transport.open_session()
         code = pkgutil.get_data("mlrunner.executors", "agent.py").decode()
-        # One login shell per host, so the agent and its commands get PATH, conda and the rest.
-        channel.exec_command("bash -lc " + shlex.quote('exec python3 -u -c "$1" "$2"')
-                             + f" mlrunner-agent {shlex.quote(code)} {self.grace:g}")
+        # The user's shell starts the agent once, as for `ssh host command` (bash reads ~/.bashrc
+        # then), so the agent and its commands get PATH, conda and the rest of that environment.
+        channel.exec_command(f"exec python3 -u -c {shlex.quote(code)} {self.grace:g}")
         self._stdin = channel.makefile("wb")
         stdout = channel.makefile("r")
         channel.settimeout(REQUEST_TIMEOUT)
@@ -146,7 +146,7 @@ class Connection:
         self._sftp = client.open_sftp()
         self.up = True
         threading.Thread(target=self._read, args=(stdout,), daemon=True).start()
-        workdir = self.spec.workdir or "."
+        workdir = self.spec.workdir or default_workdir(os.getcwd(), os.path.expanduser("~"))
         self.workdir = self.request("mkdir", path=workdir)["path"]
 
     def ready(self, finished: Callable[[], bool]) -> bool:
