@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Iterable, List, Optional
 
 from .config import Config
@@ -26,15 +27,17 @@ def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], ru
         from .runner import resolve_resources
         resources = resolve_resources(None, None)
     resources = resources or [""]  # `-r` alone: hosts only, which a dry run does not contact
+    write = sys.stdout.write
     print(f"Orphan params: {format_orphans(plan.orphans)}")
     for task in plan.tasks:
         resource = resources[task.index % len(resources)]
         values = dict(task.params, _output=task.output, _name=task.name, _time=run_time,
                       _resource=resource, _host="localhost")
-        print(f"# {task.index + 1}/{len(plan.tasks)} {task.output} (gpu: {resource or 'cpu'})")
+        lines = [f"# {task.index + 1}/{len(plan.tasks)} {task.output} (gpu: {resource or 'cpu'})"]
         for command in task.commands:
             log = os.path.join(task.output, log_name(command, run_time, task.name if args.no_subdir else None))
-            print(shell_line(config.templates[command].render(values), resource, log, args.debug))
+            lines.append(shell_line(config.templates[command].render(values), resource, log, args.debug))
+        write("\n".join(lines) + "\n")
     print(f"Tasks: {len(plan.tasks)}, commands to run: {plan.command_count}")
     if plan.duplicates:
         print(f"Duplicates skipped: {plan.duplicates}")

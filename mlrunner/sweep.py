@@ -99,10 +99,12 @@ def safe_name(name: str) -> str:
     return f"{head}-{digest}"
 
 
-def experiment_name(keys: Sequence[str], values: Sequence[Any]) -> str:
+def experiment_name(keys: Sequence[str], values: Sequence[Any], prefixes: Optional[Sequence[str]] = None) -> str:
+    """`Key_value-Key_value`; `prefixes` (the `Key_` parts) may be given when the keys repeat."""
     if not keys:
         return "default"
-    return safe_name("-".join(f"{key_name(k)}_{value_name(v)}" for k, v in zip(keys, values)))
+    prefixes = prefixes or [f"{key_name(k)}_" for k in keys]
+    return safe_name("-".join(p + value_name(v) for p, v in zip(prefixes, values)))
 
 
 def _combinations(sweep: Sweep, sample: Optional[int], rng: random.Random) -> Iterator[tuple]:
@@ -200,12 +202,13 @@ def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Op
     seen: Set[tuple] = set()
     for sweep in sweeps:
         layout = _DocLayout(config, sweep, selected_commands(config, sweep, commands))
+        prefixes = [f"{key_name(k)}_" for k in layout.own]
         used = set().union(*(config.templates[c].params for c in layout.commands))
         plan.orphans.update(k for k in layout.from_sweep if k not in used)
         for combo in _combinations(sweep, sample, rng):
             values = layout.values(combo)
             key = _identity(layout.keys, values, layout.order)
-            name = experiment_name(layout.own, combo)
+            name = experiment_name(layout.own, combo, prefixes)
             directory = output if no_subdir else os.path.join(output, name)
             earlier = by_output.get((directory, name))
             if earlier is not None and _identity(earlier.keys, earlier.values) != key:
