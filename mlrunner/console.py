@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import IO, List, Optional
+from typing import IO, Optional
 
 STATUS_INTERVAL = 0.5
 
@@ -24,7 +24,7 @@ class Console:
         self.total = total
         self.workers = max(workers, 1)
         self.done = self.failed = self.running = 0
-        self.durations: List[float] = []
+        self.seconds = 0.0  # total duration of the finished commands, for the ETA
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -48,7 +48,7 @@ class Console:
             self.running -= 1
             if ok:
                 self.done += 1
-                self.durations.append(seconds)
+                self.seconds += seconds
             else:
                 self.failed += 1
 
@@ -57,9 +57,8 @@ class Console:
         left = max(self.total - self.done - self.failed, 0)
         text = (f"[done {self.done}/{self.total}, running {self.running}, failed {self.failed}, "
                 f"left {left}, elapsed {clock(elapsed)}")
-        if self.durations and left:
-            mean = sum(self.durations) / len(self.durations)
-            text += f", ETA {clock(mean * left / self.workers)}"
+        if self.done and left:
+            text += f", ETA {clock(self.seconds / self.done * left / self.workers)}"
         return text + "]"
 
     def _refresh(self) -> None:
