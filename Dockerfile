@@ -12,5 +12,6 @@ RUN apt-get update \
 
 WORKDIR /src
 COPY . .
+RUN python3 -m pip install --no-cache-dir -e '.[test]'
 
 CMD ["bash", ".ci/run"]
