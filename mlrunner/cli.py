@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlrunner",
         description="Run every experiment of a params.yaml sweep on a pool of GPU workers; "
                     "rerun to resume what did not finish.",
+        epilog="Single files: copy dist/mlrunner.pyz (python3 build_zipapp.py) to each GPU server and run it "
+               "there with python3; for --hosts, run dist/mlrunner-ssh-<platform>.pyz (build_zipapp.py --with-ssh) "
+               "on the machine that drives the hosts, which need only python3.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-y", "--yaml", default="params.yaml", help="the config file")
     parser.add_argument("-o", "--output", default="output", help="output root: one directory per experiment")
