@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,6 +123,21 @@ def test_h6_unreachable_host_is_left_out_and_the_run_goes_on(servers, tmp_path: 
     assert code == 0
     assert "host 127.0.0.1 left out: cannot reach" in out
     assert "Finished: 2, failed: 0" in out
+
+
+def test_h6_host_that_never_answers_is_left_out_after_the_timeout(servers, tmp_path: Path):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the TCP connection, never says a word
+    try:
+        project, env = _project(tmp_path, servers[:1], "  show: echo hi", "i: [1, 2]")
+        began = time.monotonic()
+        code, out, _ = run(["--hosts", f"host1,127.0.0.1:{silent.getsockname()[1]}"], project, env)
+        assert code == 0 and time.monotonic() - began < 40
+        assert "host 127.0.0.1 left out: cannot reach" in out
+        assert "Finished: 2, failed: 0" in out
+    finally:
+        silent.close()
 
 
 def test_h6_killed_sshd_mid_run_requeues_its_tasks(tmp_path: Path, tmp_path_factory):
