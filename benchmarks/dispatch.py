@@ -34,6 +34,8 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
+from _common import busy_cores  # benchmarks/ is sys.path[0] when run as a script
+
 
 def write_config(path: str, commands: int, workers: int) -> None:
     with open(path, "w", encoding="utf-8") as stream:
@@ -57,22 +59,6 @@ def timed(argv: List[str], cwd: str, stdin: Optional[str] = None, env: Optional[
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:4])} ... exited with {result.returncode}: {result.stderr.strip()}")
     return seconds
-
-
-def busy_cores(seconds: float = 2.0) -> Optional[float]:
-    """Cores kept busy by others while this script sleeps (/proc/stat): such load skews every figure."""
-    def sample() -> List[int]:
-        with open("/proc/stat", encoding="ascii") as stream:
-            return [int(x) for x in stream.readline().split()[1:]]
-    try:
-        before = sample()
-        time.sleep(seconds)
-        after = sample()
-    except OSError:
-        return None
-    delta = [b - a for a, b in zip(before, after)]
-    total, idle = sum(delta), delta[3] + delta[4]  # idle + iowait
-    return (total - idle) / total * (os.cpu_count() or 1) if total else None
 
 
 # --- the three implementations -------------------------------------------------------------------

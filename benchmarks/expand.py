@@ -33,6 +33,8 @@ import time
 import tracemalloc
 from typing import List, Optional, Tuple
 
+from _common import busy_cores  # benchmarks/ is sys.path[0] when run as a script
+
 # Four swept lists whose product is the wanted size: 10 x 10 x 10 x (size / 1000) for 10^4 and
 # 10^5, 10 x 10 x 100 x 100 for 10^6; a mix of floats, ints, strings and ints.
 SHAPES = {
@@ -123,22 +125,6 @@ def expand_in_process(path: str) -> Tuple[float, float, int]:
     del plan
     gc.collect()
     return seconds, peak / 2 ** 20, tasks
-
-
-def busy_cores(seconds: float = 2.0) -> Optional[float]:
-    """Cores kept busy by others while this script sleeps (/proc/stat): such load skews every figure."""
-    def sample() -> List[int]:
-        with open("/proc/stat", encoding="ascii") as stream:
-            return [int(x) for x in stream.readline().split()[1:]]
-    try:
-        before = sample()
-        time.sleep(seconds)
-        after = sample()
-    except OSError:
-        return None
-    delta = [b - a for a, b in zip(before, after)]
-    total, idle = sum(delta), delta[3] + delta[4]  # idle + iowait
-    return (total - idle) / total * (os.cpu_count() or 1) if total else None
 
 
 def fmt(value: Optional[float], spec: str) -> str:
