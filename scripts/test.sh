@@ -19,7 +19,7 @@ fi
 
 # The package (editable) and the test extra; skipped when both are already here (the Docker
 # image installs them at build time, so it runs without network).
-if ! python3 -c "import mlrunner, pytest, paramiko, yaml, sys; sys.exit(not mlrunner.__file__.startswith('$PWD/'))" \
+if ! python3 -c "import mlrunner, pytest, paramiko, pandas, yaml, sys; sys.exit(not mlrunner.__file__.startswith('$PWD/'))" \
      2> /dev/null || ! command -v hadolint > /dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 fi
