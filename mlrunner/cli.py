@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import List, Optional
 
 from . import __version__
-from .errors import EXIT_OK, EXIT_USAGE, UserError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 
 DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)\Z")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -119,3 +119,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:  # `mlrunner --dry-run | head`
         sys.stderr.close()
         return EXIT_OK
+    except KeyboardInterrupt:  # before any command started (reading, expanding, connecting)
+        print("mlrunner: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
