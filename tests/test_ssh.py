@@ -160,6 +160,29 @@ def test_h6_killed_sshd_mid_run_requeues_its_tasks(tmp_path: Path, tmp_path_fact
         steady.stop()
 
 
+def test_h6_lost_host_is_retried_and_takes_tasks_again(tmp_path: Path, tmp_path_factory):
+    sshd.require_sshd()
+    flaky, = sshd.start_servers(1, tmp_path_factory, prefix="flaky")
+    try:
+        project, env = _project(tmp_path, [flaky], "  nap: sleep 0.5; echo {i}",
+                                "i: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]")
+        runner = start([], project, env)  # one local worker, two on the host
+        time.sleep(1.5)
+        flaky.kill()
+        time.sleep(1.0)
+        flaky.restart()
+        out, err = runner.communicate(timeout=120)
+        assert runner.returncode == 0, out + err
+        assert "host flaky1: connection lost" in out and "host flaky1: connected again" in out
+        workers = [load(project / "output" / f"I_{i}" / "stat")["_runs"]["nap"]["worker"] for i in range(1, 19)]
+        assert all(statuses(project / "output" / f"I_{i}") == {"nap": "finished"} for i in range(1, 19))
+        lost_at = out.index("connection lost")
+        assert re.search(r"^DONE    gpu: flaky1:\d", out[out.index("connected again"):], re.M), "no task after reconnect"
+        assert lost_at > 0 and any(w.startswith("flaky1:") for w in workers)
+    finally:
+        flaky.stop()
+
+
 def test_r8_ctrl_c_ends_remote_process_trees(servers, tmp_path: Path):
     project, env = _project(
         tmp_path, servers[:2],
