@@ -1,8 +1,8 @@
 """The remote end of an SSH host: one long-lived process that starts and ends commands there.
 
 mlrunner sends this file's source to `python3 -c` over one SSH channel per host, started once
-through the user's login shell, so commands see the environment the shell start-up sets (PATH,
-conda) without paying for a new shell per command. Requests and replies are JSON lines.
+by the user's shell as `ssh host command` would be, so commands see the environment the shell
+start-up sets (PATH, conda) without paying for a new shell per command. Requests and replies are JSON lines.
 Standard library only, Python >= 3.6: it runs on whatever python3 the GPU server has.
 
 When its stdin closes (the runner ended, or the connection died) it ends every command's process
