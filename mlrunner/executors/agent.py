@@ -14,6 +14,8 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
+import tempfile
 import threading
 import time
 
@@ -78,6 +80,34 @@ def run(request):
         return {"code": 127, "stdout": "", "stderr": request["argv"][0] + ": not found"}
 
 
+def listing(request):
+    """Every file under a directory with its size and mtime, in one reply (not one per directory)."""
+    root = os.path.expanduser(request["path"])
+    files = []
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue
+            files.append([os.path.relpath(path, root), info.st_size, int(info.st_mtime)])
+    return {"files": files}
+
+
+def pack(request):
+    """Many small files as one tar in a temporary file, fetched in one go instead of file by file."""
+    root = os.path.expanduser(request["path"])
+    handle, path = tempfile.mkstemp(prefix="mlrunner-sync-", suffix=".tar")
+    with os.fdopen(handle, "wb") as stream, tarfile.open(fileobj=stream, mode="w") as archive:
+        for name in request["files"]:
+            try:
+                archive.add(os.path.join(root, name), arcname=name, recursive=False)
+            except OSError:
+                pass  # removed meanwhile: the next sync sees it gone
+    return {"path": path}
+
+
 def handle(request):
     op = request["op"]
     if op == "start":
@@ -93,6 +123,13 @@ def handle(request):
         return {"path": os.path.abspath(path)}
     if op == "run":
         return run(request)
+    if op == "list":
+        return listing(request)
+    if op == "pack":
+        return pack(request)
+    if op == "unlink":
+        os.unlink(request["path"])
+        return {}
     raise ValueError("unknown op " + repr(op))
 
 

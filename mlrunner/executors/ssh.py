@@ -245,7 +245,7 @@ class Connection:
 
     def pull(self, directory: str) -> None:
         with self._sftp_lock:
-            pull(self._sftp, f"{self.workdir}/{directory}", directory, self.spec.exclude)
+            pull(self.request, self._sftp, f"{self.workdir}/{directory}", directory, self.spec.exclude)
 
     def close(self) -> None:
         with self._state_lock:
