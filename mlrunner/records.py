@@ -18,6 +18,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _RESOLVERS = yaml.SafeLoader.yaml_implicit_resolvers
 _LINE_RE = re.compile(r"( *)([A-Za-z0-9_.-]+):(?: (.*))?\Z")
+_LINES_RE = re.compile(r"^( *)([A-Za-z0-9_.-]+):(?: (.*))?$", re.M)
 _UNSURE = re.compile(r"^[\[\]{}&*!|>%@`\"#?,-]|: | #|:\Z|\t")
 _memo: Dict[str, Any] = {}
 
@@ -52,17 +53,29 @@ def _resolve(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # another number, a bool or null
 
 
+def _rows(text: str) -> List[Tuple[str, str, str]]:
+    """(indent, key, value) of every line; one regex pass when every line is `key: value`."""
+    rows = _LINES_RE.findall(text)
+    if len(rows) == text.count("\n") + (not text.endswith("\n")):
+        return rows
+    rows = []
+    for line in text.splitlines():
+        if line.strip():
+            match = _LINE_RE.match(line)
+            if match is None:
+                raise _Unsure
+            rows.append(match.groups(""))
+    return rows
+
+
 def _fast(text: str) -> Dict[Any, Any]:
     top: Dict[Any, Any] = {}
     levels: List[Tuple[int, Dict[Any, Any]]] = [(0, top)]  # (indent of the keys, mapping)
     pending: Optional[Tuple[Dict[Any, Any], Any, int]] = None  # a `key:` that may open a mapping
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        match = _LINE_RE.match(line)
-        if match is None:
-            raise _Unsure
-        indent, key, value = len(match.group(1)), _scalar(match.group(2)), match.group(3)
+    memo = _memo
+    for spaces, key_text, value in _rows(text):
+        indent = len(spaces)
+        key = memo[key_text] if key_text in memo else _scalar(key_text)
         if pending is not None:
             parent, parent_key, parent_indent = pending
             pending = None
@@ -74,11 +87,11 @@ def _fast(text: str) -> Dict[Any, Any]:
         if levels[-1][0] != indent:
             raise _Unsure
         mapping = levels[-1][1]
-        if value is None or not value.strip():
+        if not value.strip():
             mapping[key] = None
             pending = (mapping, key, indent)
         else:
-            mapping[key] = _scalar(value)
+            mapping[key] = memo[value] if value in memo else _scalar(value)
     if not top:
         raise _Unsure  # an empty text is null in YAML, not {}
     return top

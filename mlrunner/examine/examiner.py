@@ -50,15 +50,16 @@ class _BadParam(ValueError):
 
 def read_param(directory: Path) -> Dict[str, Any]:
     """The params of one experiment; FileNotFoundError when it has none, _BadParam when corrupt."""
-    path = directory / "param"
-    with open(path, encoding="utf-8", errors="replace") as stream:
-        try:
-            data = records.loads(stream.read())
-        except yaml.MarkedYAMLError as error:
-            line = f" at line {error.problem_mark.line + 1}" if error.problem_mark else ""
-            raise _BadParam(f"{path}: unreadable param ({error.problem or error.context}{line})") from None
-        except yaml.YAMLError as error:
-            raise _BadParam(f"{path}: unreadable param ({str(error).splitlines()[0]})") from None
+    path = os.path.join(directory, "param")
+    with open(path, "rb") as stream:  # bytes, decoded once: cheaper than a text stream (E5)
+        text = stream.read().decode("utf-8", "replace")
+    try:
+        data = records.loads(text)
+    except yaml.MarkedYAMLError as error:
+        line = f" at line {error.problem_mark.line + 1}" if error.problem_mark else ""
+        raise _BadParam(f"{path}: unreadable param ({error.problem or error.context}{line})") from None
+    except yaml.YAMLError as error:
+        raise _BadParam(f"{path}: unreadable param ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise _BadParam(f"{path}: unreadable param (not a YAML mapping)")
     return data
@@ -295,4 +296,6 @@ def latest_log(command: str, output_dir: Union[str, Path], index: int = -1) -> O
         return None
     if not -len(names) <= index < len(names):
         return None
-    return Path(output_dir, sorted(names, key=_natural_key)[index])
+    if len(names) > 1:
+        names.sort(key=_natural_key)
+    return Path(output_dir, names[index])
