@@ -19,7 +19,7 @@ _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _RESOLVERS = yaml.SafeLoader.yaml_implicit_resolvers
 _LINE_RE = re.compile(r"( *)([A-Za-z0-9_.-]+):(?: (.*))?\Z")
 _LINES_RE = re.compile(r"^( *)([A-Za-z0-9_.-]+):(?: (.*))?$", re.M)
-_UNSURE = re.compile(r"^[\[\]{}&*!|>%@`\"#?,-]|: | #|:\Z|\t")
+_INDICATORS = "[]{}&*!|>%@`\"#?,-"  # a plain scalar starting with one of these is not plain
 _memo: Dict[str, Any] = {}
 
 
@@ -44,8 +44,9 @@ def _resolve(text: str) -> Any:
         if len(text) < 2 or not text.endswith("'") or "'" in text[1:-1].replace("''", ""):
             raise _Unsure
         return text[1:-1].replace("''", "'")
-    if not text or _UNSURE.search(text):
-        raise _Unsure
+    if (not text or text[0] in _INDICATORS or ": " in text or " #" in text or text.endswith(":")
+            or "\t" in text):
+        raise _Unsure  # substring tests: a regex alternation costs more on long shell lines
     if not any(regexp.match(text) for _, regexp in _RESOLVERS.get(text[0], ())):
         return text
     if text.isdigit() and (text[0] != "0" or len(text) == 1):  # YAML 1.1 reads 017 as octal
