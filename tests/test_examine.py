@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -374,3 +375,12 @@ def test_e2_parallel_result_that_cannot_cross_processes_is_explained(seed_output
     examiner.add(keep_a_lambda)
     with pytest.raises(RuntimeError, match="cannot be sent back from a worker process"):
         examiner.exam(seed_output, workers=2)
+
+
+
+def test_e6_status_of_shows_a_dead_runs_command_as_interrupted(tmp_path):
+    """E6 with R6: --examine reads a `running` left by a dead run as --status does."""
+    owner = {"host": socket.gethostname(), "pid": 1, "pid_start": -1}  # pid 1 never started at -1
+    (tmp_path / "stat").write_text(yaml.safe_dump(
+        {"train": "finished", "test": "running", "_runs": {"test": owner}}, sort_keys=False))
+    assert status_of(tmp_path) == "train:finished test:interrupted"

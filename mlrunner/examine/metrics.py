@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Pattern, Tuple, Union
 
 import yaml
 
-from .. import records
+from .. import records, state
 from .examiner import Examiner, latest_log, varying_params
 
 FORMATS = ("tsv", "csv", "markdown")
@@ -77,7 +77,9 @@ def status_of(output_dir: Union[str, Path]) -> str:
         return "pending"
     if not isinstance(data, dict):
         return "unreadable"
-    statuses = {str(command): str(status) for command, status in data.items() if not str(command).startswith("_")}
+    # The runner's own reading: a `running` whose owner is gone shows as `interrupted`, as in --status.
+    statuses = {str(command): str(status) for command, status in state.statuses(data).items()
+                if not str(command).startswith("_")}
     if not statuses:
         return "pending"
     if len(set(statuses.values())) == 1:
