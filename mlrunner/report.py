@@ -11,7 +11,7 @@ from .config import Config
 from .errors import EXIT_OK, UserError
 from .state import RUNS, STAT, read_yaml, statuses
 from .sweep import Plan
-from .template import log_name, shell_line
+from .template import shell_line
 
 
 def format_orphans(orphans: Iterable[str]) -> str:
@@ -31,12 +31,9 @@ def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], ru
     print(f"Orphan params: {format_orphans(plan.orphans)}")
     for task in plan.tasks:
         resource = resources[task.index % len(resources)]
-        values = dict(task.params, _output=task.output, _name=task.name, _time=run_time,
-                      _resource=resource, _host="localhost")
         lines = [f"# {task.index + 1}/{len(plan.tasks)} {task.output} (gpu: {resource or 'cpu'})"]
-        for command in task.commands:
-            log = os.path.join(task.output, log_name(command, run_time, task.name if args.no_subdir else None))
-            lines.append(shell_line(config.templates[command].render(values), resource, log, args.debug))
+        for command, line in task.render(config.templates, run_time, resource, "localhost").items():
+            lines.append(shell_line(line, resource, task.log(command, run_time, args.no_subdir), args.debug))
         write("\n".join(lines) + "\n")
     print(f"Tasks: {len(plan.tasks)}, commands to run: {plan.command_count}")
     if plan.duplicates:

@@ -20,7 +20,7 @@ from .pool import Pool
 from .report import format_orphans
 from .state import FAILED, FINISHED, INTERRUPTED, SKIPPED, Experiment, first_to_run
 from .sweep import Plan, Task
-from .template import log_name, shell_line
+from .template import shell_line
 
 
 @dataclass
@@ -104,9 +104,7 @@ class Scheduler:
             return False
         experiment = Experiment(task.output, task.name, shared=self.args.no_subdir)
         executor.prepare(task.output)
-        values = dict(task.params, _output=task.output, _name=task.name, _time=self.run_time,
-                      _resource=executor.resource, _host=executor.host)
-        commands = {c: self.config.templates[c].render(values) for c in task.commands}
+        commands = task.render(self.config.templates, self.run_time, executor.resource, executor.host)
         scripts = {c: shell_line(line, executor.resource, self._log(task, c), self.args.debug)
                    for c, line in commands.items()}
         param = dict(task.params, _name=task.name, _output=task.output, _time=self.run_time, _scripts=scripts)
@@ -190,8 +188,7 @@ class Scheduler:
             self.console.print(f"warning: copying {task.output} back from {executor.host} failed: {error}")
 
     def _log(self, task: Task, command: str) -> str:
-        name = task.name if self.args.no_subdir else None
-        return os.path.join(task.output, log_name(command, self.run_time, name))
+        return task.log(command, self.run_time, self.args.no_subdir)
 
     def _info(self, executor: Executor, command: str, task: Task) -> str:
         total = len(self.plan.tasks)

@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .config import Config, Sweep
 from .errors import UserError
+from .template import Template, log_name
 
 MAX_NAME_BYTES = 255
 MAX_VALUE_CHARS = 100
@@ -37,6 +38,16 @@ class Task:
     @property
     def params(self) -> Dict[str, Any]:
         return dict(zip(self.keys, self.values))
+
+    def render(self, templates: Dict[str, Template], run_time: str, resource: str, host: str) -> Dict[str, str]:
+        """Each command of the task with its placeholders filled for one worker (C6)."""
+        values = dict(self.params, _output=self.output, _name=self.name, _time=run_time,
+                      _resource=resource, _host=host)
+        return {command: templates[command].render(values) for command in self.commands}
+
+    def log(self, command: str, run_time: str, no_subdir: bool) -> str:
+        """The command's log path; under --no-subdir it carries the experiment's name (R9)."""
+        return os.path.join(self.output, log_name(command, run_time, self.name if no_subdir else None))
 
 
 class Plan:
