@@ -24,7 +24,7 @@ def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], ru
                   args: argparse.Namespace) -> int:
     """Print the exact lines a run would start; task i goes to worker i mod n, as it would first."""
     if resources is None or resources == ["auto"]:
-        from .runner import resolve_resources
+        from .workers import resolve_resources
         resources = resolve_resources(None, None)
     resources = resources or [""]  # `-r` alone: hosts only, which a dry run does not contact
     write = sys.stdout.write

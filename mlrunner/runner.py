@@ -13,14 +13,14 @@ from typing import List, Optional, Sequence, Set
 
 from .config import Config
 from .console import Console
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, UserError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 from .executors.base import Executor, HostLost, Outcome, Process, wait_for
-from .executors.local import LocalExecutor
 from .pool import Pool
 from .report import format_orphans
 from .state import FAILED, FINISHED, INTERRUPTED, SKIPPED, Experiment, first_to_run
 from .sweep import Plan, Task
 from .template import shell_line
+from .workers import build_executors
 
 
 @dataclass
@@ -202,18 +202,6 @@ class Scheduler:
         self.console.print(f"BUSY    {command}, {task.output}: {verdict}")
 
 
-def resolve_resources(option: Optional[List[str]], configured: Optional[List[str]]) -> List[str]:
-    """Workers' CUDA_VISIBLE_DEVICES strings: `-r` wins over the file; `auto` asks nvidia-smi (R1)."""
-    chosen = option if option else configured
-    if chosen is None or list(chosen) == ["auto"]:
-        from .gpus import discover
-        found, warning = discover()
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr)
-        return found
-    return [str(r) for r in chosen]
-
-
 def _copy_config(config: Config, output: str, title: Optional[str]) -> None:
     os.makedirs(output, exist_ok=True)
     target = os.path.join(output, os.path.basename(config.path) + (f".{title}" if title else ""))
@@ -242,23 +230,6 @@ def _print_summary(console: Console, summary: Summary, tasks: int) -> None:
         console.print("Failed:\n" + "\n".join(f"    {f}" for f in summary.failures))
     if summary.busy:
         console.print("Left to another mlrunner:\n" + "\n".join(f"    {b}" for b in summary.busy))
-
-
-def build_executors(config: Config, args: argparse.Namespace) -> List[Executor]:
-    """Local workers (unless `-r` with no value empties them) plus every reachable host's GPUs."""
-    local = [] if args.resource == [] else resolve_resources(args.resource, config.resources)
-    executors: List[Executor] = [LocalExecutor(r) for r in local]
-    if args.hosts or config.hosts:
-        from . import hosts
-        from .executors.ssh import HostError, connect_hosts, require_paramiko
-        specs = hosts.select(args.hosts, hosts.parse_config(config.hosts, config.path),
-                             hosts.parse_sync(config.sync, config.path))
-        try:
-            require_paramiko()
-        except HostError as error:
-            raise UserError(str(error)) from None
-        executors += connect_hosts(specs, args.accept_new_hosts, args.grace)
-    return executors
 
 
 def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> int:

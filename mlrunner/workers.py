@@ -1,0 +1,41 @@
+"""Who runs the commands: the one place that turns `resource`, `-r` and `hosts` into executors (SPEC R1, H1)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .config import Config
+from .errors import UserError
+from .executors.base import Executor
+from .executors.local import LocalExecutor
+
+
+def resolve_resources(option: Optional[List[str]], configured: Optional[List[str]]) -> List[str]:
+    """Workers' CUDA_VISIBLE_DEVICES strings: `-r` wins over the file; `auto` asks nvidia-smi (R1)."""
+    chosen = option if option else configured
+    if chosen is None or list(chosen) == ["auto"]:
+        from .gpus import discover
+        found, warning = discover()
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        return found
+    return [str(r) for r in chosen]
+
+
+def build_executors(config: Config, args: argparse.Namespace) -> List[Executor]:
+    """Local workers (unless `-r` with no value empties them) plus every reachable host's GPUs."""
+    local = [] if args.resource == [] else resolve_resources(args.resource, config.resources)
+    executors: List[Executor] = [LocalExecutor(r) for r in local]
+    if args.hosts or config.hosts:
+        from . import hosts
+        from .executors.ssh import HostError, connect_hosts, require_paramiko
+        specs = hosts.select(args.hosts, hosts.parse_config(config.hosts, config.path),
+                             hosts.parse_sync(config.sync, config.path))
+        try:
+            require_paramiko()
+        except HostError as error:
+            raise UserError(str(error)) from None
+        executors += connect_hosts(specs, args.accept_new_hosts, args.grace)
+    return executors
