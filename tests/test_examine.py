@@ -5,10 +5,8 @@ so the code under test reads exactly what it reads in a user's output directory.
 """
 from __future__ import annotations
 
-import inspect
 import re
 import socket
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -19,7 +17,7 @@ import yaml
 from mlrunner.examine import ExamineError, Examiner, Experiment, latest_log
 from mlrunner.examine.metrics import examine_table, read_metric, status_of
 
-OLD_PYTHON = Path("/tmp/old/bin/python")
+GOLDEN_059 = Path(__file__).parent / "data" / "mlrunner-0.5.9"
 BLEU_LINE = "Generate test with beam=5: BLEU4 = {}, 60.2/33.5/21.0/13.6 (BP=1.000, ratio=1.004)\n"
 DEFAULTS = {"data": "iwslt14", "norm": "batch", "moment": 0.1, "early-stop": False}
 # The seed's sweep: norm x moment, then early-stop for batchnorm. None: the test command failed.
@@ -68,10 +66,11 @@ def write_experiment(output: Path, name: str, params: dict, stat: dict, logs: di
     return directory
 
 
-@pytest.fixture
-def seed_output(tmp_path: Path) -> Path:
-    """The seed example's output tree, with a params.yaml copy at its root like the runner's."""
-    output = tmp_path / "output"
+def build_seed_output(output: Path) -> Path:
+    """The seed example's output tree, with a params.yaml copy at its root like the runner's.
+
+    A plain function, not only a fixture, so scripts/golden_059.py builds the same tree for 0.5.9.
+    """
     for name, (params, bleu) in SEED.items():
         finished = {"train": "finished", "avg": "finished", "test": "finished" if bleu else "failed",
                     "_runs": {"train": {"seconds": 12.5}}}
@@ -82,6 +81,11 @@ def seed_output(tmp_path: Path) -> Path:
         write_experiment(output, name, {**DEFAULTS, **params}, finished, logs)
     (output / "params.yaml").write_text("template: {}\n")
     return output
+
+
+@pytest.fixture
+def seed_output(tmp_path: Path) -> Path:
+    return build_seed_output(tmp_path / "output")
 
 
 def tsv_of(examiner: Examiner, capsys, **options) -> str:
@@ -310,28 +314,28 @@ def small_output(seed_output) -> Path:
 
 def test_e6_examine_table_tsv(small_output, capsys):
     assert examine_table(str(small_output), METRICS) == (
-        "moment\tnorm\tbleu\tloss\tstatus\n"
-        "0.05\tbatch\t\t3.1\tavg:finished test:failed train:finished\n"
-        "0.05\tnew\t27.52\t3.1\tfinished\n"
-        "0.1\tnew\t27.31\t3.1\tfinished\n")
+        "experiment\tmoment\tnorm\tbleu\tloss\tstatus\n"
+        "Norm_batch-Moment_0.05\t0.05\tbatch\t\t3.1\tavg:finished test:failed train:finished\n"
+        "Norm_new-Moment_0.05\t0.05\tnew\t27.52\t3.1\tfinished\n"
+        "Norm_new-Moment_0.1\t0.1\tnew\t27.31\t3.1\tfinished\n")
     assert capsys.readouterr().out == ""
 
 
 def test_e6_examine_table_csv(small_output):
     assert examine_table(str(small_output), METRICS, fmt="csv") == (
-        "moment,norm,bleu,loss,status\n"
-        "0.05,batch,,3.1,avg:finished test:failed train:finished\n"
-        "0.05,new,27.52,3.1,finished\n"
-        "0.1,new,27.31,3.1,finished\n")
+        "experiment,moment,norm,bleu,loss,status\n"
+        "Norm_batch-Moment_0.05,0.05,batch,,3.1,avg:finished test:failed train:finished\n"
+        "Norm_new-Moment_0.05,0.05,new,27.52,3.1,finished\n"
+        "Norm_new-Moment_0.1,0.1,new,27.31,3.1,finished\n")
 
 
 def test_e6_examine_table_markdown(small_output):
     assert examine_table(str(small_output), METRICS, fmt="markdown") == (
-        "| moment | norm  | bleu  | loss | status                                  |\n"
-        "| ------ | ----- | ----- | ---- | --------------------------------------- |\n"
-        "| 0.05   | batch |       | 3.1  | avg:finished test:failed train:finished |\n"
-        "| 0.05   | new   | 27.52 | 3.1  | finished                                |\n"
-        "| 0.1    | new   | 27.31 | 3.1  | finished                                |\n")
+        "| experiment             | moment | norm  | bleu  | loss | status                                  |\n"
+        "| ---------------------- | ------ | ----- | ----- | ---- | --------------------------------------- |\n"
+        "| Norm_batch-Moment_0.05 | 0.05   | batch |       | 3.1  | avg:finished test:failed train:finished |\n"
+        "| Norm_new-Moment_0.05   | 0.05   | new   | 27.52 | 3.1  | finished                                |\n"
+        "| Norm_new-Moment_0.1    | 0.1    | new   | 27.31 | 3.1  | finished                                |\n")
 
 
 def test_e6_examine_table_notes_go_to_stderr_and_bad_input_is_named(small_output, capsys):
@@ -345,26 +349,21 @@ def test_e6_examine_table_notes_go_to_stderr_and_bad_input_is_named(small_output
         examine_table(str(small_output), {"bleu": {"command": "test", "regex": "(["}})
 
 
-@pytest.mark.skipif(not OLD_PYTHON.exists(), reason="mlrunner 0.5.9 is not installed at /tmp/old")
-def test_e2_e3_same_tsv_as_mlrunner_0_5_9(seed_output, tmp_path, capsys):
-    """E2/E3 compatibility: the same parser over the same tree prints the same TSV as 0.5.9.
+def test_e2_e3_same_tsv_as_mlrunner_0_5_9(seed_output, capsys):
+    """E2/E3 compatibility: the same parser over the same tree prints the TSV that 0.5.9 printed.
 
-    0.5.9 lists directories in file-system order, so its rows are compared as a set; ours are
-    sorted by directory name, which the golden test checks.
+    examine.tsv was recorded by scripts/golden_059.py with 0.5.9 over build_seed_output's tree. 0.5.9
+    lists directories in file-system order, so rows are compared sorted; ours are sorted by
+    directory name, which the golden test above checks.
     """
-    script = tmp_path / "old_examine.py"
-    script.write_text("import re\nfrom mlrunner.examine import Examiner, latest_log\n" + "\n\n"
-                      + inspect.getsource(parse_bleu) + "\n\n" + inspect.getsource(add_bleu)
-                      + f"examiner = Examiner()\nexaminer.add(add_bleu)\nexaminer.exam({str(seed_output)!r})\n"
-                      + "examiner.table(print_tsv=True)\n")
-    old = subprocess.run([str(OLD_PYTHON), str(script)], cwd=tmp_path, capture_output=True, text=True, check=True)
+    header, *rows = (GOLDEN_059 / "examine.tsv").read_text(encoding="utf-8").splitlines()
     examiner = Examiner()
     examiner.add(add_bleu)
     examiner.exam(seed_output)
     ours = tsv_of(examiner, capsys).splitlines()
-    theirs = old.stdout.splitlines()
-    assert ours[0] == theirs[0]
-    assert sorted(ours[1:]) == sorted(theirs[1:])
+    assert ours[0] == header
+    assert sorted(ours[1:]) == sorted(rows)
+    assert len(rows) == len(SEED)
 
 
 def test_e2_parallel_result_that_cannot_cross_processes_is_explained(seed_output):

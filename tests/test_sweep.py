@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from mlrunner import sweep
 from mlrunner.sweep import MAX_NAME_BYTES, Task, experiment_name, key_name, safe_name, value_name
 from mlrunner.template import Template
 
-OLD_PYTHON = Path("/tmp/old/bin/python")
+GOLDEN_059 = Path(__file__).parent / "data" / "mlrunner-0.5.9"
 
 
 # X1 ---------------------------------------------------------------------------------------------
@@ -96,34 +97,20 @@ def test_X2_names_use_only_the_sweeps_own_params_in_document_order(make_plan):
     assert [t.name for t in plan.tasks] == ["Fast_T-Lr_1e-05", "Fast_F-Lr_1e-05"]
 
 
-# Names compared with mlrunner 0.5.9's own spec2name, run in its venv.
-OLD_SPECS = [
-    {"norm": "new", "moment": 0.1},
-    {"norm": "batch", "early-stop": True},
-    {"norm": "batch", "early-stop": False},
-    {"max_tokens": 4096, "lr": 1e-05, "warmup": 0.0001},
-    {"lr": 2.5, "big": 123456789, "neg": -3, "one": 1.0, "zero": 0, "huge": 1e20},
-    {"lr_min": 1, "a-b-c": 2, "learning_rate_max": 3, "x": 4, "ab_cd": 5, "EARLY-stop": 6, "a--b": 7},
-    {"path": "./data/x", "abs": "/abs/dir/", "rel": "a/b/c", "dots": "...x", "empty": ""},
-    {"long": "x" * 150, "mixed": "a" * 50 + "b" * 60},
-    {"uni": "größe", "space": "a b", "hostile": "$(touch pwned); rm -rf x"},
-    {"up": "../../nowhere-mlrunner-test", "dotdot": "..", "dot": "."},
-    {"learning-rate": 0.001, "data": "data-bin/iwslt14", "seed": 3, "max-tokens_per_gpu": 1},
-]
-
-
-@pytest.mark.skipif(not OLD_PYTHON.exists(), reason="mlrunner 0.5.9 venv /tmp/old is not installed")
-def test_X2_names_match_mlrunner_0_5_9(tmp_path):
-    (tmp_path / "data-bin" / "iwslt14").mkdir(parents=True)
-    specs = OLD_SPECS + [{"data": str(tmp_path / "data-bin" / "iwslt14"), "file": str(tmp_path / "data-bin")}]
-    script = ("import json, sys\nfrom mlrunner.utils.misc import spec2name\n"
-              "print(json.dumps([spec2name(spec, str_maxlen=100) for spec in json.load(sys.stdin)]))\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    done = subprocess.run([str(OLD_PYTHON), "-I", "-c", script], input=json.dumps(specs), capture_output=True,
-                          text=True, cwd=os.getcwd(), env=env, timeout=60, check=True)
-    old_names = json.loads(done.stdout)
+def test_X2_names_match_mlrunner_0_5_9(tmp_path, monkeypatch):
+    """X2: the names 0.5.9's spec2name gave (recorded by scripts/golden_059.py), paths on disk included."""
+    golden = json.loads((GOLDEN_059 / "names.json").read_text(encoding="utf-8"))
+    for directory in golden["layout"]["dirs"]:
+        (tmp_path / directory).mkdir(parents=True)
+    for file in golden["layout"]["files"]:
+        (tmp_path / file).write_text("")
+    monkeypatch.chdir(tmp_path)  # 0.5.9 resolved relative paths from that root
+    monkeypatch.setattr(sweep, "_value_names", {})  # names cached by other tests were checked in another cwd
+    specs = [{k: v.replace("{root}", str(tmp_path)) if isinstance(v, str) else v for k, v in case["spec"].items()}
+             for case in golden["cases"]]
     ours = [experiment_name(tuple(spec), tuple(spec.values())) for spec in specs]
-    assert ours == old_names
+    theirs = [case["name"] for case in golden["cases"]]
+    assert ours == theirs
     assert "Norm_new-Moment_0.1" in ours and "Data_iwslt14-File_data-bin" in ours
 
 
