@@ -104,9 +104,11 @@ def old_examine_tsv(old_python: str, scratch: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("old_python", help="python of a venv with mlrunner==0.5.9 installed")
     args = parser.parse_args()
+    if not os.access(args.old_python, os.X_OK):
+        parser.error(f"{args.old_python}: no such program (make the 0.5.9 venv first, see --help)")
     probe = "import importlib.metadata as m, sys; print(m.version('mlrunner'), sys.version.split()[0])"
     version, old_python_version = run_old(args.old_python, ["-c", probe], REPO).split()
     if version != VERSION:
