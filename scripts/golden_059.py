@@ -87,7 +87,7 @@ def old_names(old_python: str, scratch: Path) -> dict:
 
 def old_examine_tsv(old_python: str, scratch: Path) -> str:
     """0.5.9's TSV over test_examine's seed tree; rows sorted, as 0.5.9 lists directories in file-system order."""
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's mlrunner, as the tests import it
     import test_examine  # the same tree builder and BLEU parser as the test, so the two cannot drift
 
     output = test_examine.build_seed_output(scratch / "examine" / "output")
