@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import re
+import tempfile
 import sys
 from datetime import datetime
 from typing import List, Optional
@@ -11,16 +14,19 @@ from typing import List, Optional
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 
-DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)\Z")
+DURATION_RE = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[dhms]\s*)+\Z|\s*\d+(?:\.\d+)?\s*\Z")
+PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def duration(text: str) -> float:
-    """`90`, `90s`, `90m`, `2h`, `1d` -> seconds."""
-    match = DURATION_RE.match(text.strip())
-    if not match or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 90s, 90m, 2h)")
-    return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
+    """`90`, `90s`, `90m`, `2h`, `1d`, `1h30m`, `1h 30m` -> seconds; units at most once, largest first."""
+    parts = PART_RE.findall(text) if DURATION_RE.match(text) else []
+    units = [unit for _, unit in parts]
+    seconds = sum(float(number) * UNIT_SECONDS[unit] for number, unit in parts)
+    if not parts or seconds <= 0 or units != sorted(set(units), key="dhms".find):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 90s, 90m, 2h, 1h30m)")
+    return seconds
 
 
 def positive_int(text: str) -> int:
@@ -29,9 +35,32 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a default only where there is one worth reading: never `(default: None)`."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (R4), no usage dump
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}{self._hint(message)} (see --help)\n")
+
+    def _hint(self, message: str) -> str:
+        """`--dryrun` -> did you mean --dry-run?; `mlrunner other.yaml` -> use -y other.yaml."""
+        if not message.startswith("unrecognized arguments: "):
+            return ""
+        hints = []
+        for word in message[len("unrecognized arguments: "):].split():
+            if word.startswith("--"):
+                close = difflib.get_close_matches(word.split("=")[0], self._option_string_actions, n=1)
+                hints += [f"did you mean {close[0]}?"] if close else []
+            elif not word.startswith("-") and (os.path.isfile(word) or word.endswith((".yaml", ".yml"))):
+                hints.append(f"to read {word}, use -y {word}")
+        return f"; {'; '.join(hints)}" if hints else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Single files: copy dist/mlrunner.pyz (python3 build_zipapp.py) to each GPU server and run it "
                "there with python3; for --hosts, run dist/mlrunner-ssh-<platform>.pyz (build_zipapp.py --with-ssh) "
                "on the machine that drives the hosts, which need only python3.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     parser.add_argument("-y", "--yaml", default="params.yaml", help="the config file")
     parser.add_argument("-o", "--output", default="output", help="output root: one directory per experiment")
     parser.add_argument("-t", "--title", help="run only the sweep documents with this _title")
@@ -66,9 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grace", type=duration, default=10.0, metavar="DURATION",
                         help="after SIGTERM, wait this long before SIGKILL")
     parser.add_argument("--status", action="store_true", help="print every experiment's command statuses; run nothing")
+    parser.add_argument("--detach", action="store_true",
+                        help="after every check, go on in the background (immune to the terminal closing), "
+                             "the console in <output>/mlrunner.log")
+    parser.add_argument("--stop", action="store_true", help="end the runs in progress under -o (as SIGTERM) and wait")
+    parser.add_argument("--follow", nargs="?", const="", metavar="REGEX",
+                        help="print the running commands' logs under -o as they grow, tagged '<experiment> <command>', "
+                             "until the runs end; REGEX selects experiments")
     parser.add_argument("--examine", action="store_true",
                         help="print the params that differ, the 'metric' values and the status of every experiment")
     parser.add_argument("--format", choices=("tsv", "csv", "markdown"), default="tsv", help="table format for --examine")
+    parser.add_argument("--report", nargs="?", const="", metavar="FILE",
+                        help="write one HTML file (default <output>/report.html) with a timeline of the workers, "
+                             "the results table, metric plots and failures; run nothing")
     parser.add_argument("--hosts", help="remote hosts whose GPUs are more workers, e.g. gpu1,alice@gpu2:2222 "
                                         "(needs paramiko, or the mlrunner-ssh-*.pyz; python3 on each host)")
     parser.add_argument("--accept-new-hosts", action="store_true",
@@ -82,6 +121,8 @@ def _command(args: argparse.Namespace) -> int:
     from .sweep import expand
 
     config = config_module.load(args.yaml)
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
     if args.hosts or config.hosts:  # check host settings before anything starts (C10)
         from . import hosts
         hosts.select(args.hosts, hosts.parse_config(config.hosts, config.path), hosts.parse_sync(config.sync, config.path))
@@ -102,16 +143,70 @@ def _command(args: argparse.Namespace) -> int:
         from .report import print_dry_run
         resources = [str(r) for r in args.resource] if args.resource else config.resources
         return print_dry_run(plan, config, resources, run_time, args)
+    check_output_dir(args.output)
     from .runner import run
     return run(plan, config, run_time, args)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def check_output_dir(output: str) -> None:
+    """A run must be able to write under `output`: say so in one line before anything starts.
+
+    The probe creates and removes a scratch directory, so it leaves nothing behind and sees what
+    the kernel would refuse (a file in the way, /proc, no write permission) as the run would.
+    """
+    existing = os.path.abspath(output)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == os.path.abspath(output) else f"cannot be created: {existing} is a file"
+        raise UserError(f"-o {output}: {what}; name an output directory")
     try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mlrunner-probe-", dir=existing))
+    except OSError as error:
+        raise UserError(f"-o {output}: cannot create files in {existing} ({error.strerror})") from None
+
+
+def _report(args: argparse.Namespace) -> int:
+    """`--report`: the records under -o, with the metrics of the config file when it is there."""
+    from . import config as config_module
+    from .html_report import write_report
+
+    yaml_path = args.yaml if os.path.exists(args.yaml) else os.path.join(args.output, os.path.basename(args.yaml))
+    metrics = config_module.load(yaml_path).metrics if os.path.exists(yaml_path) else {}
+    path = write_report(args.output, args.report or os.path.join(args.output, "report.html"), metrics)
+    print(f"Report: {path}")
+    return EXIT_OK
+
+
+def _check_long_run_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--detach, --stop and --follow each go alone: with another mode they would mean two things (D1-D4)."""
+    mine = {"--detach": args.detach, "--stop": args.stop, "--follow": args.follow is not None}
+    others = {"-d": args.debug, "--dry-run": args.dry_run, "--status": args.status, "--examine": args.examine,
+              "--report": getattr(args, "report", None) is not None}
+    chosen = [flag for flag, on in mine.items() if on]
+    clashes = [flag for flag, on in others.items() if on]
+    if chosen and len(chosen) + len(clashes) > 1:
+        parser.error(f"{chosen[0]} cannot go with {', '.join((chosen[1:] + clashes))}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_long_run_flags(parser, args)
+    try:
+        if args.stop:
+            from .runs import stop
+            return stop(args.output)
+        if args.follow is not None:
+            from .follow import follow
+            return follow(args.output, args.follow)
         if args.status:
             from .report import print_status
+            from .runs import print_runs
+            print_runs(args.output)
             return print_status(args.output)
+        if args.report is not None:
+            return _report(args)
         return _command(args)
     except UserError as error:
         print(error if error.path else f"mlrunner: {error}", file=sys.stderr)

@@ -15,6 +15,7 @@ from .template import Template
 ALLOWED_KEYS = ("template", "default", "resource", "alias", "hosts", "sync", "metric")
 SWEEP_RESERVED = ("_title", "_cmd")
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
+SHELL_VAR_RE = re.compile(r"\$\{([A-Za-z0-9_-]+)\}")
 SCALARS = (str, int, float, bool)
 
 
@@ -39,6 +40,7 @@ class Config:
     sync: Dict[str, Any] = field(default_factory=dict)
     metrics: Dict[str, Dict[str, str]] = field(default_factory=dict)
     sweeps: List[Sweep] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)  # printed by the CLI; nothing stops for them
 
 
 class _Doc:
@@ -121,10 +123,30 @@ def _read_docs(path: str) -> List[_Doc]:
             _check_duplicate_keys(node, path)
             docs.append(_Doc(node, _construct(node, path)))
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        problem = getattr(error, "problem", None) or str(error)
-        raise UserError(f"invalid YAML: {problem}", path, mark.line + 1 if mark else None) from None
+        raise _yaml_error(error, text, path) from None
     return docs
+
+
+def _yaml_error(error: yaml.YAMLError, text: str, path: str) -> UserError:
+    """PyYAML's sentence, except where it points at the wrong place or speaks in parser terms."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    line = mark.line + 1 if mark else None
+    if "'\\t'" in problem:  # "found character '\t' that cannot start any token"
+        tabbed = [n for n, row in enumerate(text.splitlines(), 1) if "\t" in row[:len(row) - len(row.lstrip())]]
+        before = [n for n in tabbed if line is None or n <= line]
+        return UserError("a tab in the indentation: YAML indents with spaces only",
+                         path, (before or tabbed or [line])[-1])
+    context = getattr(error, "context", None) or ""
+    context_mark = getattr(error, "context_mark", None)
+    if context in ("while parsing a flow sequence", "while parsing a flow mapping") and context_mark is not None:
+        opener, closer = ("[", "]") if "sequence" in context else ("{", "}")
+        return UserError(f"'{opener}' is never closed: no '{closer}' before line {line}",
+                         path, context_mark.line + 1)
+    last = len(text.rstrip().splitlines())
+    if line is not None and line > last:  # "<stream end>" is past the last line: name the last one
+        line = last
+    return UserError(f"invalid YAML: {problem}", path, line)
 
 
 def _suggest(word: str, choices: Tuple[str, ...]) -> str:
@@ -303,7 +325,35 @@ def load(path: str) -> Config:
     config.sync = check.mapping(data.get("sync") or {}, "'sync'", "sync")
     config.metrics = _parse_metrics(check, data.get("metric") or {}, templates)
     config.sweeps = [_parse_sweep(path, doc, templates, config.aliases) for doc in docs[1:] if doc.data is not None]
+    config.warnings = _shell_var_warnings(config)
     return config
+
+
+def _shell_var_warnings(config: Config) -> List[str]:
+    """`${lr}` is the shell's (C6), so a Hydra habit would silently pass an empty string."""
+    params = set(config.defaults)
+    for sweep in config.sweeps:
+        for key in sweep.params:
+            params.update(next(iter(config.aliases[key].values())) if key in config.aliases else [key])
+    warnings = []
+    for name, template in config.templates.items():
+        for variable in dict.fromkeys(SHELL_VAR_RE.findall(template.text)):
+            if variable in params:
+                where = f"{config.path}:{template.line}" if template.line else config.path
+                warnings.append(f"{where}: warning: template '{name}': '${{{variable}}}' is a shell variable, "
+                                f"not the param '{variable}' (write '{{{variable}}}' for its value)")
+    return warnings
+
+
+def close_placeholder(orphan: str, config: Config) -> Optional[str]:
+    """The defaulted placeholder a sweep key was probably meant to set (`lrr` -> `lr`), if any.
+
+    Only placeholders with a default qualify: a typo in their name runs every experiment with
+    the default instead of the swept values, and nothing else would say so.
+    """
+    placeholders = sorted({p for t in config.templates.values() for p in t.params if p in config.defaults})
+    close = difflib.get_close_matches(orphan, placeholders, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def select_sweeps(config: Config, title: Optional[str]) -> List[Sweep]:

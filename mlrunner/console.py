@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
-from typing import IO, Optional
+from typing import IO, Optional, Union
 
 STATUS_INTERVAL = 0.5
+CLEAR_LINE = "\r\x1b[K"
 
 
 def clock(seconds: float) -> str:
@@ -16,14 +18,19 @@ def clock(seconds: float) -> str:
 
 
 class Console:
-    """Thread-safe console. On a terminal one status line stays at the bottom; elsewhere plain lines."""
+    """Thread-safe console. On a terminal one status line stays at the bottom; elsewhere plain lines.
+
+    The status line counts commands (the event lines number tasks), and is cut to the terminal's
+    width, read again at every refresh: a line that wraps could not be erased by `\\r`, and every
+    refresh would leave one more line behind.
+    """
 
     def __init__(self, total: int, workers: int, stream: Optional[IO[str]] = None):
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty()
         self.total = total
         self.workers = max(workers, 1)
-        self.done = self.failed = self.running = 0
+        self.done = self.failed = self.interrupted = self.running = 0
         self.seconds = 0.0  # total duration of the finished commands, for the ETA
         self.started = time.monotonic()
         self._lock = threading.Lock()
@@ -33,9 +40,9 @@ class Console:
     def print(self, text: str) -> None:
         with self._lock:
             if self.live:
-                self.stream.write("\r\x1b[K")
+                self.stream.write(CLEAR_LINE)
             self.stream.write(text + "\n")
-            if self.live:
+            if self.live and not self._stop.is_set():
                 self.stream.write(self._status())
             self.stream.flush()
 
@@ -43,29 +50,49 @@ class Console:
         with self._lock:
             self.running += 1
 
-    def ended_command(self, ok: bool, seconds: float) -> None:
+    def ended_command(self, status: Union[str, bool], seconds: float) -> None:
+        """Count a command that ended with `status` (`finished`, `failed`, `interrupted`, `timeout`, ...).
+
+        A bool is read as finished/failed, as the runner passed it before statuses were strings.
+        """
+        if isinstance(status, bool):
+            status = "finished" if status else "failed"
         with self._lock:
             self.running -= 1
-            if ok:
+            if status == "finished":
                 self.done += 1
                 self.seconds += seconds
+            elif status in ("interrupted", "lost"):
+                self.interrupted += 1
             else:
                 self.failed += 1
 
+    def left(self) -> int:
+        """Commands not started yet: neither ended nor running."""
+        return max(self.total - self.done - self.failed - self.interrupted - self.running, 0)
+
     def _status(self) -> str:
-        elapsed = time.monotonic() - self.started
-        left = max(self.total - self.done - self.failed, 0)
-        text = (f"[done {self.done}/{self.total}, running {self.running}, failed {self.failed}, "
-                f"left {left}, elapsed {clock(elapsed)}")
-        if self.done and left:
-            text += f", ETA {clock(self.seconds / self.done * left / self.workers)}"
-        return text + "]"
+        left = self.left()
+        text = f"[commands done {self.done}/{self.total}, running {self.running}, failed {self.failed}"
+        if self.interrupted:
+            text += f", interrupted {self.interrupted}"
+        text += f", left {left}, elapsed {clock(time.monotonic() - self.started)}"
+        if self.done and left + self.running:
+            text += f", ETA {clock(self.seconds / self.done * (left + self.running) / self.workers)}"
+        return _fit(text + "]", self._width())
+
+    def _width(self) -> int:
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            return 80
 
     def _refresh(self) -> None:
         while not self._stop.wait(STATUS_INTERVAL):
             with self._lock:
-                self.stream.write("\r\x1b[K" + self._status())
-                self.stream.flush()
+                if not self._stop.is_set():
+                    self.stream.write(CLEAR_LINE + self._status())
+                    self.stream.flush()
 
     def __enter__(self) -> "Console":
         if self.live:
@@ -74,9 +101,15 @@ class Console:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
+            if self.live:
+                self.stream.write(CLEAR_LINE)
+                self.stream.flush()
         if self._thread:
             self._thread.join()
-            with self._lock:
-                self.stream.write("\r\x1b[K")
-                self.stream.flush()
+
+
+def _fit(text: str, columns: int) -> str:
+    """Cut to one column less than the terminal: writing the last column makes some terminals wrap."""
+    return text[:max(columns - 1, 1)]

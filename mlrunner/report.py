@@ -7,17 +7,20 @@ import os
 import sys
 from typing import Iterable, List, Optional
 
-from .config import Config
+from .config import Config, close_placeholder
 from .errors import EXIT_OK, UserError
 from .state import RUNS, STAT, read_yaml, statuses
 from .sweep import Plan
 from .template import shell_line
 
 
-def format_orphans(orphans: Iterable[str]) -> str:
-    """Like a Python set, sorted so that the line is the same on every run."""
+def format_orphans(orphans: Iterable[str], config: Optional[Config] = None) -> str:
+    """Like a Python set, sorted so that the line is the same on every run; with `config`, a
+    typo of a defaulted placeholder (`lrr` for `lr`) gets "(did you mean 'lr'?)"."""
     names = sorted(orphans)
-    return "{" + ", ".join(repr(n) for n in names) + "}" if names else "set()"
+    text = "{" + ", ".join(repr(n) for n in names) + "}" if names else "set()"
+    guesses = [f"'{guess}'" for guess in (close_placeholder(n, config) for n in names if config) if guess]
+    return text + (f" (did you mean {' or '.join(dict.fromkeys(guesses))}?)" if guesses else "")
 
 
 def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], run_time: str,
@@ -28,7 +31,7 @@ def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], ru
         resources = resolve_resources(None, None)
     resources = resources or [""]  # `-r` alone: hosts only, which a dry run does not contact
     write = sys.stdout.write
-    print(f"Orphan params: {format_orphans(plan.orphans)}")
+    print(f"Orphan params: {format_orphans(plan.orphans, config)}")
     for task in plan.tasks:
         resource = resources[task.index % len(resources)]
         lines = [f"# {task.index + 1}/{len(plan.tasks)} {task.output} (gpu: {resource or 'cpu'})"]

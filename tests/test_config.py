@@ -358,7 +358,8 @@ def test_C9_defaults_are_never_orphans(make_plan):
     ("template: {a: 'echo {_x}'}\n", 1, "unknown reserved placeholder '{_x}'"),
     ("template: {a: echo}\nmetric:\n  m: {command: z, regex: '(x)'}\n", 3, "metric 'm': unknown command 'z'"),
     ("template: {a: echo}\nmetric:\n  m: {command: a, regex: 'x'}\n", 3, "needs a (group)"),
-    ("template:\n  a: echo {x\n  b: [\n", 4, "invalid YAML"),
+    # An error at the end of the file names the last line, not one past it.
+    ("template:\n  a: echo {x\n  b: [\n", 3, "invalid YAML"),
     # PyYAML raises bare ValueErrors for these; they must still be one line with the value's line.
     ("template: {a: echo}\ndefault:\n  lr: 1\n  day: 2020-13-45\n", 4, "invalid value '2020-13-45'"),
     ("template: {a: echo}\ndefault:\n  lr: !!int abc\n", 3, "invalid value 'abc'"),
@@ -394,7 +395,11 @@ CLI_ERRORS = [
     ("list-for-scalar", HEAD + "---\nlr: [0.1, [0.2, 0.3]]\n", [], 7, ["'lr' must be a str, int, float or bool, not a list"]),
     ("unknown-cmd", HEAD + "---\nlr: 1\n_cmd: [train, tset]\n", [], 8, ["'_cmd': unknown command 'tset'", "train"]),
     ("missing-title", HEAD + "---\n_title: norms\nlr: 1\n", ["-t", "nrms"], None, ["_title 'nrms'", "norms"]),
-    ("invalid-yaml", HEAD + "---\nlr: [1, 2\nseed: 3\n", ["--dry-run"], 8, ["invalid YAML"]),
+    ("unclosed-bracket", HEAD + "---\nlr: [1, 2\nseed: 3\n", ["--dry-run"], 7, ["'[' is never closed"]),
+    ("unclosed-bracket-at-end", HEAD + "---\nlr: [1, 2\n", [], 7, ["'[' is never closed"]),
+    ("unclosed-brace", HEAD + "---\nlr: {a: 1\nseed: 3\n", [], 7, ["'{' is never closed"]),
+    ("tab-indent", "template:\n  train: echo\ndefault:\n\tlr: 1\n", [], 4,
+     ["a tab in the indentation: YAML indents with spaces only"]),
     ("invalid-yaml-indent", "template:\n  train: echo\n   bad: 1\n", [], 3, ["invalid YAML"]),
     ("alias-in-template", "template:\n  train: echo [opt]\nalias:\n  opt: {a: {lr: 1}}\n", [], 2,
      ["alias 'opt' cannot be a placeholder"]),
@@ -455,3 +460,47 @@ def test_C10_unreadable_or_tabbed_file(tmp_path, run_cli, content):
     rc, out, err = run_cli(["--dry-run"], tmp_path)
     assert rc == 2 and "Traceback" not in err and err.count("\n") == 1
     assert err.startswith("params.yaml")
+
+
+# Paper cuts of issue 14 ---------------------------------------------------------------------------
+
+
+def test_C10_tab_in_indentation_is_our_sentence_with_its_line(config_error):
+    error = config_error("template:\n  train: echo [lr]\ndefault:\n  lr: 1\n\t  seed: 2\n")
+    assert (error.line, error.message) == (5, "a tab in the indentation: YAML indents with spaces only")
+
+
+def test_C10_tab_inside_a_value_is_not_blamed_on_indentation(load_config):
+    assert load_config("template:\n  train: 'echo\ta'\n").templates["train"].text == "echo\ta"
+
+
+def test_C6_shell_variable_naming_a_param_warns(load_config):
+    """`${lr}` is left to the shell (C6); when `lr` is a param, it was almost surely meant as {lr}."""
+    config = load_config("template:\n  train: echo ${lr} ${HOME} ${seed}\ndefault: {lr: 1}\n---\nseed: [1]\n")
+    assert config.warnings == [
+        f"{config.path}:2: warning: template 'train': '${{lr}}' is a shell variable, not the param 'lr' "
+        "(write '{lr}' for its value)",
+        f"{config.path}:2: warning: template 'train': '${{seed}}' is a shell variable, not the param 'seed' "
+        "(write '{seed}' for its value)"]
+
+
+def test_C6_shell_variable_warning_reaches_stderr_and_the_run_goes_on(tmp_path, write_yaml, run_cli):
+    write_yaml(tmp_path, "template:\n  train: echo ${lr}\ndefault: {lr: 1}\n")
+    rc, out, err = run_cli(["--dry-run", "-r", "0"], tmp_path)
+    assert rc == 0 and "echo ${lr}" in out
+    assert err == ("params.yaml:2: warning: template 'train': '${lr}' is a shell variable, not the param 'lr' "
+                   "(write '{lr}' for its value)\n")
+
+
+def test_C9_orphan_close_to_a_defaulted_placeholder_gets_did_you_mean(tmp_path, write_yaml, run_cli):
+    write_yaml(tmp_path, HEAD + "---\nlrr: [0.1, 0.01]\nnote: [x]\n")
+    rc, out, err = run_cli(["--dry-run", "-r", "0"], tmp_path)
+    assert rc == 0, err
+    assert out.splitlines()[0] == "Orphan params: {'lrr', 'note'} (did you mean 'lr'?)"
+
+
+def test_C9_orphan_far_from_every_placeholder_gets_no_guess(load_config):
+    from mlrunner.report import format_orphans
+    config = load_config(HEAD)
+    assert format_orphans({"repeat"}, config) == "{'repeat'}"
+    assert format_orphans(set(), config) == "set()"

@@ -67,8 +67,8 @@ def test_h1_h4_h5_fan_out_over_hosts_and_local_workers(servers, tmp_path: Path):
     code, table, _ = run(["--examine"], project, env)
     assert code == 0
     rows = [line.split("\t") for line in table.strip().splitlines()]
-    assert rows[0] == ["i", "score", "status"]
-    assert sorted(int(r[1]) for r in rows[1:]) == list(range(1, 15))
+    assert rows[0] == ["experiment", "i", "score", "status"]
+    assert sorted(int(r[2]) for r in rows[1:]) == list(range(1, 15))
     code, out, _ = run(["--status"], project, env)
     assert re.search(r"I_\d+ +train: finished", out)
 

@@ -128,9 +128,9 @@ def render(headers: List[str], rows: List[List[Any]], fmt: str = "tsv") -> str:
 
 def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: str = "tsv", *,
                   regex: str = ".*", workers: int = 0) -> str:
-    """The `--examine` table of every experiment under `output`: params that differ, then the
-    metrics in the order given, then `status`. Notes about skipped directories go to stderr so
-    that the table on stdout can be redirected to a file as it is.
+    """The `--examine` table of every experiment under `output`: its directory (as the console
+    names it), the params that differ, the metrics in the order given, then `status`. Notes about
+    skipped directories go to stderr so that the table on stdout can be redirected as it is.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format '{fmt}' (choose from {', '.join(FORMATS)})")
@@ -145,11 +145,12 @@ def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: st
     examiner.add(parse)
     with contextlib.redirect_stdout(sys.stderr):
         examiner.exam(output, regex=regex, workers=workers)
-    experiments = [examiner.experiments[name] for name in sorted(examiner.experiments)]
+    names = sorted(examiner.experiments)
+    experiments = [examiner.experiments[name] for name in names]
     params = varying_params(experiments)
-    headers = params + list(compiled) + ["status"]
-    rows = [[experiment.param.get(key) for key in params]
-            + [experiment.metric.get(name) for name in compiled]
+    headers = ["experiment"] + params + list(compiled) + ["status"]
+    rows = [[name] + [experiment.param.get(key) for key in params]
+            + [experiment.metric.get(metric) for metric in compiled]
             + [experiment.cache.get("status")]
-            for experiment in experiments]
+            for name, experiment in zip(names, experiments)]
     return render(headers, rows, fmt)
