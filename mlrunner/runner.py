@@ -13,10 +13,12 @@ from typing import List, Optional, Sequence, Set
 
 from .config import Config
 from .console import Console
+from .detach import detach
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 from .executors.base import Executor, HostLost, Outcome, Process, wait_for
 from .pool import Pool
 from .report import format_orphans
+from .runs import RunRecord
 from .state import FAILED, FINISHED, INTERRUPTED, SKIPPED, Experiment, first_to_run
 from .sweep import Plan, Task
 from .template import shell_line
@@ -236,6 +238,10 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     """Run the plan and return the exit status (R4)."""
     starts = _scan(plan, args.no_subdir, args.force)
     to_run = sum(len(t.commands) - s for t, s in zip(plan.tasks, starts) if s is not None)
+    # Every check is done: from here on, things start.
+    detached = detach(args.output) if args.detach else None
+    if detached is not None:  # the foreground side of --detach: the run goes on in the daemon (D1)
+        return detached
     executors = build_executors(config, args)
     if not executors:
         print("mlrunner: no workers: no local resource and no reachable host", file=sys.stderr)
@@ -248,7 +254,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     previous = {s: signal.signal(s, lambda number, _frame: scheduler.stop(number))
                 for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with console:
+        with console, RunRecord(args.output, console):  # the record --status/--stop/--follow read (D2)
             summary = scheduler.run()
             _print_summary(console, summary, len(plan.tasks))
     finally:

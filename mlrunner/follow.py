@@ -1,0 +1,189 @@
+"""`--follow [REGEX]`: the running commands' logs as they grow, tagged like `parallel --tag` (SPEC D4).
+
+The `stat` files say which commands run and (`_runs[cmd][-1].log`) which log they write; older
+records have no `log`, and then the newest `log.<cmd>.*` written since the command started is
+taken. A log already running when following begins starts at its last lines, as `tail -f` does;
+a command that starts later is shown from its first line, each line once. Following ends when no
+run is in progress on the tree any more, after the last lines are shown, or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import IO, Any, Dict, Iterator, Optional, Set, Tuple
+
+from .errors import EXIT_OK, UserError
+from .runs import live_runs
+from .state import RUNNING, RUNS, STAT, Corrupt, read_record, runs_of
+
+POLL = 0.2
+FIRST_LINES = 10  # of a log that was already running when following began
+LONGEST_LINE = 65536  # a longer run of bytes without a newline is shown as it is
+
+
+@dataclass
+class Tail:
+    """One followed log: where we are in it and the line not ended yet."""
+
+    tag: bytes
+    stat: str  # the record that says whether its command still runs
+    position: int = 0
+    partial: bytes = b""
+    ended: bool = False  # its command ended: show the rest, then forget it
+
+
+def _start_time(run: Dict[str, Any]) -> Optional[float]:
+    if isinstance(run.get("start"), (int, float)):
+        return float(run["start"])
+    try:  # the older `started: 2026-11-28 04:50:01`, local time
+        return time.mktime(time.strptime(str(run.get("started")), "%Y-%m-%d %H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def _last_lines_offset(path: str, count: int) -> int:
+    """Where the last `count` lines of a file begin."""
+    with open(path, "rb") as stream:
+        end = stream.seek(0, os.SEEK_END)
+        start = max(0, end - LONGEST_LINE)
+        stream.seek(start)
+        data = stream.read()
+    cut = len(data)
+    for _ in range(count + (1 if data.endswith(b"\n") else 0)):
+        cut = data.rfind(b"\n", 0, cut)
+        if cut < 0:
+            return start
+    return start + cut + 1
+
+
+class Follower:
+    """Polls the `stat` files under one output root and prints what the followed logs add."""
+
+    def __init__(self, output: str, pattern: Optional[re.Pattern], out: IO[bytes]):
+        self.output = output
+        self.pattern = pattern
+        self.out = out
+        self.began = time.time()
+        self.tails: Dict[str, Tail] = {}
+        self.done: Set[str] = set()  # logs followed to their end
+        self.quiet: Dict[str, int] = {}  # stat path -> mtime seen, while none of its commands runs
+        self.first = True
+
+    def _stats(self) -> Iterator[Tuple[str, str]]:
+        """(stat path, experiment name) of every experiment: `<name>/stat`, or `stat.<name>` (--no-subdir)."""
+        try:
+            with os.scandir(self.output) as entries:
+                found = sorted((e.name, e.is_dir()) for e in entries)
+        except FileNotFoundError:
+            return
+        for name, is_dir in found:
+            if is_dir:
+                yield os.path.join(self.output, name, STAT), name
+            elif name.startswith(STAT + ".") and ".corrupt." not in name and not name.endswith(".tmp"):
+                yield os.path.join(self.output, name), name[len(STAT) + 1:]
+
+    def _logs(self, directory: str, stat: Dict[str, Any]) -> Iterator[Tuple[str, str, bool]]:
+        """(command, log path, running) of the runs to show from one `stat`."""
+        for command, status in stat.items():
+            if command == RUNS:
+                continue
+            runs = runs_of(stat, command)
+            for run in runs:
+                start = _start_time(run)
+                running = status == RUNNING and run is runs[-1]
+                if not running and (start is None or start < self.began):
+                    continue  # ended before we began following
+                log = self._log_path(directory, command, run, start)
+                if log:
+                    yield command, log, running
+
+    @staticmethod
+    def _log_path(directory: str, command: str, run: Dict[str, Any], start: Optional[float]) -> Optional[str]:
+        if run.get("log"):  # recorded relative to where the run started: the file is in this directory
+            return os.path.join(directory, os.path.basename(str(run["log"])))
+        logs = glob.glob(os.path.join(glob.escape(directory), f"log.{glob.escape(command)}.*"))
+        newest = max(logs, key=lambda p: os.stat(p).st_mtime, default=None) if logs else None
+        if newest is None or (start is not None and os.stat(newest).st_mtime < start - 1):
+            return None  # its log is not there yet (an older run's is): look again at the next poll
+        return newest
+
+    def scan(self, final: bool = False) -> None:
+        """Find logs to follow; mark those whose command ended."""
+        for path, name in self._stats():
+            if self.pattern and not self.pattern.search(name):
+                continue
+            try:
+                mtime = os.stat(path).st_mtime_ns
+                if not final and self.quiet.get(path) == mtime:
+                    continue
+                stat = read_record(path)
+            except (FileNotFoundError, NotADirectoryError, Corrupt):
+                continue
+            directory = os.path.dirname(path)
+            active = {}
+            for command, log, running in self._logs(directory, stat):
+                active[log] = running
+                if log not in self.tails and log not in self.done:
+                    tag = f"{name} {command} ".encode()
+                    tail = Tail(tag, path)
+                    if self.first and running and os.path.exists(log):
+                        tail.position = _last_lines_offset(log, FIRST_LINES)
+                    self.tails[log] = tail
+            for log, tail in self.tails.items():
+                if tail.stat == path and not active.get(log, False):
+                    tail.ended = True
+            if RUNNING in stat.values():  # read again next time: a log may not be there yet
+                self.quiet.pop(path, None)
+            else:
+                self.quiet[path] = mtime
+        self.first = False
+
+    def show(self) -> None:
+        """Print every followed log's new complete lines; finish the logs whose command ended."""
+        for log, tail in list(self.tails.items()):
+            try:
+                with open(log, "rb") as stream:
+                    stream.seek(tail.position)
+                    data = stream.read()
+            except FileNotFoundError:
+                data = b""
+            tail.position += len(data)
+            lines = (tail.partial + data).split(b"\n")
+            tail.partial = lines.pop()
+            if len(tail.partial) > LONGEST_LINE:
+                lines.append(tail.partial)
+                tail.partial = b""
+            if tail.ended:
+                if tail.partial:
+                    lines.append(tail.partial)
+                del self.tails[log]
+                self.done.add(log)
+            if lines:
+                self.out.write(b"".join(tail.tag + line + b"\n" for line in lines))
+        self.out.flush()
+
+
+def follow(output: str, regex: Optional[str]) -> int:
+    """Follow the runs in progress on `output` until they end (D4); Ctrl-C ends it too (exit 130)."""
+    try:
+        pattern = re.compile(regex) if regex else None
+    except re.error as error:
+        raise UserError(f"--follow: bad regular expression {regex!r}: {error}")
+    if not os.path.isdir(output) or not live_runs(output):
+        print(f"mlrunner: no run in progress on {output}; nothing to follow", file=sys.stderr)
+        return EXIT_OK
+    follower = Follower(output, pattern, sys.stdout.buffer)
+    while live_runs(output):
+        follower.scan()
+        follower.show()
+        time.sleep(POLL)
+    follower.scan(final=True)
+    for tail in follower.tails.values():  # a `running` left by a killed run ends here too
+        tail.ended = True
+    follower.show()
+    return EXIT_OK

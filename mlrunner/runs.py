@@ -1,0 +1,214 @@
+"""The runs in progress on an output tree: one small record per run in the output root (SPEC D2, D3).
+
+A run keeps `<output>/.mlrunner-run.<host>.<pid>` (YAML: who it is, what it runs, its counts)
+while it schedules, rewrites it atomically as its counts change and removes it when it ends. A
+record's process is checked by pid *and* the kernel's start time of that pid, so a reused pid is
+never taken for the run; a record whose process is gone (a SIGKILLed runner) is stale and the
+next reader deletes it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .console import Console, clock
+from .errors import EXIT_FAILED, EXIT_OK
+
+PREFIX = ".mlrunner-run."
+UPDATE_INTERVAL = 2.0
+HOST = socket.gethostname()
+
+
+def process_start(pid: int) -> Optional[int]:
+    """The kernel's start time of `pid` (clock ticks since boot); None when gone or a zombie.
+
+    A zombie counts as gone: where init does not reap orphans (some containers), an ended daemon
+    stays in the process table as one.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stream:
+            fields = stream.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def is_alive(run: Dict[str, Any]) -> bool:
+    """Is the process that wrote this record still the same process, alive? Another host's: unknown."""
+    if run.get("host") != HOST:
+        return True
+    pid = run.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if run.get("pid_start") is None:  # no /proc where it was written: the pid is all we have
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    return process_start(pid) == run["pid_start"]
+
+
+def _write_atomically(path: str, data: Dict[str, Any]) -> None:
+    temporary = f"{path}.{threading.get_ident()}.tmp"
+    with open(temporary, "w", encoding="utf-8") as stream:
+        yaml.safe_dump(data, stream, sort_keys=False, default_flow_style=False)
+    os.replace(temporary, path)
+
+
+class RunRecord:
+    """This run's record, kept up to date from the console's counters while the `with` lasts."""
+
+    def __init__(self, output: str, console: Console):
+        self.console = console
+        self.path = os.path.join(output, f"{PREFIX}{HOST}.{os.getpid()}")
+        from .detach import console_log
+        self.data: Dict[str, Any] = {
+            "pid": os.getpid(), "pid_start": process_start(os.getpid()), "host": HOST,
+            "cwd": os.getcwd(), "argv": list(sys.argv), "started": round(time.time(), 3),
+            "log": console_log(), "workers": console.workers}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._update, daemon=True)
+
+    def counts(self) -> Dict[str, Any]:
+        console = self.console
+        ended = console.done + console.failed + getattr(console, "interrupted", 0)
+        left = max(console.total - ended - console.running, 0)  # not started yet
+        still = left + console.running
+        eta = console.seconds / console.done * still / console.workers if console.done and still else None
+        return {"total": console.total, "done": console.done, "running": console.running,
+                "failed": console.failed, "left": left, "eta": None if eta is None else round(eta)}
+
+    def _update(self) -> None:
+        written = None
+        while not self._stop.wait(UPDATE_INTERVAL):
+            counts = self.counts()
+            if counts != written:
+                _write_atomically(self.path, dict(self.data, **counts))
+                written = counts
+
+    def __enter__(self) -> "RunRecord":
+        from .detach import announce_ready
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        _write_atomically(self.path, dict(self.data, **self.counts()))
+        self._thread.start()
+        announce_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def live_runs(output: str) -> List[Dict[str, Any]]:
+    """The runs in progress on `output`, oldest first; stale records of this host are deleted."""
+    runs = []
+    for path in glob.glob(os.path.join(glob.escape(output), PREFIX + "*")):
+        if path.endswith(".tmp"):
+            continue
+        try:
+            with open(path, encoding="utf-8") as stream:
+                run = yaml.safe_load(stream)
+        except FileNotFoundError:  # it ended while we looked
+            continue
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            run = None
+        if not isinstance(run, dict) or not is_alive(run):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            continue
+        runs.append(dict(run, path=path))
+    return sorted(runs, key=lambda r: (r.get("started") or 0, r.get("pid") or 0))
+
+
+def describe(run: Dict[str, Any]) -> str:
+    """One line for `--status`: who, since when, how far, how long still."""
+    started = run.get("started") or 0
+    text = (f"pid {run.get('pid')} on {run.get('host')}, started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}"
+            f" ({clock(time.time() - started)} ago): done {run.get('done', 0)}/{run.get('total', 0)}, "
+            f"running {run.get('running', 0)}, failed {run.get('failed', 0)}, left {run.get('left', 0)}")
+    if isinstance(run.get("eta"), int):
+        text += f", ETA {clock(run['eta'])}"
+    if run.get("host") != HOST:
+        text += " (another host: not checked from here)"
+    if run.get("log"):
+        text += f"; console: {run['log']}"
+    return text
+
+
+def print_runs(output: str) -> None:
+    """The head of `--status` (D2): nothing when no run is in progress."""
+    runs = live_runs(output) if os.path.isdir(output) else []
+    if runs:
+        print(f"Runs in progress on {output}: {len(runs)}")
+        for run in runs:
+            print(f"  {describe(run)}")
+        print(flush=True)
+
+
+def _terminate(run: Dict[str, Any]) -> bool:
+    """SIGTERM the run's runner if it is still the recorded process; False when it was already gone.
+
+    Where the kernel has pidfds the check and the signal go to one pinned process, so a pid reused
+    between them can never be signalled.
+    """
+    pid = run["pid"]
+    try:
+        pidfd: Optional[int] = os.pidfd_open(pid)  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        if not is_alive(run):
+            return False
+        if pidfd is None:
+            os.kill(pid, signal.SIGTERM)
+        else:
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)  # type: ignore[attr-defined]
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def stop(output: str) -> int:
+    """`--stop` (D3): end this host's runs on `output` as SIGTERM does, wait for them, report."""
+    runs = live_runs(output) if os.path.isdir(output) else []
+    if not runs:
+        print(f"mlrunner: no run in progress on {output}; nothing to stop")
+        return EXIT_OK
+    status = EXIT_OK
+    stopping = []
+    for run in runs:
+        if run.get("host") != HOST:
+            print(f"pid {run.get('pid')} runs on {run.get('host')}: run --stop there", file=sys.stderr)
+            status = EXIT_FAILED
+        elif _terminate(run):
+            print(f"Stopping pid {run['pid']} (SIGTERM): its commands are ended and recorded as interrupted",
+                  flush=True)
+            stopping.append((run, time.monotonic()))
+    for run, sent in stopping:
+        while is_alive(run):
+            time.sleep(0.1)
+        print(f"Stopped pid {run['pid']} after {time.monotonic() - sent:.1f}s", flush=True)
+    return status
