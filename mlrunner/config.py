@@ -223,13 +223,14 @@ def _parse_aliases(check: _Checker, raw: Any) -> Dict[Any, Dict[Any, Dict[str, A
     return aliases
 
 
-def _parse_resources(check: _Checker, raw: Any) -> Optional[List[str]]:
+def _parse_resources(check: _Checker, raw: Any, hosts: bool = False) -> Optional[List[str]]:
+    """`resource: []` is allowed beside `hosts:` only: no local worker, hosts only (H1)."""
     if raw == "auto":
         return None
     if not isinstance(raw, list):
         raise check.fail("'resource' must be a list (one entry per worker) or 'auto'", "resource")
-    if not raw:
-        raise check.fail("'resource' needs at least one entry", "resource")
+    if not raw and not hosts:
+        raise check.fail("'resource' needs at least one entry (an empty list only beside 'hosts:')", "resource")
     for entry in raw:
         if isinstance(entry, bool) or not isinstance(entry, (str, int)):
             raise check.fail(f"resource entry {entry!r} must be a GPU list like 0 or \"0,1\"", "resource")
@@ -320,7 +321,7 @@ def load(path: str) -> Config:
         check.scalar(value, f"default '{param}'", "default", param)
     config.defaults = defaults
     if "resource" in data:
-        config.resources = _parse_resources(check, data["resource"])
+        config.resources = _parse_resources(check, data["resource"], bool(data.get("hosts")))
     config.hosts = check.mapping(data.get("hosts") or {}, "'hosts'", "hosts")
     config.sync = check.mapping(data.get("sync") or {}, "'sync'", "sync")
     config.metrics = _parse_metrics(check, data.get("metric") or {}, templates)

@@ -21,6 +21,13 @@ class HostSpec:
     resources: Optional[List[str]] = None  # None: ask the host's nvidia-smi
     workdir: Optional[str] = None
     exclude: List[str] = field(default_factory=list)  # sync globs left on the host (H5)
+    push: List[str] = field(default_factory=list)  # local paths copied to the workdir first (H13)
+
+
+@dataclass
+class SyncSettings:
+    exclude: List[str] = field(default_factory=list)
+    push: List[str] = field(default_factory=list)
 
 
 def parse_address(text: str, where: str) -> HostSpec:
@@ -60,18 +67,27 @@ def parse_config(raw: Dict[Any, Any], path: str) -> List[HostSpec]:
     return specs
 
 
-def parse_sync(raw: Dict[Any, Any], path: str) -> List[str]:
-    """`sync: {exclude: ["*.pt"]}` -> the exclude globs."""
-    unknown = set(raw) - {"exclude"}
+def parse_sync(raw: Dict[Any, Any], path: str) -> SyncSettings:
+    """`sync: {exclude: ["*.pt"], push: [".", "data/small"]}` -> settings; push paths must exist here."""
+    unknown = set(raw) - {"exclude", "push"}
     if unknown:
-        raise UserError(f"sync: unknown key '{sorted(map(str, unknown))[0]}' (allowed: exclude)", path)
+        raise UserError(f"sync: unknown key '{sorted(map(str, unknown))[0]}' (allowed: exclude, push)", path)
     exclude = raw.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(g, str) for g in exclude):
         raise UserError("sync: 'exclude' must be a list of globs like ['*.pt']", path)
-    return exclude
+    push = raw.get("push") or []
+    if not isinstance(push, list) or not all(isinstance(p, str) and p for p in push):
+        raise UserError("sync: 'push' must be a list of paths like ['.', 'data/small']", path)
+    for local in push:
+        parts = local.replace("\\", "/").split("/")
+        if os.path.isabs(local) or ".." in parts:
+            raise UserError(f"sync: push: '{local}' must be a path inside the working directory", path)
+        if not os.path.lexists(local):
+            raise UserError(f"sync: push: '{local}' does not exist here", path)
+    return SyncSettings(exclude, [os.path.normpath(p) for p in push])
 
 
-def select(flag: Optional[str], configured: List[HostSpec], exclude: List[str]) -> List[HostSpec]:
+def select(flag: Optional[str], configured: List[HostSpec], sync: SyncSettings) -> List[HostSpec]:
     """`--hosts` chooses the hosts; settings for the same host still come from the file."""
     by_name = {spec.name: spec for spec in configured}
     chosen = configured
@@ -84,7 +100,7 @@ def select(flag: Optional[str], configured: List[HostSpec], exclude: List[str]) 
                 spec.user, spec.port = spec.user or known.user, spec.port or known.port
             chosen.append(spec)
     for spec in chosen:
-        spec.exclude = list(exclude)
+        spec.exclude, spec.push = list(sync.exclude), list(sync.push)
     return chosen
 
 

@@ -24,18 +24,27 @@ def resolve_resources(option: Optional[List[str]], configured: Optional[List[str
     return [str(r) for r in chosen]
 
 
-def build_executors(config: Config, args: argparse.Namespace) -> List[Executor]:
-    """Local workers (unless `-r` with no value empties them) plus every reachable host's GPUs."""
+def build_executors(config: Config, args: argparse.Namespace, notes: Optional[List[str]] = None) -> List[Executor]:
+    """Local workers (unless `-r` with no value empties them) plus every reachable host's GPUs.
+
+    A host name that does not resolve is a UserError (H12); a host that cannot be reached is a
+    warning on stderr, also appended to `notes` for the summary.
+    """
     local = [] if args.resource == [] else resolve_resources(args.resource, config.resources)
     executors: List[Executor] = [LocalExecutor(r) for r in local]
     if args.hosts or config.hosts:
         from . import hosts
-        from .executors.ssh import HostError, connect_hosts, require_paramiko
         specs = hosts.select(args.hosts, hosts.parse_config(config.hosts, config.path),
                              hosts.parse_sync(config.sync, config.path))
+        from .executors.ssh import HostError, connect_hosts, require_paramiko, unresolvable
         try:
             require_paramiko()
         except HostError as error:
             raise UserError(str(error)) from None
-        executors += connect_hosts(specs, args.accept_new_hosts, args.grace)
+        for spec in specs:
+            why = unresolvable(spec)
+            if why:
+                raise UserError(f"--hosts: {why}" if args.hosts else f"hosts: {why}",
+                                None if args.hosts else config.path)
+        executors += connect_hosts(specs, args.accept_new_hosts, args.grace, notes)
     return executors

@@ -96,8 +96,8 @@ def test_h3_unknown_host_key_is_refused_with_a_way_to_trust_it(servers, tmp_path
     project, env = _project(tmp_path, servers[:1], "  show: echo hi", "i: 1", trust=False)
     code, out, err = run(["-r"], project, env)
     assert code == 1
-    assert "host host1 left out: unknown host key for [127.0.0.1]" in out
-    assert "ssh-keyscan -p" in out and "--accept-new-hosts" in out
+    assert "warning: host host1 left out: unknown host key for [127.0.0.1]" in err
+    assert "ssh-keyscan -p" in err and "--accept-new-hosts" in err
     assert "no workers" in err
 
 
@@ -111,17 +111,17 @@ def test_h3_accept_new_hosts_records_the_key_but_never_a_changed_one(tmp_path: P
         known = (Path(env["HOME"]) / ".ssh" / "known_hosts").read_text()
         assert f"[127.0.0.1]:{server.port} ssh-ed25519" in known
         server.new_host_key()
-        code, out, _ = run(["-r", "--accept-new-hosts", "-f"], project, env)
-        assert code == 1 and "has CHANGED" in out
+        code, out, err = run(["-r", "--accept-new-hosts", "-f"], project, env)
+        assert code == 1 and "has CHANGED" in err
     finally:
         server.stop()
 
 
 def test_h6_unreachable_host_is_left_out_and_the_run_goes_on(servers, tmp_path: Path):
     project, env = _project(tmp_path, servers[:1], "  show: echo hi", "i: [1, 2]")
-    code, out, _ = run(["--hosts", f"host1,127.0.0.1:{sshd.free_port()}"], project, env)
+    code, out, err = run(["--hosts", f"host1,127.0.0.1:{sshd.free_port()}"], project, env)
     assert code == 0
-    assert "host 127.0.0.1 left out: cannot reach" in out
+    assert "warning: host 127.0.0.1 left out: cannot reach" in err
     assert "Finished: 2, failed: 0" in out
 
 
@@ -132,9 +132,9 @@ def test_h6_host_that_never_answers_is_left_out_after_the_timeout(servers, tmp_p
     try:
         project, env = _project(tmp_path, servers[:1], "  show: echo hi", "i: [1, 2]")
         began = time.monotonic()
-        code, out, _ = run(["--hosts", f"host1,127.0.0.1:{silent.getsockname()[1]}"], project, env)
+        code, out, err = run(["--hosts", f"host1,127.0.0.1:{silent.getsockname()[1]}"], project, env)
         assert code == 0 and time.monotonic() - began < 40
-        assert "host 127.0.0.1 left out: cannot reach" in out
+        assert "warning: host 127.0.0.1 left out: cannot reach" in err
         assert "Finished: 2, failed: 0" in out
     finally:
         silent.close()

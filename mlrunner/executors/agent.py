@@ -2,16 +2,25 @@
 
 mlrunner sends this file's source to `python3 -c` over one SSH channel per host, started once
 by the user's shell as `ssh host command` would be, so commands see the environment the shell
-start-up sets (PATH, conda) without paying for a new shell per command. Requests and replies are JSON lines.
-Standard library only, Python >= 3.6: it runs on whatever python3 the GPU server has.
+start-up sets (PATH, conda) without paying for a new shell per command. Requests and replies are
+JSON lines; each request is served in its own thread, so a big sync bundle never holds up a
+`start`, a `wait` or the heartbeat (SPEC H8). Standard library only, Python >= 3.6, Linux: it runs
+on whatever python3 the GPU server has.
 
-When its stdin closes (the runner ended, or the connection died) it ends every command's process
-group, SIGTERM then SIGKILL, so nothing outlives the run.
+Nothing but JSON travels on stdout: commands get /dev/null for stdin, stdout and stderr (their
+shell line redirects to their log), and so does the agent's own stderr once it is up (H9).
+
+A command's process group is known only while the agent started it and it still runs: the
+group leader is left unreaped (a zombie) until no process of its group is left, so its pid
+cannot be reused meanwhile, and the group is forgotten when it is reaped (H10). When stdin
+closes, a reply cannot be written, or a signal arrives, every group still known is ended,
+SIGTERM then SIGKILL after the grace period, and the agent exits.
 """
 
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -21,33 +30,48 @@ import time
 
 GRACE = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
 _out_lock = threading.Lock()
-_groups = {}  # request id -> process group id
+_lock = threading.Lock()  # guards _groups and _temporary
+_groups = {}  # request id -> Popen of a command whose group may still have processes
+_temporary = set()  # bundle files this agent made: the only paths `discard` removes
+_ending = threading.Event()
 
 
 def send(message):
-    with _out_lock:
-        sys.stdout.write(json.dumps(message) + "\n")
-        sys.stdout.flush()
-
-
-def group_alive(pgid):
+    data = (json.dumps(message) + "\n").encode()
     try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+        with _out_lock:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+    except (OSError, ValueError):  # the connection is gone: nobody will ever end our commands
+        shutdown()
 
 
-def signal_group(pgid, number):
-    try:
-        os.killpg(pgid, number)
-    except (ProcessLookupError, PermissionError):
-        pass
+def members(pgid):
+    """Live processes of a process group (zombies, the unreaped leader among them, do not count)."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as stream:
+                fields = stream.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            count += 1
+    return count
 
 
 def watch(ident, process):
-    code = process.wait()
+    """Report the exit at once; reap the leader (and forget the group) only when the group is empty."""
+    info = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+    code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
     send({"id": ident, "exit": code})
+    while members(process.pid):
+        time.sleep(0.2)
+    with _lock:
+        process.wait()
+        _groups.pop(ident, None)
 
 
 def command_env(forced):
@@ -61,13 +85,35 @@ def command_env(forced):
 
 
 def start(request):
-    process = subprocess.Popen(
-        ["bash", "-o", "pipefail", "-c", request["line"]] if request.get("debug") else ["bash", "-c", request["line"]],
-        cwd=os.path.expanduser(request["cwd"]), env=command_env(request["env"]),
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
-    _groups[request["id"]] = process.pid
+    argv = ["bash", "-o", "pipefail", "-c", request["line"]] if request.get("debug") else ["bash", "-c", request["line"]]
+    with _lock:
+        if _ending.is_set():
+            raise RuntimeError("the agent is ending")
+        process = subprocess.Popen(argv, cwd=os.path.expanduser(request["cwd"]), env=command_env(request["env"]),
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        _groups[request["id"]] = process
     threading.Thread(target=watch, args=(request["id"], process), daemon=True).start()
     return {"pid": process.pid}
+
+
+def signal_command(request):
+    """Signal a command's group, only while it is ours: its leader is unreaped, so the pid is too."""
+    with _lock:
+        process = _groups.get(request["target"])
+        if process is None:
+            return {"known": False}
+        try:
+            os.killpg(process.pid, request["signal"])
+        except (ProcessLookupError, PermissionError):
+            pass
+    return {"known": True}
+
+
+def alive(request):
+    with _lock:
+        process = _groups.get(request["target"])
+    return {"alive": process is not None and members(process.pid) > 0}
 
 
 def run(request):
@@ -80,81 +126,190 @@ def run(request):
         return {"code": 127, "stdout": "", "stderr": request["argv"][0] + ": not found"}
 
 
+def kind(mode):
+    if stat.S_ISREG(mode):
+        return "f"
+    return "l" if stat.S_ISLNK(mode) else "o"
+
+
 def listing(request):
-    """Every file under a directory with its size and mtime, in one reply (not one per directory)."""
+    """Every entry under a directory, not following symlinks: [path, size, mtime_ns, kind] rows."""
     root = os.path.expanduser(request["path"])
     files = []
-    for directory, _, names in os.walk(root):
-        for name in names:
+    for directory, subdirectories, names in os.walk(root):
+        for name in names + [d for d in subdirectories if os.path.islink(os.path.join(directory, d))]:
             path = os.path.join(directory, name)
             try:
-                info = os.stat(path)
+                info = os.lstat(path)
             except OSError:
                 continue
-            files.append([os.path.relpath(path, root), info.st_size, int(info.st_mtime)])
+            files.append([os.path.relpath(path, root), info.st_size, info.st_mtime_ns, kind(info.st_mode)])
     return {"files": files}
 
 
-def pack(request):
-    """Many small files as one tar in a temporary file, fetched in one go instead of file by file."""
-    root = os.path.expanduser(request["path"])
+def stats(request):
+    """Size, mtime_ns and kind of each named path under a root (None when missing), for code push."""
+    root = os.path.expanduser(request["root"])
+    found = []
+    for name in request["files"]:
+        try:
+            info = os.lstat(os.path.join(root, name))
+            found.append([info.st_size, info.st_mtime_ns, kind(info.st_mode)])
+        except OSError:
+            found.append(None)
+    return {"stats": found}
+
+
+def temporary():
     handle, path = tempfile.mkstemp(prefix="mlrunner-sync-", suffix=".tar")
-    with os.fdopen(handle, "wb") as stream, tarfile.open(fileobj=stream, mode="w") as archive:
+    os.close(handle)
+    with _lock:
+        _temporary.add(path)
+    return path
+
+
+def pack(request):
+    """Many small regular files as one tar, fetched in one go instead of file by file."""
+    root = os.path.expanduser(request["path"])
+    path = temporary()
+    with tarfile.open(path, mode="w") as archive:
         for name in request["files"]:
+            full = os.path.join(root, name)
             try:
-                archive.add(os.path.join(root, name), arcname=name, recursive=False)
+                if kind(os.lstat(full).st_mode) == "f":
+                    archive.add(full, arcname=name, recursive=False)
             except OSError:
                 pass  # removed meanwhile: the next sync sees it gone
     return {"path": path}
 
 
-def handle(request):
-    op = request["op"]
-    if op == "start":
-        return start(request)
-    if op == "signal":
-        signal_group(_groups[request["target"]], request["signal"])
-        return {}
-    if op == "alive":
-        return {"alive": group_alive(_groups[request["target"]])}
-    if op == "mkdir":
-        path = os.path.expanduser(request["path"])
-        os.makedirs(path, exist_ok=True)
-        return {"path": os.path.abspath(path)}
-    if op == "run":
-        return run(request)
-    if op == "list":
-        return listing(request)
-    if op == "pack":
-        return pack(request)
-    if op == "unlink":
-        os.unlink(request["path"])
-        return {}
-    raise ValueError("unknown op " + repr(op))
+def inside(root, name):
+    """The path of `name` under `root`, or an error when it could leave it (runner-side checks too)."""
+    parts = name.split("/")
+    if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ValueError("refused path " + repr(name))
+    for depth in range(1, len(parts)):
+        if os.path.islink(os.path.join(root, *parts[:depth])):
+            raise ValueError("refused path through a symlink " + repr(name))
+    return os.path.join(root, *parts)
+
+
+def unpack(request):
+    """Code push: place a bundle's files under a root with the sender's mtimes (nanoseconds)."""
+    root = os.path.expanduser(request["root"])
+    with _lock:
+        if request["path"] not in _temporary:
+            raise ValueError("not a bundle of this agent")
+    mtimes = request["mtimes"]
+    placed = 0
+    with tarfile.open(request["path"]) as archive:
+        for member in archive:
+            if member.name not in mtimes or not (member.isfile() or member.issym()):
+                continue
+            target = inside(root, member.name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            staging = os.path.join(os.path.dirname(target), ".%s.mlrunner-push" % os.path.basename(target))
+            if os.path.lexists(staging):
+                os.unlink(staging)
+            if member.issym():
+                os.symlink(member.linkname, staging)
+            else:
+                source = archive.extractfile(member)
+                with open(staging, "xb") as stream:
+                    while True:
+                        block = source.read(1 << 16)
+                        if not block:
+                            break
+                        stream.write(block)
+                os.chmod(staging, member.mode & 0o777)
+            os.utime(staging, ns=(mtimes[member.name], mtimes[member.name]), follow_symlinks=False)
+            os.replace(staging, target)
+            placed += 1
+    discard(request)
+    return {"placed": placed}
+
+
+def discard(request):
+    with _lock:
+        if request["path"] in _temporary:
+            _temporary.discard(request["path"])
+            os.unlink(request["path"])
+    return {}
+
+
+def mkdir(request):
+    path = os.path.expanduser(request["path"])
+    os.makedirs(path, exist_ok=True)
+    return {"path": os.path.abspath(path)}
+
+
+HANDLERS = {"start": start, "signal": signal_command, "alive": alive, "run": run, "list": listing,
+            "stat": stats, "pack": pack, "unpack": unpack, "discard": discard, "mkdir": mkdir,
+            "temporary": lambda request: {"path": temporary()}, "ping": lambda request: {}}
+
+
+def serve(request):
+    try:
+        reply = HANDLERS[request["op"]](request)
+    except Exception as error:  # the runner shows it; the agent keeps serving
+        reply = {"error": "%s: %s" % (type(error).__name__, error)}
+    reply["id"] = request.get("id")
+    send(reply)
 
 
 def end_all():
-    groups = [pgid for pgid in _groups.values() if group_alive(pgid)]
-    for pgid in groups:
-        signal_group(pgid, signal.SIGTERM)
+    """SIGTERM every group still ours, SIGKILL what is left after the grace period."""
+    with _lock:
+        _ending.set()
+        groups = list(_groups.values())
+        for process in groups:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except OSError:
+                pass
     deadline = time.monotonic() + GRACE
-    while time.monotonic() < deadline and any(group_alive(pgid) for pgid in groups):
+    while time.monotonic() < deadline and any(members(p.pid) for p in groups):
         time.sleep(0.05)
-    for pgid in groups:
-        signal_group(pgid, signal.SIGKILL)
+    with _lock:
+        for process in _groups.values():  # only those not reaped meanwhile: their pids are still ours
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for path in _temporary:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+_shutdown_lock = threading.Lock()
+
+
+def shutdown(*_):
+    """End our commands and exit; the first caller does it, any other waits for the exit."""
+    if not _shutdown_lock.acquire(blocking=False):
+        if threading.current_thread() is threading.main_thread():
+            return  # a signal during the cleanup the main thread is already doing
+        while True:
+            time.sleep(1)
+    try:
+        end_all()
+    finally:
+        os._exit(0)
 
 
 def main():
+    for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(number, shutdown)
     send({"ready": os.getpid(), "home": os.path.expanduser("~")})
-    for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            reply = handle(request)
-            reply["id"] = request.get("id")
-        except Exception as error:  # the runner shows it; the agent keeps serving
-            reply = {"id": request.get("id"), "error": "%s: %s" % (type(error).__name__, error)}
-        send(reply)
-    end_all()
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)  # from here on, nothing may write to the channel's stderr unread
+    try:
+        for line in sys.stdin.buffer:
+            threading.Thread(target=serve, args=(json.loads(line.decode()),), daemon=True).start()
+    finally:
+        shutdown()
 
 
 main()

@@ -1,0 +1,296 @@
+"""A remote host: its connection, its agent, reconnects with backoff, and its workers (SPEC H1-H13).
+
+Every worker of a host shares one SSH connection: commands go to the host's agent (see
+`agent.py`) over one channel (`rpc.py`), files travel over an SFTP channel of the same connection.
+Each connection has its own `Rpc`; news from an old one (a late "lost") never touches a newer one.
+"""
+
+from __future__ import annotations
+
+import os
+import pkgutil
+import shlex
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from ...hosts import HostSpec, default_workdir
+from ...sync import pull
+from ..base import Executor, HostLost, Process
+from .login import CONNECT_TIMEOUT, HostError, open_client, require_paramiko
+from .rpc import Rpc
+
+BACKOFF = (1, 2, 4, 8, 15, 30)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class Host:
+    """One host: its SSH connection, its agent channel, and the commands running through it."""
+
+    def __init__(self, spec: HostSpec, accept_new: bool, grace: float):
+        require_paramiko()
+        self.spec = spec
+        self.accept_new = accept_new
+        self.grace = grace
+        self.up = False
+        self.given_up = False
+        self.workdir = ""
+        self._client: Any = None
+        self._sftp: Any = None
+        self._rpc: Optional[Rpc] = None
+        self._lock = threading.Lock()  # the connection: client, rpc, up, processes
+        self._sftp_lock = threading.Lock()
+        self._reconnecting = threading.Lock()
+        self._processes: Dict[int, "RemoteProcess"] = {}
+        self._failures = 0
+        self._next_try = 0.0
+
+    # -- connecting -----------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Log in, start the agent, find the working directory, push the code; HostError says why not."""
+        client = open_client(self.spec, self.accept_new)
+        try:
+            rpc = self._start_agent(client)
+            workdir = self.spec.workdir or default_workdir(os.getcwd(), os.path.expanduser("~"))
+            workdir = rpc.request("mkdir", path=workdir)["path"]
+            sftp = client.open_sftp()
+            if self.spec.push:
+                from .push import push
+                push(rpc.request, sftp, workdir, self.spec)
+        except BaseException:
+            client.close()
+            raise
+        with self._lock:
+            self._client, self._sftp, self._rpc, self.workdir, self.up = client, sftp, rpc, workdir, True
+
+    def _start_agent(self, client: Any) -> Rpc:
+        transport = client.get_transport()
+        channel = transport.open_session(timeout=CONNECT_TIMEOUT)
+        code = pkgutil.get_data("mlrunner.executors", "agent.py").decode()
+        # The user's shell starts the agent once, as for `ssh host command` (bash reads ~/.bashrc
+        # then), so the agent and its commands get PATH, conda and the rest of that environment.
+        channel.exec_command(f"exec python3 -u -c {shlex.quote(code)} {self.grace:g}")
+        channel.settimeout(CONNECT_TIMEOUT * 3)
+        hello = b""
+        try:
+            while not hello.endswith(b"\n"):
+                data = channel.recv(4096)
+                if not data:
+                    break
+                hello += data
+        except socket.timeout:
+            pass
+        if b'"ready"' not in hello:
+            try:
+                channel.settimeout(2)
+                error = channel.makefile_stderr("r").read(2000).decode(errors="replace").strip()
+            except (OSError, socket.timeout):
+                error = ""
+            raise HostError(f"cannot start the mlrunner agent on {self.spec.name} (it needs bash and python3 "
+                            f">= 3.6 there): {error or 'no answer'}")
+        rpc = Rpc(channel, self.spec.name, self._on_event, self._on_lost)
+        rpc.start()
+        return rpc
+
+    def ready(self, finished: Callable[[], bool]) -> bool:
+        """Block until the host is up (reconnecting with backoff); False once the run can end."""
+        while not self.up:
+            if self.given_up or finished():
+                return False
+            if time.monotonic() >= self._next_try:
+                self._reconnect()
+            time.sleep(0.2)
+        return True
+
+    def _reconnect(self) -> None:
+        if not self._reconnecting.acquire(blocking=False):
+            return  # another worker of this host is at it
+        try:
+            if self.up or self.given_up or time.monotonic() < self._next_try:
+                return
+            self.connect()
+            self._failures = 0
+            print(f"host {self.spec.name}: connected again", flush=True)
+        except (HostError, HostLost) as error:
+            self._failures += 1
+            if self._failures > len(BACKOFF):
+                self.given_up = True
+                warn(f"host {self.spec.name}: giving up: {error}")
+            else:
+                self._next_try = time.monotonic() + BACKOFF[self._failures - 1]
+        finally:
+            self._reconnecting.release()
+
+    # -- news from the agent --------------------------------------------------------------------
+    def _on_event(self, message: Dict[str, Any]) -> None:
+        with self._lock:
+            process = self._processes.pop(message["id"], None)
+        if process:
+            process.finish(message["exit"])
+
+    def _on_lost(self, rpc: Rpc) -> None:
+        with self._lock:
+            if rpc is not self._rpc:
+                return  # an old connection's reader: the current one is not its business
+            self.up = False
+            self._rpc = None
+            processes, self._processes = list(self._processes.values()), {}
+            client, self._client = self._client, None
+        print(f"host {self.spec.name}: connection lost", flush=True)
+        for process in processes:
+            process.finish(None)
+        try:
+            client.close()
+        except Exception:  # closing a broken connection may fail in many ways; it is gone either way
+            pass
+
+    # -- requests -------------------------------------------------------------------------------
+    def request(self, op: str, **fields: Any) -> Dict[str, Any]:
+        rpc = self._rpc
+        if rpc is None or not self.up:
+            raise HostLost(self.spec.name)
+        return rpc.request(op, **fields)
+
+    def run(self, argv: List[str]) -> tuple:
+        reply = self.request("run", argv=argv)
+        return reply["code"], reply["stdout"], reply["stderr"]
+
+    def start(self, line: str, resource: str, debug: bool) -> "RemoteProcess":
+        with self._lock:
+            rpc = self._rpc
+            if rpc is None:
+                raise HostLost(self.spec.name)
+            process = RemoteProcess(self.spec.name, rpc, rpc.new_id())
+            self._processes[process.ident] = process
+        try:
+            rpc.request("start", ident=process.ident, line=line, cwd=self.workdir, debug=debug,
+                        env={"CUDA_VISIBLE_DEVICES": resource})
+        except HostLost:
+            process.finish(None)
+        except BaseException:
+            with self._lock:
+                self._processes.pop(process.ident, None)
+            raise
+        return process
+
+    def pull(self, directory: str) -> None:
+        """Sync-back of one experiment directory; what the host offered and was refused is reported (H11)."""
+        sftp = self._sftp
+        with self._sftp_lock:
+            result = pull(self.request, sftp, f"{self.workdir}/{directory}", directory, self.spec.exclude)
+        for path, why in result.refused:
+            warn(f"host {self.spec.name}: {directory}: refused '{path}' from the host: {why}")
+
+    def close(self) -> None:
+        with self._lock:
+            self.up = False
+            self.given_up = True
+            rpc, client = self._rpc, self._client
+            self._rpc = self._client = None
+        if rpc is not None:
+            rpc.close()
+        if client is not None:
+            client.close()
+
+
+class RemoteProcess(Process):
+    """A command started by one agent; signals go to that agent only, by the id it was started with."""
+
+    def __init__(self, host: str, rpc: Rpc, ident: int):
+        self.host = host
+        self.rpc = rpc
+        self.ident = ident
+        self.code: Optional[int] = None
+        self.lost = False
+        self._ended = threading.Event()
+
+    def finish(self, code: Optional[int]) -> None:
+        self.code, self.lost = code, code is None
+        self._ended.set()
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        if not self._ended.wait(timeout):
+            return None
+        if self.lost:
+            raise HostLost(self.host)
+        return self.code
+
+    def signal(self, number: int) -> None:
+        try:
+            self.rpc.request("signal", target=self.ident, signal=int(number))
+        except (HostLost, HostError):
+            pass
+
+    def group_alive(self) -> bool:
+        try:
+            return bool(self.rpc.request("alive", target=self.ident)["alive"])
+        except (HostLost, HostError):
+            return False
+
+
+class SshExecutor(Executor):
+    def __init__(self, host: Host, resource: str):
+        self.connection = host
+        self.resource = resource
+        self.host = host.spec.name
+        self.label = f"{self.host}:{resource or 'cpu'}"
+
+    def prepare(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.connection.request("mkdir", path=f"{self.connection.workdir}/{directory}")
+
+    def start(self, line: str, debug: bool = False) -> Process:
+        return self.connection.start(line, self.resource, debug)
+
+    def collect(self, directory: str) -> None:
+        self.connection.pull(directory)
+
+    def ready(self, finished: Callable[[], bool]) -> bool:
+        return self.connection.ready(finished)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def connect_hosts(specs: List[HostSpec], accept_new: bool, grace: float,
+                  notes: Optional[List[str]] = None) -> List[Executor]:
+    """Connect to every host (in parallel); a host that fails is a warning, left out (H6, H12).
+
+    Each warning also goes to `notes`, for the run's summary.
+    """
+    from ...gpus import discover
+    executors: List[Executor] = []
+    lock = threading.Lock()
+
+    def one(spec: HostSpec) -> None:
+        try:
+            host = Host(spec, accept_new, grace)
+            host.connect()
+            resources = spec.resources
+            if resources is None:
+                resources, warning = discover(host.run)
+                if warning:
+                    warn(f"host {spec.name}: {warning}")
+        except (HostError, HostLost) as error:
+            message = f"host {spec.name} left out: {error}"
+            warn(message)
+            with lock:
+                if notes is not None:
+                    notes.append(message)
+            return
+        with lock:
+            executors.extend(SshExecutor(host, r) for r in resources)
+
+    threads = [threading.Thread(target=one, args=(spec,)) for spec in specs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    order = {spec.name: i for i, spec in enumerate(specs)}
+    executors.sort(key=lambda e: order[e.host])  # a stable order, whatever host answered first
+    return executors
