@@ -17,6 +17,18 @@ if [ ! -x /usr/sbin/sshd ]; then
   fi
 fi
 
+# The --report tests (SPEC V3) load the page in a real headless Chromium: Debian's chromium.
+if ! command -v chromium > /dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get > /dev/null 2>&1; then
+    echo "scripts/test.sh: chromium is missing; installing it" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium > /dev/null
+  else
+    echo "scripts/test.sh: note: chromium is missing and cannot be installed here (needs root and apt-get);" \
+         "install Debian's chromium, or the report tests will be skipped (failed under CI=true)." >&2
+  fi
+fi
+
 # The package (editable) and the test extra; skipped when both are already here (the Docker
 # image installs them at build time, so it runs without network).
 if ! python3 -c "import mlrunner, pytest, paramiko, pandas, yaml, sys; sys.exit(not mlrunner.__file__.startswith('$PWD/'))" \
