@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="workers' CUDA_VISIBLE_DEVICES, e.g. `-r 0 1 2,3`, or `-r auto` (overrides 'resource'); "
                              "`-r` alone: no local worker, hosts only")
     parser.add_argument("-f", "--force", action="store_true", help="rerun commands that already finished")
+    changed = parser.add_mutually_exclusive_group()
+    changed.add_argument("--rerun-changed", action="store_true",
+                         help="rerun finished commands whose params or template changed (and their tasks' later ones)")
+    changed.add_argument("--keep-changed", action="store_true",
+                         help="keep the results of finished commands whose params or template changed")
+    parser.add_argument("--fail-fast", action="store_true",
+                        help="after the first failure start no new command; running ones finish (exit 1)")
     parser.add_argument("-d", "--debug", action="store_true",
                         help="run the first task only, show its log on the console, force")
     parser.add_argument("--dry-run", action="store_true", help="print the shell lines; run and write nothing")
@@ -204,7 +211,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .report import print_status
             from .runs import print_runs
             print_runs(args.output)
-            return print_status(args.output)
+            return print_status(args)
         if args.report is not None:
             return _report(args)
         return _command(args)

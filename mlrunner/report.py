@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from .config import Config, close_placeholder
 from .errors import EXIT_OK, UserError
-from .state import RUNS, STAT, read_yaml, statuses
+from .resume import Review, review
+from .state import CHANGED, STAT, Corrupt, last_run, read_record, statuses
 from .sweep import Plan
 from .template import shell_line
 
@@ -23,47 +24,105 @@ def format_orphans(orphans: Iterable[str], config: Optional[Config] = None) -> s
     return text + (f" (did you mean {' or '.join(dict.fromkeys(guesses))}?)" if guesses else "")
 
 
+def _reviews(plan: Plan, config: Config, args: argparse.Namespace) -> List[Review]:
+    on_change = "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
+    return review(plan, config.templates, args.output, no_subdir=args.no_subdir, force=args.force,
+                  on_change=on_change)
+
+
 def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], run_time: str,
                   args: argparse.Namespace) -> int:
-    """Print the exact lines a run would start; task i goes to worker i mod n, as it would first."""
+    """Print the exact lines a run would start; task i goes to worker i mod n, as it would first.
+
+    A task's header says when a finished command's config changed (I2) and what a run would do
+    about a record that does not parse (I5); the lines are printed either way.
+    """
     if resources is None or resources == ["auto"]:
         from .workers import resolve_resources
         resources = resolve_resources(None, None)
     resources = resources or [""]  # `-r` alone: hosts only, which a dry run does not contact
+    reviews = _reviews(plan, config, args)
     write = sys.stdout.write
     print(f"Orphan params: {format_orphans(plan.orphans, config)}")
-    for task in plan.tasks:
+    for task, verdict in zip(plan.tasks, reviews):
         resource = resources[task.index % len(resources)]
-        lines = [f"# {task.index + 1}/{len(plan.tasks)} {task.output} (gpu: {resource or 'cpu'})"]
+        header = f"# {task.index + 1}/{len(plan.tasks)} {task.output} (gpu: {resource or 'cpu'})"
+        if verdict.changed:
+            header += f" {CHANGED}: {', '.join(verdict.changed)}: {'; '.join(verdict.changes)}"
+        lines = [header] + [f"# {note}" for note in verdict.notes]
         for command, line in task.render(config.templates, run_time, resource, "localhost").items():
             lines.append(shell_line(line, resource, task.log(command, run_time, args.no_subdir), args.debug))
         write("\n".join(lines) + "\n")
     print(f"Tasks: {len(plan.tasks)}, commands to run: {plan.command_count}")
     if plan.duplicates:
         print(f"Duplicates skipped: {plan.duplicates}")
+    changed = sum(1 for verdict in reviews if verdict.changed)
+    if changed:
+        print(f"Changed since they finished: {changed} experiment(s); a run needs --rerun-changed or --keep-changed")
     return EXIT_OK
 
 
-def _experiments(output: str) -> List[str]:
+def _records(output: str) -> List[Tuple[str, str]]:
+    """(row name, stat path) of every experiment under `output`: its subdirectories' `stat`, and
+    the `stat.<name>` files of a --no-subdir run."""
     if not os.path.isdir(output):
         raise UserError(f"no output directory '{output}' (name another with -o)")
+    found = []
     with os.scandir(output) as entries:
-        return sorted(e.path for e in entries if e.is_dir() and os.path.exists(os.path.join(e.path, STAT)))
+        for entry in entries:
+            if entry.is_dir() and os.path.exists(os.path.join(entry.path, STAT)):
+                found.append((entry.name, os.path.join(entry.path, STAT)))
+            elif entry.name.startswith(STAT + ".") and ".corrupt." not in entry.name and entry.is_file():
+                found.append((entry.name[len(STAT) + 1:], entry.path))
+    return sorted(found)
 
 
-def print_status(output: str) -> int:
-    """One row per experiment: each command's status and how long it ran (R9 --status)."""
+def _changes_by_stat(args: argparse.Namespace) -> Dict[str, Review]:
+    """stat path -> review, from the config file when there is one (I2 in --status); {} otherwise."""
+    from . import config as config_module
+    from .state import record_path
+    from .sweep import expand
+    if not os.path.exists(args.yaml):
+        return {}
+    try:
+        config = config_module.load(args.yaml)
+        plan = expand(config, config_module.select_sweeps(config, args.title), args.output, commands=args.command,
+                      dedup=not args.no_dedup, no_subdir=args.no_subdir)
+    except UserError as error:
+        print(f"warning: {error}: --status cannot tell which results changed", file=sys.stderr)
+        return {}
+    reviews = _reviews(plan, config, args)
+    return {os.path.normpath(record_path(t.output, STAT, t.name, args.no_subdir)): r
+            for t, r in zip(plan.tasks, reviews)}
+
+
+def print_status(args: argparse.Namespace) -> int:
+    """One row per experiment: each command's status and how long it ran (R9 --status); a finished
+    command whose params or template changed since shows as `changed` (I2)."""
+    records = _records(args.output)
+    changes = _changes_by_stat(args)
     rows = []
-    counts: dict = {}
-    for directory in _experiments(output) + ([output] if os.path.exists(os.path.join(output, STAT)) else []):
-        stat = read_yaml(os.path.join(directory, STAT))
-        runs = stat.get(RUNS) or {}
+    counts: Dict[str, int] = {}
+    for name, path in records:
+        try:
+            stat = read_record(path)
+        except Corrupt as error:
+            print(f"warning: {path} does not parse ({error.reason}); a run sets it aside and runs it again",
+                  file=sys.stderr)
+            counts["unreadable"] = counts.get("unreadable", 0) + 1
+            rows.append((name, "unreadable record"))
+            continue
+        verdict = changes.get(os.path.normpath(path))
         cells = []
         for command, status in statuses(stat).items():
+            if verdict is not None and command in verdict.changed:
+                status = CHANGED
             counts[status] = counts.get(status, 0) + 1
-            seconds = (runs.get(command) or {}).get("seconds")
+            seconds = last_run(stat, command).get("seconds")
             cells.append(f"{command}: {status}" + (f" ({seconds:.1f}s)" if isinstance(seconds, (int, float)) else ""))
-        rows.append((os.path.relpath(directory, output), ", ".join(cells)))
+        if verdict is not None and verdict.changed:
+            cells.append(f"changed: {'; '.join(verdict.changes)}")
+        rows.append((name, ", ".join(cells)))
     width = max((len(name) for name, _ in rows), default=10)
     print(f"{'experiment':<{width}}  commands")
     for name, cells in rows:

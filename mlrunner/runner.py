@@ -1,4 +1,9 @@
-"""The scheduler: one thread per worker pulls tasks from the pool in order (SPEC R1-R8)."""
+"""The scheduler: one thread per worker pulls tasks from the pool in order (SPEC R1-R8, I2-I4).
+
+A command's life is claim+start (one locked step in `state.py`) -> wait -> record, and it ends one
+of these ways: finished, failed (exit status, timeout, or an error of ours: I4), interrupted
+(Ctrl-C, SIGTERM, SIGHUP), or lost with its host (the task goes back to the pool, H6).
+"""
 
 from __future__ import annotations
 
@@ -9,20 +14,34 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Set
+from typing import Dict, List, Optional, Sequence, Set
 
 from .config import Config
 from .console import Console
 from .detach import detach
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
-from .executors.base import Executor, HostLost, Outcome, Process, wait_for
+from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
+from .executors.base import Executor, HostLost, Process, wait_for
 from .pool import Pool
 from .report import format_orphans
+from .resume import Review, review
 from .runs import RunRecord
-from .state import FAILED, FINISHED, INTERRUPTED, SKIPPED, Experiment, first_to_run
+from .state import FAILED, FINISHED, INTERRUPTED, RUN, Experiment
 from .sweep import Plan, Task
 from .template import shell_line
 from .workers import build_executors
+
+EXIT_BY_SIGNAL = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
+LOG_TAIL_LINES = 5
+# How a command's turn ended, as `_run_command` tells `_run_task`.
+DONE, ALREADY, BUSY, FAIL, STOPPED, LOST = "done", "already", "busy", "fail", "stopped", "lost"
+
+
+@dataclass
+class Failure:
+    output: str
+    command: str
+    reason: str
+    log: Optional[str] = None
 
 
 @dataclass
@@ -33,7 +52,7 @@ class Summary:
     interrupted: int = 0
     requeued: int = 0
     not_run: int = 0
-    failures: List[str] = field(default_factory=list)
+    failures: List[Failure] = field(default_factory=list)
     busy: List[str] = field(default_factory=list)
 
 
@@ -41,16 +60,17 @@ class Scheduler:
     """Runs a plan on executors; `stop()` (from a signal handler) ends every running tree."""
 
     def __init__(self, plan: Plan, config: Config, executors: Sequence[Executor], run_time: str,
-                 args: argparse.Namespace, starts: List[Optional[int]], console: Console):
+                 args: argparse.Namespace, reviews: List[Review], console: Console):
         self.plan = plan
         self.config = config
         self.executors = executors
         self.run_time = run_time
         self.args = args
-        self.starts = starts  # per task: first command to run, None when all finished
+        self.reviews = reviews
         self.console = console
         self.summary = Summary()
         self.stopping = threading.Event()
+        self.halted = threading.Event()  # --fail-fast after a failure: no new command starts
         self.signal_number: Optional[int] = None
         self._lock = threading.Lock()
         self.pool = Pool(plan.tasks)
@@ -65,23 +85,56 @@ class Scheduler:
         for thread in threads:
             while thread.is_alive():
                 thread.join(0.2)  # short joins keep the main thread free for signal handlers
-        for ender in self._enders:
+        for ender in list(self._enders):
             ender.join()
         if not self.stopping.is_set():
             self.summary.not_run = self.pool.left()
         return self.summary
 
     def stop(self, number: int) -> None:
-        """End every running command's process tree: SIGTERM, then SIGKILL after the grace (R8)."""
+        """End every running command's tree: SIGTERM, then SIGKILL after the grace (R8).
+
+        A second Ctrl-C kills at once. The work is done in a thread: a signal handler must not
+        wait for the console's lock, which the interrupted code may hold.
+        """
         with self._lock:
+            again = self.stopping.is_set()
             self.signal_number = self.signal_number or number
             self.stopping.set()
             self.pool.close()
-            for process in self._running:
-                ender = threading.Thread(target=process.end, args=(self.args.grace,), daemon=True)
-                ender.start()
-                self._enders.append(ender)
+            running = list(self._running)
+            if again:
+                if number == signal.SIGINT:
+                    ender = threading.Thread(target=self._kill_now, args=(running,), daemon=True)
+                    self._enders.append(ender)
+                    ender.start()
+                return
+            announce = threading.Thread(target=self._announce, args=(number, len(running)), daemon=True)
+            self._enders.append(announce)
+            announce.start()
+            for process in running:
+                self._end_in_background(process)
 
+    def _announce(self, number: int, running: int) -> None:
+        name = signal.Signals(number).name
+        if running:
+            self.console.print(f"{name}: ending {running} running command(s): SIGTERM, then SIGKILL after "
+                               f"{self.args.grace:g}s" + ("; Ctrl-C again to kill them now" if number == signal.SIGINT
+                                                          else ""))
+        else:
+            self.console.print(f"{name}: stopping; no command is running")
+
+    def _kill_now(self, processes: List[Process]) -> None:
+        self.console.print("Ctrl-C again: killing every running command now (SIGKILL)")
+        for process in processes:
+            process.signal(signal.SIGKILL)
+
+    def _end_in_background(self, process: Process) -> None:
+        ender = threading.Thread(target=process.end, args=(self.args.grace,), daemon=True)
+        self._enders.append(ender)
+        ender.start()
+
+    # -- a worker's loop -------------------------------------------------------------------------
     def _worker(self, executor: Executor) -> None:
         while executor.ready(self.pool.finished):
             task = self.pool.take()
@@ -92,93 +145,136 @@ class Scheduler:
                 lost = self._run_task(task, executor)
             except HostLost:
                 lost = True
-            if lost and not self.stopping.is_set():
-                with self._lock:
-                    self.summary.requeued += 1
-                self.console.print(f"REQUEUE {task.output}: host {executor.host} lost; another worker takes it")
-            self.pool.done(task, requeue=lost)
+            except Exception as error:  # a bug of ours must not hang the pool (I4); the task is failed
+                self._fail_untracked(task, error)
+            finally:
+                if lost and not self.stopping.is_set():
+                    with self._lock:
+                        self.summary.requeued += 1
+                    self.console.print(f"REQUEUE {task.output}: host {executor.host} lost; another worker takes it")
+                self.pool.done(task, requeue=lost)
 
     def _run_task(self, task: Task, executor: Executor) -> bool:
         """Run a task's commands in order; True when its host was lost under it."""
-        if self.starts[task.index] is None:  # finished before this run began
-            with self._lock:
-                self.summary.already += len(task.commands)
+        verdict = self.reviews[task.index]
+        if verdict.start is None:  # finished before this run began
+            self._count("already", len(task.commands))
             return False
         experiment = Experiment(task.output, task.name, shared=self.args.no_subdir)
-        executor.prepare(task.output)
-        commands = task.render(self.config.templates, self.run_time, executor.resource, executor.host)
-        scripts = {c: shell_line(line, executor.resource, self._log(task, c), self.args.debug)
-                   for c, line in commands.items()}
-        param = dict(task.params, _name=task.name, _output=task.output, _time=self.run_time, _scripts=scripts)
-        rerun = self.args.force
+        param: Optional[Dict] = None
+        lines: Dict[str, str] = {}
+        ran = self.args.force  # once a command runs, the later ones run too: their inputs changed (R6)
         for position, command in enumerate(task.commands):
-            # Once a command runs, the later ones run too: their inputs changed (R6).
-            verdict = experiment.claim(command, rerun, executor.label, param)
-            if verdict == FINISHED:
-                with self._lock:
-                    self.summary.already += 1
+            if position < verdict.start:
+                self._count("already", 1)
                 continue
-            if verdict != "run":
-                self._note_busy(task, command, verdict)
-                return False
-            rerun, param = True, None  # param is written with the first command that runs
-            info = self._info(executor, command, task)
-            outcome = self._run_command(executor, experiment, task, command, commands[command], info)
-            if outcome is None or outcome.lost:
-                return outcome is not None
-            if outcome.code != 0:
-                later = {c: SKIPPED for c in task.commands[position + 1:]}
-                experiment.record(dict({command: FAILED}, **later), outcome.seconds, outcome.reason)
-                with self._lock:
-                    self.summary.failures.append(f"{task.output} ({command}: {outcome.reason})")
-                    self.summary.skipped += len(later)
-                self.console.print(f"FAIL    {info} ({outcome.reason})")
-                return False
-            experiment.record({command: FINISHED}, outcome.seconds)
-            with self._lock:
-                self.summary.finished += 1
-            self.console.print(f"DONE    {info}")
+            later = list(task.commands[position + 1:])
+            try:
+                if not lines:  # the first command to run: the directory, and this run's params
+                    executor.prepare(task.output)
+                    lines = task.render(self.config.templates, self.run_time, executor.resource, executor.host)
+                    scripts = {c: shell_line(lines[c], executor.resource, self._log(task, c), self.args.debug)
+                               for c in task.commands}
+                    param = dict(task.params, _name=task.name, _output=task.output, _time=self.run_time,
+                                 _scripts=scripts)
+                ending = self._run_command(executor, experiment, task, command, lines[command],
+                                           ran or command in verdict.rerun, param, later)
+            except HostLost:
+                raise
+            except Exception as error:  # I4: fail this command with the reason, and go on
+                ending = self._fail(experiment, task, command, f"{type(error).__name__}: {error}", later)
+            if ending == DONE:
+                param, ran = None, True
+            elif ending == ALREADY:
+                self._count("already", 1)
+            else:
+                return ending == LOST
         return False
 
     def _run_command(self, executor: Executor, experiment: Experiment, task: Task, command: str, line: str,
-                     info: str) -> Optional[Outcome]:
-        """Run one command, with its retries; None when the run was stopped under it.
-
-        A lost host's command is `interrupted` here and its outcome says `lost`.
-        """
-        self.console.print(f"START   {info}")
+                     rerun: bool, param: Optional[Dict], later: List[str]) -> str:
+        """Run one command, with its retries, and record how it ended."""
+        info = self._info(executor, command, task)
         for attempt in range(self.args.retry + 1):
+            if self.stopping.is_set() or self.halted.is_set():
+                return STOPPED
             log = self._log(task, command) + (f".retry{attempt}" if attempt else "")
-            if self.stopping.is_set():
-                break
-            # Start outside the lock, so that workers do not queue behind each other's fork.
-            process = executor.start(shell_line(line, executor.resource, log, self.args.debug), self.args.debug)
+            claim = experiment.start(
+                command, rerun=rerun or attempt > 0, worker=executor.label, log=log, param=param,
+                line=lambda path: shell_line(line, executor.resource, path, self.args.debug),
+                launch=lambda script: self._launch(executor, script), grace=self.args.grace)
+            for note in claim.notes:
+                self.console.print(f"NOTE    {note}")
+            if claim.verdict == FINISHED:
+                return ALREADY
+            if claim.verdict != RUN:
+                self._note_busy(task, command, claim.verdict)
+                return BUSY
+            param = None
+            if attempt == 0:
+                self.console.print(f"START   {info}")
+            outcome = wait_for(claim.process, self.args.timeout, self.args.grace)
             with self._lock:
-                self._running.add(process)
-                missed_stop = self.stopping.is_set()
-            if missed_stop:  # stop() ran before this process was in the set: end it here
-                process.end(self.args.grace)
-            self.console.started_command()
-            outcome = wait_for(process, self.args.timeout, self.args.grace)
-            with self._lock:
-                self._running.discard(process)
-            self.console.ended_command(outcome.code == 0, outcome.seconds)
+                self._running.discard(claim.process)
             self._collect(executor, task)
             if outcome.lost:
-                experiment.record({command: INTERRUPTED}, outcome.seconds, outcome.reason)
+                self.console.ended_command("lost", outcome.seconds)
+                self._notes(experiment.finish(command, INTERRUPTED, outcome.seconds, outcome.reason))
                 self.console.print(f"LOST    {info} ({outcome.reason})")
-                return outcome
+                return LOST
             if self.stopping.is_set():
-                experiment.record({command: INTERRUPTED}, outcome.seconds, "interrupted")
-                with self._lock:
-                    self.summary.interrupted += 1
+                self.console.ended_command(INTERRUPTED, outcome.seconds)
+                self._notes(experiment.finish(command, INTERRUPTED, outcome.seconds, "interrupted"))
+                self._count("interrupted", 1)
                 self.console.print(f"STOP    {info}")
-                return None
-            if outcome.code == 0 or attempt == self.args.retry:
-                return outcome
-            self.console.print(f"RETRY   {info} ({outcome.reason}; attempt {attempt + 2} of {self.args.retry + 1})")
-        experiment.record({command: INTERRUPTED})
-        return None
+                return STOPPED
+            if outcome.code == 0:
+                self.console.ended_command(FINISHED, outcome.seconds)
+                self._notes(experiment.finish(command, FINISHED, outcome.seconds))
+                self._count("finished", 1)
+                self.console.print(f"DONE    {info}")
+                return DONE
+            self.console.ended_command(FAILED, outcome.seconds)
+            if attempt < self.args.retry:
+                self._notes(experiment.finish(command, FAILED, outcome.seconds, outcome.reason))
+                self.console.print(f"RETRY   {info} ({outcome.reason}; attempt {attempt + 2} of "
+                                   f"{self.args.retry + 1})")
+                continue
+            return self._fail(experiment, task, command, outcome.reason or "failed", later, outcome.seconds,
+                              claim.log, info)
+        return STOPPED
+
+    def _launch(self, executor: Executor, script: str) -> Process:
+        process = executor.start(script, self.args.debug)
+        with self._lock:
+            self._running.add(process)
+            missed_stop = self.stopping.is_set()
+        if missed_stop:  # stop() ran before this process was in the set: end it too
+            self._end_in_background(process)
+        self.console.started_command()
+        return process
+
+    def _fail(self, experiment: Experiment, task: Task, command: str, reason: str, later: List[str],
+              seconds: Optional[float] = None, log: Optional[str] = None, info: Optional[str] = None) -> str:
+        """Record a failed command and skip the task's later ones; with --fail-fast, stop starting."""
+        try:
+            self._notes(experiment.finish(command, FAILED, seconds, reason, skipped=later))
+        except Exception as error:  # the record itself cannot be written (I4): say so, and go on
+            reason = f"{reason}; its record could not be written either: {type(error).__name__}: {error}"
+        with self._lock:
+            self.summary.failures.append(Failure(task.output, command, reason, log))
+            self.summary.skipped += len(later)
+        self.console.print(f"FAIL    {info or self._info_plain(command, task)} ({reason})")
+        if self.args.fail_fast and not self.halted.is_set():
+            self.halted.set()
+            self.pool.close()
+            self.console.print("--fail-fast: no new command starts; running ones finish")
+        return FAIL
+
+    def _fail_untracked(self, task: Task, error: Exception) -> None:
+        with self._lock:
+            self.summary.failures.append(Failure(task.output, "-", f"{type(error).__name__}: {error}"))
+        self.console.print(f"FAIL    {task.output} ({type(error).__name__}: {error})")
 
     def _collect(self, executor: Executor, task: Task) -> None:
         """Bring a remote command's files home, partial logs included (H5)."""
@@ -189,14 +285,24 @@ class Scheduler:
         except Exception as error:  # a failed copy must not end the run: say it and go on
             self.console.print(f"warning: copying {task.output} back from {executor.host} failed: {error}")
 
+    def _count(self, what: str, number: int) -> None:
+        with self._lock:
+            setattr(self.summary, what, getattr(self.summary, what) + number)
+
+    def _notes(self, notes: List[str]) -> None:
+        for note in notes:
+            self.console.print(f"NOTE    {note}")
+
     def _log(self, task: Task, command: str) -> str:
         return task.log(command, self.run_time, self.args.no_subdir)
 
     def _info(self, executor: Executor, command: str, task: Task) -> str:
+        return f"gpu: {executor.label}, " + self._info_plain(command, task)
+
+    def _info_plain(self, command: str, task: Task) -> str:
         total = len(self.plan.tasks)
         width = max(2, len(str(total)))
-        return (f"gpu: {executor.label}, {command:<{self._width}}:{task.index + 1:{width}d}/{total:{width}d}, "
-                f"{task.output}")
+        return f"{command:<{self._width}}:{task.index + 1:{width}d}/{total:{width}d}, {task.output}"
 
     def _note_busy(self, task: Task, command: str, verdict: str) -> None:
         with self._lock:
@@ -212,32 +318,75 @@ def _copy_config(config: Config, output: str, title: Optional[str]) -> None:
     os.replace(temporary, target)
 
 
-def _scan(plan: Plan, no_subdir: bool, force: bool) -> List[Optional[int]]:
-    """Per task, the first command that is not finished yet (R6)."""
-    starts = []
-    for task in plan.tasks:
-        experiment = Experiment(task.output, task.name, shared=no_subdir)
-        starts.append(first_to_run(experiment.read_stat(), experiment.keys(task.commands), force))
-    return starts
+def _log_tail(path: Optional[str]) -> List[str]:
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            stream.seek(max(stream.tell() - 8192, 0))
+            text = stream.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-LOG_TAIL_LINES:]
 
 
-def _print_summary(console: Console, summary: Summary, tasks: int) -> None:
+def _print_summary(console: Console, summary: Summary, halted: bool) -> None:
     console.print(f"Finished: {summary.finished}, failed: {len(summary.failures)}, skipped: {summary.skipped}, "
                   f"interrupted: {summary.interrupted}, already finished: {summary.already}")
     if summary.requeued:
         console.print(f"Tasks moved to another worker after a host was lost: {summary.requeued}")
     if summary.not_run:
-        console.print(f"Tasks not run (every worker that could take them was lost): {summary.not_run}")
+        why = "--fail-fast stopped the run" if halted else "every worker that could take them was lost"
+        console.print(f"Tasks not run ({why}): {summary.not_run}")
     if summary.failures:
-        console.print("Failed:\n" + "\n".join(f"    {f}" for f in summary.failures))
+        lines = ["Failed:"]
+        for failure in summary.failures:
+            lines.append(f"    {failure.output} ({failure.command}: {failure.reason})")
+            if failure.log:
+                lines.append(f"        log: {failure.log}")
+                lines.extend(f"        | {line}" for line in _log_tail(failure.log))
+        console.print("\n".join(lines))
     if summary.busy:
         console.print("Left to another mlrunner:\n" + "\n".join(f"    {b}" for b in summary.busy))
 
 
+def _check_changes(plan: Plan, reviews: List[Review]) -> bool:
+    """I2: say which finished commands' config changed; True when the run must not start."""
+    changed = [(task, verdict) for task, verdict in zip(plan.tasks, reviews) if verdict.changed]
+    if not changed:
+        return False
+    count = sum(len(verdict.changed) for _, verdict in changed)
+    print(f"mlrunner: the config changed for {count} finished command(s) of {len(changed)} experiment(s):",
+          file=sys.stderr)
+    for task, verdict in changed[:5]:
+        print(f"    {task.output} ({', '.join(verdict.changed)}): {'; '.join(verdict.changes)}", file=sys.stderr)
+    if len(changed) > 5:
+        print(f"    ... and {len(changed) - 5} more experiment(s) (mlrunner --dry-run lists them all)", file=sys.stderr)
+    print("mlrunner: run again with --rerun-changed to rerun them (and their tasks' later commands), "
+          "or --keep-changed to keep their results", file=sys.stderr)
+    return True
+
+
+def _on_hangup(scheduler: Scheduler) -> None:
+    """The terminal closed (I3): handled as SIGTERM; the console goes to /dev/null, since writing
+    to a hung-up terminal fails."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for descriptor in (1, 2):
+        if os.isatty(descriptor):
+            os.dup2(devnull, descriptor)
+    os.close(devnull)
+    scheduler.stop(signal.SIGHUP)
+
+
 def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> int:
     """Run the plan and return the exit status (R4)."""
-    starts = _scan(plan, args.no_subdir, args.force)
-    to_run = sum(len(t.commands) - s for t, s in zip(plan.tasks, starts) if s is not None)
+    on_change = "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
+    reviews = review(plan, config.templates, args.output, no_subdir=args.no_subdir, force=args.force,
+                     on_change=on_change)
+    if on_change == "ask" and _check_changes(plan, reviews):
+        return EXIT_USAGE
+    to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
     # Every check is done: from here on, things start.
     detached = detach(args.output) if args.detach else None
     if detached is not None:  # the foreground side of --detach: the run goes on in the daemon (D1)
@@ -247,21 +396,28 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
         print("mlrunner: no workers: no local resource and no reachable host", file=sys.stderr)
         return EXIT_FAILED
     print(f"Orphan params: {format_orphans(plan.orphans)}")
+    for verdict in reviews:
+        for note in verdict.notes:
+            print(f"NOTE    {note}")
     print(f"Tasks: {len(plan.tasks)}, commands to run: {to_run}", flush=True)
     _copy_config(config, args.output, args.title)
     console = Console(to_run, len(executors))
-    scheduler = Scheduler(plan, config, executors, run_time, args, starts, console)
-    previous = {s: signal.signal(s, lambda number, _frame: scheduler.stop(number))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    scheduler = Scheduler(plan, config, executors, run_time, args, reviews, console)
+    handlers = {signal.SIGINT: lambda number, _frame: scheduler.stop(number),
+                signal.SIGTERM: lambda number, _frame: scheduler.stop(number),
+                signal.SIGHUP: lambda _number, _frame: _on_hangup(scheduler)}
+    previous = {number: signal.signal(number, handler) for number, handler in handlers.items()}
     try:
         with console, RunRecord(args.output, console):  # the record --status/--stop/--follow read (D2)
             summary = scheduler.run()
-            _print_summary(console, summary, len(plan.tasks))
+            if scheduler.halted.is_set():
+                summary.not_run = scheduler.pool.left()
+            _print_summary(console, summary, scheduler.halted.is_set())
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
         for executor in executors:
             executor.close()
     if scheduler.signal_number is not None:
-        return EXIT_INTERRUPTED if scheduler.signal_number == signal.SIGINT else EXIT_TERMINATED
+        return EXIT_BY_SIGNAL.get(scheduler.signal_number, EXIT_TERMINATED)
     return EXIT_FAILED if summary.failures or summary.not_run else EXIT_OK

@@ -1,33 +1,43 @@
-"""The `param` and `stat` files: the record of every experiment, and the resume rules (SPEC R5-R7).
+"""The `param` and `stat` files: the record of every experiment (SPEC R5-R7, I3-I5, V2).
 
 Both files are YAML, replaced atomically (temporary file + rename), and changed only under an
-flock on the experiment's directory, so two runs on one tree never claim the same command. The lock
-is released by the kernel when its holder dies, so a crash can never leave a tree locked.
+flock on the experiment's directory, so two runs on one tree never claim the same command. The
+lock is released by the kernel when its holder dies, so a crash can never leave a tree locked.
+A record that ends a command is fsync'd with its directory before the task goes on, so it
+survives a machine reset. A record that does not parse is never overwritten: it is set aside.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import yaml
 
 from . import records
+from .sweep import safe_name
 
 PARAM, STAT = "param", "stat"
-RUNS = "_runs"  # stat's per-command details: owner while running, duration when ended
+RUNS = "_runs"  # stat's per-command history: every run, its worker, times, status and owner
 FINISHED, FAILED, RUNNING, INTERRUPTED, SKIPPED = "finished", "failed", "running", "interrupted", "skipped"
+CHANGED = "changed"  # shown by --dry-run and --status for a finished command whose config changed (I2)
+RUN = "run"  # the verdict of a claim that started its command
+MAX_RUNS = 20  # runs of one command kept in `_runs`, the newest
+ENDED = (FINISHED, FAILED)  # records that must survive a reset before the task goes on (I5)
+FSYNC = os.environ.get("MLRUNNER_FSYNC", "1") != "0"  # 0: no fsync, for benchmarks and scratch runs
 
 HOST = socket.gethostname()
 
 
-def _process_start(pid: int) -> Optional[int]:
-    """The kernel's start time of `pid`, so that a reused pid is not taken for the old owner."""
+def process_start(pid: int) -> Optional[int]:
+    """The kernel's start time of `pid`, so that a reused pid is not taken for the old one."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stream:
             return int(stream.read().rsplit(b")", 1)[1].split()[19])
@@ -35,7 +45,7 @@ def _process_start(pid: int) -> Optional[int]:
         return None
 
 
-OWNER = {"host": HOST, "pid": os.getpid(), "pid_start": _process_start(os.getpid())}
+OWNER = {"host": HOST, "pid": os.getpid(), "pid_start": process_start(os.getpid())}
 
 
 def owner_alive(run: Dict[str, Any]) -> bool:
@@ -45,7 +55,7 @@ def owner_alive(run: Dict[str, Any]) -> bool:
     pid = run.get("pid")
     if not isinstance(pid, int):
         return False
-    if pid == os.getpid() and run.get("pid_start") == OWNER["pid_start"]:
+    if pid == OWNER["pid"] and run.get("pid_start") == OWNER["pid_start"]:
         return True
     try:
         os.kill(pid, 0)
@@ -54,27 +64,112 @@ def owner_alive(run: Dict[str, Any]) -> bool:
     except PermissionError:
         pass
     recorded = run.get("pid_start")
-    return recorded is None or recorded == _process_start(pid)
+    return recorded is None or recorded == process_start(pid)
+
+
+def group_alive(pgid: int, leader_start: Optional[int]) -> bool:
+    """Is the process group that a record names still the one it names?
+
+    The kernel never hands out a pid that is still some group's id, so a live group whose leader
+    is gone is the recorded one; a live leader must have the recorded start time.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    started = process_start(pgid)
+    return started is None or started == leader_start
+
+
+def end_group(pgid: int, grace: float) -> None:
+    """SIGTERM a process group, then SIGKILL what is left after `grace` seconds (R8)."""
+    deadline = time.monotonic() + grace
+    for number in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, number)
+        except (ProcessLookupError, PermissionError):
+            return
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.05)
+
+
+class Corrupt(Exception):
+    """A record that exists but does not parse as a YAML mapping."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def read_record(path: str) -> Dict[str, Any]:
+    """A `param` or `stat` mapping; {} when missing; Corrupt when it exists but does not parse."""
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except FileNotFoundError:
+        return {}
+    except IsADirectoryError:
+        raise Corrupt(path, "a directory, not a file") from None
+    try:
+        value = records.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Corrupt(path, "not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise Corrupt(path, f"not valid YAML{where}") from None
+    if not isinstance(value, dict):
+        raise Corrupt(path, "empty" if value is None else "not a YAML mapping")
+    return value
 
 
 def read_yaml(path: str) -> Dict[str, Any]:
-    """A YAML mapping, or {} when the file is missing, empty or not a mapping."""
+    """For readers that only show things (--follow): {} when missing or when it does not parse."""
     try:
-        with open(path, encoding="utf-8") as stream:
-            data = records.loads(stream.read())
-    except FileNotFoundError:
+        return read_record(path)
+    except Corrupt:
         return {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
-def write_yaml(path: str, data: Dict[str, Any], sort_keys: bool = True) -> None:
-    """Replace `path` atomically: readers see the old file or the new one, never a torn one."""
-    temporary = f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as stream:
-        stream.write(records.dumps(data, sort_keys))
-    os.replace(temporary, path)
+def write_record(path: str, data: Dict[str, Any], sort_keys: bool = True, durable: bool = False) -> None:
+    """Replace `path` atomically; `durable` also fsyncs the file and its directory (I5)."""
+    directory = os.path.dirname(path) or "."
+    temporary = f"{directory}/.{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        with open(temporary, "wb") as stream:
+            stream.write(records.dumps(data, sort_keys).encode("utf-8"))
+            if durable and FSYNC:
+                stream.flush()
+                os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    if durable and FSYNC:
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def set_aside(path: str) -> str:
+    """Rename a record that does not parse to `<path>.corrupt.<time>`, so it is never overwritten."""
+    target = f"{path}.corrupt.{time.strftime('%Y%m%d.%H%M%S')}"
+    candidate, number = target, 1
+    while os.path.lexists(candidate):
+        number += 1
+        candidate = f"{target}.{number}"
+    os.rename(path, candidate)
+    return candidate
 
 
 @contextmanager
@@ -88,101 +183,173 @@ def locked(directory: str) -> Iterator[None]:
         os.close(descriptor)
 
 
-def _write_stat(path: str, stat: Dict[str, Any]) -> None:
-    """Commands in the order they ran, then their details, so the file reads like the run."""
-    ordered = {k: v for k, v in stat.items() if k != RUNS}
-    ordered[RUNS] = stat.get(RUNS) or {}
-    write_yaml(path, ordered, sort_keys=False)
+def runs_of(stat: Dict[str, Any], command: str) -> List[Dict[str, Any]]:
+    """Every recorded run of a command, oldest first (a single mapping in older records)."""
+    runs = stat.get(RUNS)
+    value = runs.get(command) if isinstance(runs, dict) else None
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return [run for run in value if isinstance(run, dict)]
+    return []
+
+
+def last_run(stat: Dict[str, Any], command: str) -> Dict[str, Any]:
+    runs = runs_of(stat, command)
+    return runs[-1] if runs else {}
 
 
 def statuses(stat: Dict[str, Any]) -> Dict[str, str]:
     """Command -> status, with a `running` whose owner is gone shown as `interrupted` (R6)."""
-    runs = stat.get(RUNS) or {}
     out = {}
     for key, status in stat.items():
         if key == RUNS:
             continue
-        if status == RUNNING and not owner_alive(runs.get(key) or {}):
+        if status == RUNNING and not owner_alive(last_run(stat, key)):
             status = INTERRUPTED
         out[key] = status
     return out
 
 
-def first_to_run(stat: Dict[str, Any], keys: Sequence[str], force: bool) -> Optional[int]:
-    """Index of the first command to run, or None when all finished (R6: later ones follow it)."""
-    if force:
-        return 0
-    for position, key in enumerate(keys):
-        if stat.get(key) != FINISHED:
-            return position
-    return None
+def record_path(directory: str, kind: str, name: str, shared: bool) -> str:
+    """`<dir>/stat`, or `<root>/stat.<name>` when experiments share the root (--no-subdir)."""
+    return os.path.join(directory, safe_name(f"{kind}.{name}") if shared else kind)
+
+
+def _reserve(path: str) -> str:
+    """Create the log file under a name no earlier run used: `<log>`, else `<log>.2`, `<log>.3` (I6)."""
+    directory, base = os.path.split(path)
+    candidate, number = path, 1
+    while True:
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return candidate
+        except FileExistsError:
+            number += 1
+            candidate = os.path.join(directory, safe_name(f"{base}.{number}"))
+
+
+@dataclass
+class Claim:
+    """How a command's start went: RUN with its process and log, FINISHED, or why another run has it."""
+
+    verdict: str
+    process: Any = None
+    log: str = ""
+    notes: List[str] = field(default_factory=list)  # what the console should say (set aside, leftovers ended)
 
 
 class Experiment:
-    """One experiment directory's files, as seen by one worker of this run."""
+    """One experiment's records, as seen by one worker of this run."""
 
     def __init__(self, directory: str, name: str, shared: bool = False):
         self.directory = directory
         self.name = name
-        self.shared = shared  # --no-subdir: many experiments keep their records in one directory
-        self.stat_path = os.path.join(directory, STAT)
-        self.param_path = os.path.join(directory, PARAM)
-
-    def key(self, command: str) -> str:
-        return f"{command}.{self.name}" if self.shared else command
-
-    def _write_param(self, params: Dict[str, Any]) -> None:
-        """Write this run's params, keeping `_scripts` of commands that earlier runs ran (R5)."""
-        whole = read_yaml(self.param_path)
-        old = whole.get(self.name, {}) if self.shared else whole
-        scripts = dict(old.get("_scripts") or {})
-        scripts.update(params["_scripts"])
-        new = dict(params, _scripts=scripts)
-        if self.shared:
-            whole[self.name] = new
-            new = whole
-        write_yaml(self.param_path, new)
-
-    def claim(self, command: str, rerun: bool, worker: str, param: Optional[Dict[str, Any]] = None) -> str:
-        """Mark `command` running for this run, unless it finished or another live run has it.
-
-        Returns "run", FINISHED or a description of the live owner. `param`, when given, is
-        written in the same locked step if the command is to run, before the task's first command.
-        """
-        key = self.key(command)
-        with locked(self.directory):
-            stat = read_yaml(self.stat_path)
-            runs = stat.setdefault(RUNS, {})
-            if stat.get(key) == RUNNING and owner_alive(runs.get(key) or {}):
-                owner = runs[key]
-                return f"running in another mlrunner (host {owner.get('host')}, pid {owner.get('pid')})"
-            if stat.get(key) == FINISHED and not rerun:
-                return FINISHED
-            if param is not None:
-                self._write_param(param)
-            stat[key] = RUNNING
-            runs[key] = dict(OWNER, worker=worker, started=time.strftime("%Y-%m-%d %H:%M:%S"))
-            _write_stat(self.stat_path, stat)
-        return "run"
-
-    def record(self, updates: Dict[str, str], seconds: Optional[float] = None, reason: Optional[str] = None) -> None:
-        """Set commands' statuses; the first one's run details get its duration (and why it failed)."""
-        with locked(self.directory):
-            stat = read_yaml(self.stat_path)
-            runs = stat.setdefault(RUNS, {})
-            for position, (command, status) in enumerate(updates.items()):
-                key = self.key(command)
-                stat[key] = status
-                if position == 0 and seconds is not None:
-                    run = runs.get(key) or {}
-                    runs[key] = {"worker": run.get("worker"), "started": run.get("started"),
-                                 "seconds": round(seconds, 3)}
-                    if reason:
-                        runs[key]["reason"] = reason
-            _write_stat(self.stat_path, stat)
+        self.stat_path = record_path(directory, STAT, name, shared)
+        self.param_path = record_path(directory, PARAM, name, shared)
 
     def read_stat(self) -> Dict[str, Any]:
-        return read_yaml(self.stat_path)
+        return read_record(self.stat_path)
 
-    def keys(self, commands: Sequence[str]) -> List[str]:
-        return [self.key(command) for command in commands]
+    def read_param(self) -> Dict[str, Any]:
+        return read_record(self.param_path)
+
+    def _load(self, path: str, notes: List[str]) -> Dict[str, Any]:
+        """A record, or {} after setting aside one that does not parse (I5)."""
+        try:
+            return read_record(path)
+        except Corrupt as error:
+            aside = set_aside(path)
+            notes.append(f"{path} did not parse ({error.reason}): kept as {aside}; its commands run again")
+            return {}
+
+    def _write_param(self, params: Dict[str, Any], notes: List[str]) -> None:
+        """This run's params, keeping `_scripts` of commands that earlier runs ran (R5)."""
+        scripts = dict(self._load(self.param_path, notes).get("_scripts") or {})
+        scripts.update(params["_scripts"])
+        write_record(self.param_path, dict(params, _scripts=scripts))
+
+    def _write_stat(self, stat: Dict[str, Any], durable: bool = False) -> None:
+        """Commands in the order they ran, then their runs, so the file reads like the run."""
+        ordered = {k: v for k, v in stat.items() if k != RUNS}
+        ordered[RUNS] = stat.get(RUNS) if isinstance(stat.get(RUNS), dict) else {}
+        write_record(self.stat_path, ordered, sort_keys=False, durable=durable)
+
+    def start(self, command: str, *, rerun: bool, worker: str, log: str, line: Callable[[str], str],
+              launch: Callable[[str], Any], param: Optional[Dict[str, Any]] = None, grace: float = 10.0) -> Claim:
+        """Claim a command and start it, in one locked step, unless it finished or a live run has it.
+
+        `line(log)` is the shell line for the log this claim reserves; `launch(line)` starts it.
+        `param`, given at a task's first start in this run, is written before the command starts.
+        A `running` left by a dead run whose process group still lives is ended first (I3).
+        """
+        notes: List[str] = []
+        with locked(self.directory):
+            stat = self._load(self.stat_path, notes)
+            last = last_run(stat, command)
+            if stat.get(command) == RUNNING:
+                if owner_alive(last):
+                    return Claim(f"running in another mlrunner (host {last.get('host')}, pid {last.get('pid')})")
+                notes.extend(_end_leftover(last, grace))
+            elif stat.get(command) == FINISHED and not rerun:
+                return Claim(FINISHED, notes=notes)
+            reserved = _reserve(log)
+            script = line(reserved)
+            if param is not None or reserved != log:
+                if param is None:
+                    param = self._load(self.param_path, notes)
+                scripts = dict(param.get("_scripts") or {}, **{command: script})
+                self._write_param(dict(param, _scripts=scripts), notes)
+            process = launch(script)
+            run = dict(OWNER, worker=worker, start=round(time.time(), 3), status=RUNNING, log=reserved)
+            pgid = getattr(process, "pgid", None)
+            if pgid is not None:
+                run.update(pgid=pgid, pgid_start=process_start(pgid))
+            self._append_run(stat, command, run)
+            stat[command] = RUNNING
+            self._write_stat(stat)
+        return Claim(RUN, process, reserved, notes)
+
+    def finish(self, command: str, status: str, seconds: Optional[float] = None, reason: Optional[str] = None,
+               skipped: Optional[List[str]] = None) -> List[str]:
+        """Record how a command ended (and mark the task's later ones skipped); returns notes."""
+        notes: List[str] = []
+        with locked(self.directory):
+            stat = self._load(self.stat_path, notes)
+            runs = runs_of(stat, command)
+            run = runs[-1] if runs and _ours(runs[-1]) else None
+            if run is None:  # it never got to start (I4), or its record was set aside meanwhile
+                run = dict(OWNER, start=round(time.time() - (seconds or 0), 3))
+                self._append_run(stat, command, run)
+            for key in ("pid", "pid_start", "pgid", "pgid_start"):
+                run.pop(key, None)
+            run.update(end=round(time.time(), 3), status=status)
+            if seconds is not None:
+                run["seconds"] = round(seconds, 3)
+            if reason:
+                run["reason"] = reason
+            stat[command] = status
+            for later in skipped or []:
+                stat[later] = SKIPPED
+            self._write_stat(stat, durable=status in ENDED)
+        return notes
+
+    @staticmethod
+    def _append_run(stat: Dict[str, Any], command: str, run: Dict[str, Any]) -> None:
+        runs = runs_of(stat, command) + [run]
+        if not isinstance(stat.get(RUNS), dict):
+            stat[RUNS] = {}
+        stat[RUNS][command] = runs[-MAX_RUNS:]
+
+
+def _ours(run: Dict[str, Any]) -> bool:
+    return run.get("status") == RUNNING and run.get("pid") == OWNER["pid"] and run.get("pid_start") == OWNER["pid_start"]
+
+
+def _end_leftover(run: Dict[str, Any], grace: float) -> List[str]:
+    """End the process group a dead run left behind on this host, before its command runs again (I3)."""
+    pgid = run.get("pgid")
+    if run.get("host") != HOST or not isinstance(pgid, int) or not group_alive(pgid, run.get("pgid_start")):
+        return []
+    end_group(pgid, grace)
+    return [f"ended process group {pgid}, left running by a dead mlrunner (pid {run.get('pid')})"]

@@ -24,20 +24,25 @@ class Task:
     tasks costs little more than its value tuples and names (X5).
     """
 
-    __slots__ = ("index", "name", "output", "keys", "values", "commands")
+    __slots__ = ("index", "name", "output", "keys", "values", "commands", "named_by")
 
     def __init__(self, index: int, name: str, output: str, keys: Tuple[str, ...], values: tuple,
-                 commands: Tuple[str, ...]):
+                 commands: Tuple[str, ...], named_by: Tuple[str, ...] = ()):
         self.index = index
         self.name = name
         self.output = output
         self.keys = keys
         self.values = values
         self.commands = commands
+        self.named_by = named_by  # the params whose (maybe lossy) values are in the name (I1)
 
     @property
     def params(self) -> Dict[str, Any]:
         return dict(zip(self.keys, self.values))
+
+    def rename(self, name: str, root: str, no_subdir: bool) -> None:
+        self.name = name
+        self.output = root if no_subdir else os.path.join(root, name)
 
     def render(self, templates: Dict[str, Template], run_time: str, resource: str, host: str) -> Dict[str, str]:
         """Each command of the task with its placeholders filled for one worker (C6)."""
@@ -47,7 +52,7 @@ class Task:
 
     def log(self, command: str, run_time: str, no_subdir: bool) -> str:
         """The command's log path; under --no-subdir it carries the experiment's name (R9)."""
-        return os.path.join(self.output, log_name(command, run_time, self.name if no_subdir else None))
+        return os.path.join(self.output, safe_name(log_name(command, run_time, self.name if no_subdir else None)))
 
 
 class Plan:
@@ -118,6 +123,21 @@ def experiment_name(keys: Sequence[str], values: Sequence[Any], prefixes: Option
     return safe_name("-".join(p + value_name(v) for p, v in zip(prefixes, values)))
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Equal and of one type: `1`, `1.0` and `True` are different params."""
+    return type(a) is type(b) and a == b
+
+
+def hashed_name(name: str, pairs: Sequence[Tuple[str, Any]]) -> str:
+    """The name an experiment gets when its plain name is taken by other params (X2, I1).
+
+    The hash covers the params that name it, so that a changed default keeps the directory (and
+    is seen as a change, I2) rather than starting a new one.
+    """
+    digest = hashlib.sha1(repr(tuple((k, _canonical((v,))) for k, v in pairs)).encode()).hexdigest()[:8]
+    return safe_name(f"{name}-{digest}")
+
+
 def _combinations(sweep: Sweep, sample: Optional[int], rng: random.Random) -> Iterator[tuple]:
     lists = list(sweep.params.values())
     if sample is None:
@@ -163,6 +183,7 @@ class _DocLayout:
         # Cases of one alias may list their params in any order; read each in the first case's order.
         self.alias_keys = [tuple(next(iter(cases.values()))) if cases else () for cases in self.aliases]
         self.commands = commands
+        self.named_by = tuple(key for key in self.own if key not in config.aliases)
         self._check(config, sweep)
 
     def _check(self, config: Config, sweep: Sweep) -> None:
@@ -224,9 +245,14 @@ def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Op
             earlier = by_output.get((directory, name))
             if earlier is not None and _identity(earlier.keys, earlier.values) != key:
                 # Other params, same name (a path basename, a cut value): keep them apart.
-                name = safe_name(f"{name}-{hashlib.sha1(repr(key).encode()).hexdigest()[:8]}")
+                pairs = [(k, v) for k, v in zip(layout.keys, values) if k in layout.named_by]
+                name = hashed_name(name, pairs)
                 directory = output if no_subdir else os.path.join(output, name)
                 earlier = by_output.get((directory, name))
+                if earlier is not None and _identity(earlier.keys, earlier.values) != key:  # alias cases cut alike
+                    name = safe_name(f"{name}-{hashlib.sha1(repr(key).encode()).hexdigest()[:8]}")
+                    directory = output if no_subdir else os.path.join(output, name)
+                    earlier = by_output.get((directory, name))
             if earlier is not None:
                 # The same experiment again, perhaps with other commands: one task runs them all.
                 merged = set(earlier.commands) | set(layout.commands)
@@ -236,7 +262,7 @@ def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Op
                 plan.duplicates += 1
                 continue
             seen.add(key)
-            task = Task(len(plan.tasks), name, directory, layout.keys, values, layout.commands)
+            task = Task(len(plan.tasks), name, directory, layout.keys, values, layout.commands, layout.named_by)
             by_output[(directory, name)] = task
             plan.tasks.append(task)
     return plan

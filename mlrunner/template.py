@@ -7,8 +7,9 @@ import shlex
 from typing import Any, List, Mapping, Optional, Tuple, Union
 
 RESERVED = ("_output", "_name", "_time", "_resource", "_host")
-# `${VAR}` is the shell's own syntax, so a `{` right after `$` is left alone.
-PLACEHOLDER_RE = re.compile(r"(?<!\$)\{([A-Za-z0-9_-]+)\}|\[([A-Za-z0-9_-]+)\]")
+# `{{`, `}}`, `[[` and `]]` are literal braces and brackets (I6), matched first so that `{{x}}` is
+# the text `{x}`; `${VAR}` is the shell's own syntax, so a `{` right after `$` is left alone.
+PLACEHOLDER_RE = re.compile(r"(\{\{|\}\}|\[\[|\]\])|(?<!\$)\{([A-Za-z0-9_-]+)\}|\[([A-Za-z0-9_-]+)\]")
 LINE_BREAK_RE = re.compile(r"\s*\n\s*")
 
 Segment = Union[str, Tuple[str, str]]  # literal text, or (kind, param) with kind "{" or "["
@@ -29,18 +30,24 @@ class Template:
         self.segments: List[Segment] = []
         self.braced = set()  # params used as {p}: a bool there is an error (C6)
         position = 0
+        literal = ""
         for match in PLACEHOLDER_RE.finditer(self.text):
-            self.segments.append(self.text[position:match.start()])
-            param = match.group(1) or match.group(2)
+            literal += self.text[position:match.start()]
+            position = match.end()
+            if match.group(1):
+                literal += match.group(1)[0]
+                continue
+            self.segments.append(literal)
+            literal = ""
+            param = match.group(2) or match.group(3)
             if param.startswith("_") and param not in RESERVED:
                 raise ValueError(f"template '{name}': unknown reserved placeholder '{match.group(0)}' "
                                  f"(reserved: {', '.join('{' + r + '}' for r in RESERVED)})")
-            kind = "{" if match.group(1) else "["
+            kind = "{" if match.group(2) else "["
             if kind == "{":
                 self.braced.add(param)
             self.segments.append((kind, param))
-            position = match.end()
-        self.segments.append(self.text[position:])
+        self.segments.append(literal + self.text[position:])
         self.params = {seg[1] for seg in self.segments if isinstance(seg, tuple) and not seg[1].startswith("_")}
 
     def render(self, values: Mapping[str, Any]) -> str:
@@ -67,11 +74,16 @@ class Template:
 
 
 def shell_line(command: str, resource: str, log: str, debug: bool = False) -> str:
-    """The line a worker runs under bash (R2); in debug mode the log is also shown (R9 -d)."""
-    prefix = f"CUDA_VISIBLE_DEVICES={quote(resource)} {command}"
+    """The line a worker runs under bash (R2, I6); in debug mode the log is also shown (R9 -d).
+
+    The command runs as one group under the redirect, so `a; b`, `a && b` and `a | b` log all
+    their output, and the group's status is the one bash gives the line. The group closes on a
+    line of its own, so a trailing `# comment`, `&` or `;` in the command stays harmless.
+    """
+    group = f"export CUDA_VISIBLE_DEVICES={quote(resource)}; {{ {command}\n}}"
     if debug:
-        return f"{prefix} 2>&1 | tee {quote(log)}"
-    return f"{prefix} > {quote(log)} 2>&1"
+        return f"{group} 2>&1 | tee {quote(log)}"
+    return f"{group} > {quote(log)} 2>&1"
 
 
 def log_name(command: str, time: str, name: Optional[str] = None) -> str:

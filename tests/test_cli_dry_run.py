@@ -40,9 +40,20 @@ def seed_out(tmp_path_factory):
     return out
 
 
+GROUP_RE = re.compile(r"export (CUDA_VISIBLE_DEVICES=\S+); \{ (.*)\n\}( > .+ 2>&1| 2>&1 \| tee .+)\n")
+
+
 def shell_lines(out: str):
-    """The printed shell lines (the lines a run would start), without comments and summaries."""
-    return [line for line in out.splitlines() if line.startswith("CUDA_VISIBLE_DEVICES=")]
+    """The printed shell lines (the lines a run would start), without comments and summaries.
+
+    Each is printed in its exact I6 shape, `export CUDA_VISIBLE_DEVICES=0; { cmd` then `} > log 2>&1`
+    on the next line; this checks that shape and gives it back compacted as R2 shows it,
+    `CUDA_VISIBLE_DEVICES=0 cmd > log 2>&1`, for the assertions on its parts.
+    """
+    starts = [line for line in out.splitlines() if line.startswith("export CUDA_VISIBLE_DEVICES=")]
+    found = [" ".join(match.groups()).replace("  ", " ") for match in GROUP_RE.finditer(out)]
+    assert len(found) == len(starts), "a command line is not in the `{ …\n} > log 2>&1` shape"
+    return found
 
 
 def output_dirs(out: str):
@@ -295,5 +306,5 @@ def test_X5_a_sweep_of_10_to_the_5_lists_in_seconds(tmp_path, write_yaml, run_cl
     assert (rc, err) == (0, "")
     assert elapsed < 20, elapsed
     assert "Tasks: 100000, commands to run: 100000" in out
-    assert out.count("\nCUDA_VISIBLE_DEVICES=") == 10 ** 5
+    assert out.count("\nexport CUDA_VISIBLE_DEVICES=") == 10 ** 5
     assert tree(tmp_path) == ["params.yaml"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import re
 import subprocess
+import struct
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -67,7 +70,7 @@ def test_r1_r2_seed_example_runs_four_workers_at_once(seed_dir: Path):
                       "Norm_batch-Moment_0.05", "Norm_batch-EaStop_T"]:
         log, = (seed_dir / "output" / directory).glob("log.train.*")
         gpu = re.search(r"CUDA_VISIBLE_DEVICES=(\d)", log.read_text()).group(1)
-        assert f"CUDA_VISIBLE_DEVICES={gpu} python train.py" in load(seed_dir / "output" / directory / "param")["_scripts"]["train"]
+        assert f"export CUDA_VISIBLE_DEVICES={gpu}; {{ python train.py" in load(seed_dir / "output" / directory / "param")["_scripts"]["train"]
         assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in log.read_text()
         gpus.add(gpu)
         assert statuses(seed_dir / "output" / directory) == {"train": "finished", "avg": "finished", "test": "finished"}
@@ -176,8 +179,8 @@ def test_r1_auto_uses_nvidia_smi_gpus(tmp_path: Path):
         """)
     env = {"PATH": f"{STAND_INS}:{os.environ['PATH']}", "FAKE_GPUS": "3"}
     code, out, _ = run(["--dry-run"], tmp_path, env)
-    assert [line.split()[0] for line in out.splitlines() if line.startswith("CUDA")] == [
-        "CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1", "CUDA_VISIBLE_DEVICES=2"]
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("export CUDA")] == [
+        "CUDA_VISIBLE_DEVICES=0;", "CUDA_VISIBLE_DEVICES=1;", "CUDA_VISIBLE_DEVICES=2;"]
     assert run([], tmp_path, env)[0] == 0
     for i in (1, 2, 3):
         gpu, rendered = _log(tmp_path / "output" / f"I_{i}").split()
@@ -250,8 +253,9 @@ def test_r9_no_subdir_shares_the_output_root(seed_dir: Path):
     output = seed_dir / "output"
     logs = sorted(p.name for p in output.glob("log.train.*"))
     assert len(logs) == 5 and all(re.fullmatch(r"log\.train\.\d{8}\.\d{6}\.Norm_\w+-\w+_[\w.]+", n) for n in logs)
-    stat = statuses(output)
-    assert stat["train.Norm_new-Moment_0.1"] == "finished" and len(stat) == 5
+    assert sorted(p.name for p in output.glob("stat.*")) == sorted(f"stat.{n[len('log.train.') + 16:]}" for n in logs)
+    assert load(output / "stat.Norm_new-Moment_0.1")["train"] == "finished"
+    assert load(output / "param.Norm_new-Moment_0.1")["moment"] == 0.1
     code, out, _ = run(["--no-subdir", "-c", "train"], seed_dir)
     assert code == 0 and "commands to run: 0" in out
 
@@ -276,6 +280,7 @@ def test_r4_exit_status_2_for_bad_flags_and_missing_output(tmp_path: Path):
 def test_r3_live_status_line_on_a_terminal(tmp_path: Path):
     write(tmp_path, "template: {nap: sleep 1.2}\nresource: [0]\n")
     leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
     process = subprocess.Popen([sys.executable, "-m", "mlrunner"], cwd=tmp_path, stdout=follower,
                                stderr=follower, env=dict(os.environ, PYTHONPATH=str(REPO)))
     os.close(follower)
@@ -290,7 +295,7 @@ def test_r3_live_status_line_on_a_terminal(tmp_path: Path):
         chunks.append(chunk)
     assert process.wait(30) == 0
     screen = b"".join(chunks).decode()
-    assert "\r\x1b[K[done 0/1, running 1, failed 0, left 1, elapsed 0:00:0" in screen
+    assert re.search(r"\r\x1b\[K\[[a-z ]*done 0/1, running 1, failed 0, left 0, elapsed 0:00:0", screen), screen
     assert "Finished: 1, failed: 0" in screen
 
 

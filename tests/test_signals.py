@@ -80,7 +80,7 @@ def test_r9_timeout_ends_the_tree_and_fails_the_command(tmp_path: Path):
     assert "    output/default (slow: timed out after 1s)" in out
     assert _wait_dead([int(p) for p in (tmp_path / "pids").read_text().split()]) == []
     assert statuses(tmp_path / "output" / "default") == {"slow": "failed", "next": "skipped"}
-    assert load(tmp_path / "output" / "default" / "stat")["_runs"]["slow"]["reason"] == "timed out after 1s"
+    assert load(tmp_path / "output" / "default" / "stat")["_runs"]["slow"][-1]["reason"] == "timed out after 1s"
 
 
 def test_r7_sigkill_at_random_moments_loses_nothing(tmp_path: Path):

@@ -157,9 +157,9 @@ def test_C7_spaces_inside_a_line_are_kept():
                                               ("", "CUDA_VISIBLE_DEVICES=''")])
 def test_R2_shell_line(resource, prefix):
     assert shell_line("python t.py", resource, "out/X_1/log.train.1") == \
-        f"{prefix} python t.py > out/X_1/log.train.1 2>&1"
+        f"export {prefix}; {{ python t.py\n}} > out/X_1/log.train.1 2>&1"
     assert shell_line("python t.py", resource, "out/X_1/log.train.1", debug=True) == \
-        f"{prefix} python t.py 2>&1 | tee out/X_1/log.train.1"
+        f"export {prefix}; {{ python t.py\n}} 2>&1 | tee out/X_1/log.train.1"
 
 
 def test_R2_shell_line_quotes_a_hostile_log_path(tmp_path):

@@ -1,0 +1,142 @@
+"""What is left to do: each task of the plan against its records on disk (SPEC R6, I1, I2, I5).
+
+A run, `--dry-run` and `--status` all ask `review`, so they agree. Only a run acts on what it
+finds (`act=True`): it sets corrupt records aside; the others only say what a run would do.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Set
+
+from .state import FINISHED, PARAM, STAT, Corrupt, last_run, read_record, record_path, set_aside
+from .sweep import Plan, Task, hashed_name, same_value
+from .template import Template
+
+# Both shapes of a recorded shell line: `export CUDA_VISIBLE_DEVICES=0; { cmd\n} > log 2>&1` (I6)
+# and the older `CUDA_VISIBLE_DEVICES=0 cmd > log 2>&1`, with `2>&1 | tee log` under -d.
+_LOG = r"(?:'(?:[^']|'\"'\"')*'|\S+)"  # a log path as shlex.quote writes it
+_SCRIPT_RES = (re.compile(rf"export CUDA_VISIBLE_DEVICES=(\S+); \{{ (.*)\n\}}(?: > {_LOG} 2>&1| 2>&1 \| tee {_LOG})\Z", re.S),
+               re.compile(rf"CUDA_VISIBLE_DEVICES=(\S+) (.*)(?: > {_LOG} 2>&1| 2>&1 \| tee {_LOG})\Z", re.S))
+
+
+@dataclass
+class Review:
+    """One task's verdict: where to start, which finished commands run again, and why."""
+
+    start: Optional[int]  # the first command to run; None when every command is done
+    rerun: Set[str] = field(default_factory=set)  # finished commands that run again
+    changed: List[str] = field(default_factory=list)  # finished commands whose config changed (I2)
+    changes: List[str] = field(default_factory=list)  # what changed: `lr: 0.1 -> 0.01`, `template of train`
+    notes: List[str] = field(default_factory=list)  # what the console should say (renames, corrupt records)
+    stat: Dict[str, Any] = field(default_factory=dict)
+
+
+def _read(path: str, act: bool, notes: List[str]) -> Dict[str, Any]:
+    try:
+        return read_record(path)
+    except Corrupt as error:
+        if act:
+            notes.append(f"{path} did not parse ({error.reason}): kept as {set_aside(path)}; its commands run again")
+        else:
+            notes.append(f"{path} does not parse ({error.reason}): a run sets it aside and runs its commands again")
+        return {}
+
+
+def _own_params(param: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in param.items() if not str(k).startswith("_")}
+
+
+def _identify(task: Task, root: str, no_subdir: bool, act: bool, notes: List[str]) -> Dict[str, Any]:
+    """The task's recorded params; a directory holding other values for the params that name the
+    task is another experiment, so the task moves to its hash-suffixed name (I1)."""
+    param = _read(record_path(task.output, PARAM, task.name, no_subdir), act, notes)
+    recorded = _own_params(param)
+    params = task.params
+    clash = [k for k in task.named_by if k in recorded and not same_value(recorded[k], params[k])]
+    if not clash:
+        return param
+    held = ", ".join(f"{k}: {recorded[k]!r}" for k in clash)
+    wanted = ", ".join(f"{k}: {params[k]!r}" for k in clash)
+    old = task.output if not no_subdir else f"{task.output} ({task.name})"
+    task.rename(hashed_name(task.name, [(k, params[k]) for k in task.named_by]), root, no_subdir)
+    notes.append(f"{old} holds {held}; this experiment ({wanted}) is {task.output if not no_subdir else task.name}")
+    return _read(record_path(task.output, PARAM, task.name, no_subdir), act, notes)
+
+
+def _value_diff(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    out = []
+    for key in list(old) + [k for k in new if k not in old]:
+        if key not in new:
+            out.append(f"{key}: {old[key]!r} -> (unset)")
+        elif key not in old:
+            out.append(f"{key}: (unset) -> {new[key]!r}")
+        elif not same_value(old[key], new[key]):
+            out.append(f"{key}: {old[key]!r} -> {new[key]!r}")
+    return out
+
+
+def recorded_command(script: Any) -> Optional[tuple]:
+    """(resource, command) of a recorded shell line; None when it has another shape."""
+    if not isinstance(script, str):
+        return None
+    for pattern in _SCRIPT_RES:
+        match = pattern.match(script)
+        if match:
+            try:
+                return shlex.split(match.group(1))[0] if match.group(1) != "''" else "", match.group(2)
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+def _template_changes(task: Task, templates: Dict[str, Template], param: Dict[str, Any],
+                      stat: Dict[str, Any], commands: Sequence[str]) -> List[str]:
+    """Finished commands whose recorded line differs from this run's, ignoring what varies by
+    design from run to run: `_time`, the worker's resource and host, the log name (I2)."""
+    changed = []
+    scripts = param.get("_scripts") if isinstance(param.get("_scripts"), dict) else {}
+    for command in commands:
+        found = recorded_command(scripts.get(command))
+        if found is None:
+            continue
+        resource, line = found
+        worker = str(last_run(stat, command).get("worker") or "")
+        host = worker.rsplit(":", 1)[0] if ":" in worker else "localhost"
+        rendered = task.render(templates, str(param.get("_time", "")), resource, host)[command]
+        if rendered != line:
+            changed.append(command)
+    return changed
+
+
+def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: bool, force: bool,
+           on_change: str = "ask", act: bool = False) -> List[Review]:
+    """Per task, what a run does with it. `on_change` is `ask`, `rerun` or `keep` (I2)."""
+    out = []
+    for task in plan.tasks:
+        notes: List[str] = []
+        param = _identify(task, root, no_subdir, act, notes)
+        stat = _read(record_path(task.output, STAT, task.name, no_subdir), act, notes)
+        result = Review(start=None, notes=notes, stat=stat)
+        finished = [c for c in task.commands if stat.get(c) == FINISHED]
+        if force:
+            result.start, result.rerun = 0, set(finished)
+            out.append(result)
+            continue
+        if param and finished:
+            result.changes = _value_diff(_own_params(param), task.params)
+            if result.changes:
+                result.changed = finished
+            else:
+                result.changed = _template_changes(task, templates, param, stat, finished)
+                result.changes = [f"template of {c}" for c in result.changed]
+        if on_change == "rerun":
+            result.rerun = set(result.changed)
+        for position, command in enumerate(task.commands):
+            if stat.get(command) != FINISHED or command in result.rerun:
+                result.start = position
+                break
+        out.append(result)
+    return out
