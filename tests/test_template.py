@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import subprocess
 
@@ -175,3 +177,58 @@ def test_R2_shell_line_quotes_a_hostile_log_path(tmp_path):
                                        ("Lr_1", "log.train.20220316.030151.Lr_1")])
 def test_R9_log_name_with_and_without_subdir(name, log):
     assert log_name("train", "20220316.030151", name) == log
+
+
+# I6: the whole template line is logged, as one group with bash's exit status ---------------------
+
+def _run_one(tmp_path, template: str):
+    from runlib import run, write
+    write(tmp_path, "template:\n  t: " + json.dumps(template) + "\nresource: [0]\n")
+    code, out, err = run([], tmp_path)
+    (log,) = (tmp_path / "output" / "default").glob("log.t.*")
+    return code, out, log.read_text()
+
+
+@pytest.mark.parametrize("template, logged", [
+    ("echo a; echo b", "a\nb\n"),
+    ("echo a && echo b", "a\nb\n"),
+    ("echo a | tr a b; echo c >&2", "b\nc\n"),
+    ("echo a # a comment after the command", "a\n"),
+    ("echo a &", "a\n"),
+    ("echo a;", "a\n"),
+])
+def test_I6_every_command_of_the_line_is_logged(tmp_path, template, logged):
+    code, out, log = _run_one(tmp_path, template)
+    assert code == 0 and log == logged
+    assert "\na\n" not in out and "\nb\n" not in out  # nothing reaches the console
+
+
+@pytest.mark.parametrize("template, code", [("false && echo b", 1), ("false; true", 0), ("true; exit 3", 1)])
+def test_I6_the_line_ends_as_bash_ends_it(tmp_path, template, code):
+    assert _run_one(tmp_path, template)[0] == code
+
+
+def test_I6_doubled_braces_and_brackets_are_literal(tmp_path):
+    template = Template("t", "echo {x} | awk '{{print $1}}'; echo a7 | grep -c '[[0-9]]'; echo {{x}} [[x]]")
+    assert template.params == {"x"}
+    assert template.render({"x": "v"}) == "echo v | awk '{print $1}'; echo a7 | grep -c '[0-9]'; echo {x} [x]"
+    code, _, log = _run_one(tmp_path, "echo v | awk '{{print $1}}'; echo a7 | grep -c '[[0-9]]'; echo {{x}} [[x]]")
+    assert code == 0 and log == "v\n1\n{x} [x]\n"
+
+
+def test_I6_two_runs_in_one_second_never_share_a_log(tmp_path):
+    """Both runs claim the log name of the same second; the second gets `<log>.2`."""
+    from mlrunner.state import Experiment
+
+    class Started:
+        pgid = None
+
+    experiment = Experiment(str(tmp_path), "X")
+    logs = []
+    for _ in range(3):
+        claim = experiment.start("t", rerun=True, worker="0", log=str(tmp_path / "log.t.20261128.101010"),
+                                 line=lambda log: log, launch=lambda line: Started(), param={"_scripts": {}})
+        logs.append(claim.log)
+        experiment.finish("t", "finished", 0.0)
+    assert [os.path.basename(log) for log in logs] == ["log.t.20261128.101010", "log.t.20261128.101010.2",
+                                                       "log.t.20261128.101010.3"]
