@@ -5,7 +5,8 @@
     python3 build_zipapp.py --with-ssh   # also paramiko and its compiled dependencies, for this
                                          # interpreter and platform: dist/mlrunner-ssh-<tag>.pyz
 
-The same sources give the same bytes: entries are sorted, with fixed timestamps and modes.
+The same sources give the same bytes: entries are sorted, with fixed timestamps and modes, and
+the vendored PyYAML is one pinned release whatever PyYAML is installed.
 Compiled modules cannot be imported from a zip, so the --with-ssh archive carries them under
 `_vendor/` and its `__main__.py` unpacks them once into a per-user cache (as shiv does).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import subprocess
 import sys
 import sysconfig
@@ -26,6 +28,8 @@ ROOT = Path(__file__).resolve().parent
 SHEBANG = b"#!/usr/bin/env python3\n"
 EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 VENDOR = "_vendor/"
+PYYAML = "6.0.3"  # the PyYAML release inside the pyz; change both lines together
+PYYAML_SOURCES = "a0f5b387f30f9579"  # content_hash() of its yaml/*.py
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
 
 MAIN = """\
@@ -85,13 +89,38 @@ def python_files(directory: Path, prefix: str) -> Dict[str, bytes]:
             for path in directory.rglob("*.py") if "__pycache__" not in path.parts}
 
 
-def yaml_sources() -> Dict[str, bytes]:
-    """PyYAML's pure-Python package, taken from the installed one (its C extension is optional)."""
+def _installed_yaml() -> Dict[str, bytes]:
     try:
         import yaml
     except ImportError:
-        sys.exit("build_zipapp: PyYAML is not installed; `pip install pyyaml` and build again")
+        return {}
     return python_files(Path(yaml.__file__).parent, "yaml")
+
+
+def _downloaded_yaml() -> Dict[str, bytes]:
+    """The pinned release's `yaml/*.py` from its wheel for this interpreter, downloaded once into a cache."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlrunner-build" / f"pyyaml-{PYYAML}"
+    wheels = sorted(cache.glob("*.whl"))
+    if not wheels:
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+                   "--only-binary", ":all:", "--dest", str(cache), f"pyyaml=={PYYAML}"]
+        if subprocess.run(command).returncode != 0:
+            return {}
+        wheels = sorted(cache.glob("*.whl"))
+    return {name: data for wheel in wheels[:1] for name, data in wheel_members(wheel)
+            if name.startswith("yaml/") and name.endswith(".py")}
+
+
+def yaml_sources() -> Dict[str, bytes]:
+    """PyYAML's pure-Python package, always the pinned release's, so that the pyz's bytes depend on
+    this repository only: the installed copy when it is that release, else its wheel (any platform's
+    wheel holds the same .py files; the C extension is left out)."""
+    for source in (_installed_yaml, _downloaded_yaml):
+        files = source()
+        if files and content_hash(files) == PYYAML_SOURCES:
+            return files
+    sys.exit(f"build_zipapp: the pyz carries PyYAML {PYYAML}, which is neither installed nor downloadable here; "
+             f"`pip install pyyaml=={PYYAML}` and build again")
 
 
 def wheel_members(wheel: Path) -> Iterator[tuple[str, bytes]]:

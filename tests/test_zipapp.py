@@ -65,6 +65,25 @@ def test_z1_build_is_reproducible(pyz: Path, tmp_path: Path) -> None:
     assert again.read_bytes() == pyz.read_bytes()
 
 
+def test_z1_bytes_do_not_depend_on_the_installed_pyyaml(pyz: Path, tmp_path: Path, monkeypatch) -> None:
+    """Another installed PyYAML (6.0.4 gave other bytes) is not vendored: the pinned release is."""
+    pinned = build_zipapp._installed_yaml()
+    assert build_zipapp.content_hash(pinned) == build_zipapp.PYYAML_SOURCES, "the test machine has another PyYAML"
+    other = dict(pinned, **{"yaml/__init__.py": pinned["yaml/__init__.py"] + b"# another release\n"})
+    monkeypatch.setattr(build_zipapp, "_installed_yaml", lambda: other)
+    monkeypatch.setattr(build_zipapp, "_downloaded_yaml", lambda: pinned)  # the pinned wheel, as pip gets it
+    assert build_zipapp.build(tmp_path).read_bytes() == pyz.read_bytes()
+
+
+def test_z1_without_the_pinned_pyyaml_the_build_says_so(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(build_zipapp, "_installed_yaml", lambda: {"yaml/__init__.py": b"__version__ = '9'\n"})
+    monkeypatch.setattr(build_zipapp, "_downloaded_yaml", dict)  # offline: pip download failed
+    with pytest.raises(SystemExit) as stopped:
+        build_zipapp.build(tmp_path)
+    assert f"`pip install pyyaml=={build_zipapp.PYYAML}`" in str(stopped.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_z1_archive_has_no_compiled_code(pyz: Path) -> None:
     with zipfile.ZipFile(pyz) as archive:
         names = archive.namelist()
