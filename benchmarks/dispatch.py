@@ -11,6 +11,8 @@
   * floor: this process, 8 threads, each `subprocess.Popen(["bash", "-c", "CUDA_VISIBLE_DEVICES=k
     echo i > log 2>&1"]).wait()` in turn: the cost of starting the shells, no bookkeeping.
 
+  * mlrunner without fsync: the same run with MLRUNNER_FSYNC=0, to show what I5's durability costs.
+
 Each is measured --repeat times (interleaved, fresh directories) and the median is reported.
 Targets (from the issue): mlrunner at least 4x GNU parallel's rate, and at least two thirds of the
 floor's rate.
@@ -70,14 +72,20 @@ def mlrunner_startup(root: str) -> float:
     return timed([sys.executable, "-m", "mlrunner", "-y", config, "--dry-run", "-r", "0"], root)
 
 
-def mlrunner_run(root: str, run: int, commands: int, workers: int) -> float:
+def mlrunner_run(root: str, run: int, commands: int, workers: int, fsync: bool = True) -> float:
     config = os.path.join(root, "params.yaml")
     if not os.path.exists(config):
         write_config(config, commands, workers)
-    output = os.path.join(root, f"mlrunner.{run}")
-    seconds = timed([sys.executable, "-m", "mlrunner", "-y", config, "-o", output], root)
+    output = os.path.join(root, f"mlrunner.{run}" + ("" if fsync else ".nofsync"))
+    env = ENV if fsync else dict(ENV, MLRUNNER_FSYNC="0")
+    seconds = timed([sys.executable, "-m", "mlrunner", "-y", config, "-o", output], root, env=env)
     check_mlrunner(output, commands)
     return seconds
+
+
+def mlrunner_no_fsync(root: str, run: int, commands: int, workers: int) -> float:
+    """The same run without I5's fsync of each ended record (MLRUNNER_FSYNC=0): what durability costs."""
+    return mlrunner_run(root, run, commands, workers, fsync=False)
 
 
 def check_mlrunner(output: str, commands: int) -> None:
@@ -179,6 +187,10 @@ def ensure_gnu_parallel() -> bool:
     return False
 
 
+def workers_note(args: argparse.Namespace) -> str:
+    return f"{args.workers} workers (each fsync waits for the disk, {args.workers} at a time)"
+
+
 # --- report --------------------------------------------------------------------------------------
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -188,7 +200,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
 
-    implementations: Dict[str, Callable[[str, int, int, int], float]] = {"mlrunner": mlrunner_run}
+    implementations: Dict[str, Callable[[str, int, int, int], float]] = {
+        "mlrunner": mlrunner_run, "mlrunner, no fsync (MLRUNNER_FSYNC=0)": mlrunner_no_fsync}
     if ensure_gnu_parallel():
         implementations[f"GNU parallel -j{args.workers}"] = gnu_parallel
     implementations[f"floor: {args.workers} threads x Popen(bash)"] = floor
@@ -222,6 +235,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("runs (s): " + "; ".join(f"{name}: {', '.join(f'{t:.2f}' for t in values)}"
                                    for name, values in times.items()))
 
+    cost = (seconds["mlrunner"] - seconds["mlrunner, no fsync (MLRUNNER_FSYNC=0)"]) / args.commands
+    print(f"fsync of ended records (I5): {cost * 1000:+.2f} ms per finished command, wall, on {workers_note(args)}")
     whole = args.commands / seconds["mlrunner"]
     net = args.commands / (seconds["mlrunner"] - startup)
     for name, value in seconds.items():
