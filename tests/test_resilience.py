@@ -211,14 +211,14 @@ def test_i3_sigkill_at_random_moments_never_reruns_a_finished_command(tmp_path: 
         y: [1, 2, 3]
         """)
     (tmp_path / "step.sh").write_text('echo "$ITERATION $1 $2" >> ledger\n' + TREE_SH.replace("$name", "$name.$2")
-                                      .replace('sleep "${SLEEP:-100}"', "sleep 0.05"))
+                                      .replace('sleep "${SLEEP:-100}"', "sleep 0.4"))
     rng = random.Random(11)
     finished_before: Dict[int, set] = {}
     done: set = set()
     for iteration in range(10):
         finished_before[iteration] = set(done)
         runner = start(["--grace", "1s"], tmp_path, {"ITERATION": str(iteration)})
-        time.sleep(rng.uniform(0.2, 0.8))
+        time.sleep(rng.uniform(0.3, 1.2))  # python's start takes ~0.2s
         runner.kill()
         runner.wait()
         for stat_path in (tmp_path / "output").glob("*/stat"):
