@@ -29,6 +29,18 @@ if ! command -v chromium > /dev/null 2>&1; then
   fi
 fi
 
+# The durability test (SPEC I5) watches the runner's fsync and rename calls under strace.
+if ! command -v strace > /dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get > /dev/null 2>&1; then
+    echo "scripts/test.sh: strace is missing; installing it" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends strace > /dev/null
+  else
+    echo "scripts/test.sh: note: strace is missing and cannot be installed here (needs root and apt-get);" \
+         "install strace, or the fsync test will be skipped (failed under CI=true)." >&2
+  fi
+fi
+
 # The package (editable) and the test extra; skipped when both are already here (the Docker
 # image installs them at build time, so it runs without network).
 if ! python3 -c "import mlrunner, pytest, paramiko, pandas, yaml, sys; sys.exit(not mlrunner.__file__.startswith('$PWD/'))" \
