@@ -258,8 +258,14 @@ def _regular_file(directory: Path) -> None:
     directory.write_text("not a directory\n")
 
 
+def _unwritable_directory(directory: Path) -> None:
+    """Root may write anywhere chmod allows: a procfs directory refuses new files even to root."""
+    directory.symlink_to("/proc/self/fdinfo")
+
+
 @pytest.mark.parametrize("breaker", [
     _dangling_symlink,
+    _unwritable_directory,
     pytest.param(_regular_file, marks=pytest.mark.xfail(
         strict=True, reason="resume.review -> state.read_record raises NotADirectoryError (traceback, "
                             "nothing runs): reported to the lead")),
@@ -278,6 +284,25 @@ def test_i4_a_broken_experiment_directory_fails_that_task_only(tmp_path: Path, b
         assert statuses(tmp_path / "output" / f"I_{i}") == {"a": "finished", "b": "finished"}
         assert (tmp_path / f"I_{i}.ran").read_text() == "a\nb\n"
     assert not (tmp_path / "I_2.ran").exists()
+
+
+def test_i4_a_record_that_cannot_be_written_after_the_command_fails_it(tmp_path: Path):
+    """The experiment's directory vanishes while its command runs: recording fails, the run goes on."""
+    write(tmp_path, """
+        template:
+          a: echo a >> {_name}.ran; test {i} = 2 && rm -rf {_output}; true
+          b: echo b >> {_name}.ran
+        resource: [0, 1]
+        ---
+        i: [1, 2, 3]
+        """)
+    code, out, err = run([], tmp_path, timeout=60)
+    assert code == 1, out + err
+    assert "Finished: 4, failed: 1, skipped: 1, interrupted: 0, already finished: 0" in out
+    assert out[out.index("Failed:"):].splitlines()[1].startswith("    output/I_2 (a: ")
+    for i in (1, 3):
+        assert statuses(tmp_path / "output" / f"I_{i}") == {"a": "finished", "b": "finished"}
+    assert (tmp_path / "I_2.ran").read_text() == "a\n"
 
 
 def test_i4_i5_a_stat_that_is_a_directory_is_set_aside_not_replaced(tmp_path: Path):
