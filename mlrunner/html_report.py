@@ -195,8 +195,12 @@ def _busy(intervals: Sequence[Tuple[float, float]]) -> float:
     return total
 
 
-def _colour(status: str) -> str:
-    return COLOURS.get(status, OTHER_COLOUR)
+def _status_style() -> str:
+    return "".join(f".s-{s}{{fill:{c}}}" for s, c in COLOURS.items()) + f".s-other{{fill:{OTHER_COLOUR}}}"
+
+
+def _status_class(status: str) -> str:
+    return f"s-{status}" if status in COLOURS else "s-other"
 
 
 def timeline(runs: Sequence[Run]) -> str:
@@ -222,15 +226,15 @@ def timeline(runs: Sequence[Run]) -> str:
         y = top + index * height
         busy = _busy([(r.start, r.end) for r in by_worker[worker]])
         busy_total += busy
-        parts.append(f'<g class="worker" data-worker="{_e(worker)}"><text x="{label - 8}" y="{y + 15}" '
-                     f'class="label">{_e(worker)}</text>')
-        for run in by_worker[worker]:
+        parts.append(f'<g class="worker" data-worker="{_e(worker)}" transform="translate(0 {y})">'
+                     f'<text x="{label - 8}" y="15" class="label">{_e(worker)}</text>')
+        for run in by_worker[worker]:  # 10^4 runs: every byte of a bar counts, so colours are classes
             x = label + plot * (run.start - t0) / span
             w = max(plot * (run.end - run.start) / span, 0.5)
             tip = f"{run.experiment} · {run.command} · {_duration(run.end - run.start)} · {run.status}"
-            parts.append(f'<rect class="bar" x="{x:.2f}" y="{y + 3}" width="{w:.2f}" height="{height - 6}" '
-                         f'fill="{_colour(run.status)}" data-status="{_e(run.status)}"><title>{_e(tip)}</title></rect>')
-        parts.append(f'<text x="{label + plot + 10}" y="{y + 15}" class="idle">idle {_duration(span - busy)} '
+            parts.append(f'<rect class="bar {_status_class(run.status)}" x="{x:.1f}" width="{w:.1f}">'
+                         f'<title>{_e(tip)}</title></rect>')
+        parts.append(f'<text x="{label + plot + 10}" y="15" class="idle">idle {_duration(span - busy)} '
                      f'({100 * (span - busy) / span:.0f}%)</text></g>')
     parts.append("</svg>")
     utilisation = busy_total / (span * len(workers))
@@ -240,11 +244,9 @@ def timeline(runs: Sequence[Run]) -> str:
             + "".join(parts) + f'<p class="legend">{legend}</p>')
 
 
-def _cell(value: Any, link: Optional[str] = None) -> str:
-    number = _number(value)
-    sort = f' data-v="{number!r}"' if number is not None and math.isfinite(number) else ""
-    text = _e(_fmt(value))
-    return f"<td{sort}>" + (f'<a href="{_e(link)}">{text}</a>' if link else text) + "</td>"
+def _cell(value: Any) -> str:
+    """A table cell; the sorter reads a number from the text, so none is repeated in an attribute."""
+    return f"<td>{_e(_fmt(value))}</td>"
 
 
 def _href(path: str, base: str) -> str:
@@ -305,9 +307,13 @@ def scatter(rows: Sequence[Row], param: str, metric: str) -> str:
         parts.append(f'<text x="{px(value):.1f}" y="{height - pad + 14}" class="tick">{_e(text)}</text>')
     for value in (min(ys), max(ys)):
         parts.append(f'<text x="{pad - 4}" y="{py(value) + 4:.1f}" class="ytick">{_e(_fmt(value))}</text>')
+    shown: Dict[Tuple[int, int], List[Tuple[str, float]]] = {}  # one dot per pixel: 10^4 points stay small
     for x, (_, y, name) in zip(xs, points):
-        parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5"><title>{_e(name)}: {_e(metric)} '
-                     f'{_e(_fmt(y))}</title></circle>')
+        shown.setdefault((round(px(x)), round(py(y))), []).append((name, y))
+    for (cx, cy), here in shown.items():
+        more = f" (and {len(here) - 1} more here)" if len(here) > 1 else ""
+        parts.append(f'<circle cx="{cx}" cy="{cy}" r="3.5"><title>{_e(here[0][0])}: {_e(metric)} '
+                     f'{_e(_fmt(here[0][1]))}{more}</title></circle>')
     scale = " (log)" if log else ""
     parts.append(f'</svg><figcaption>{_e(metric)} against {_e(param)}{scale}</figcaption></figure>')
     return "".join(parts)
@@ -332,11 +338,11 @@ body{font:14px system-ui,sans-serif;margin:24px;color:#202124}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px}
 svg text{font:11px system-ui,sans-serif;fill:#444}
 .label,.ytick{text-anchor:end}.tick{text-anchor:middle}.grid{stroke:#e3e3e3}
-.frame{fill:none;stroke:#ccc}circle{fill:#3a78c8;fill-opacity:.7}
+.frame{fill:none;stroke:#ccc}circle{fill:#3a78c8;fill-opacity:.7}.bar{y:3px;height:16px}
 .key{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
 table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left}
 th{cursor:pointer;background:#f4f4f4;user-select:none}th[aria-sort=ascending]::after{content:" ▲"}
-th[aria-sort=descending]::after{content:" ▼"}td[data-v]{text-align:right}
+th[aria-sort=descending]::after{content:" ▼"}
 .plot{display:inline-block;margin:0 12px 12px 0}figcaption{text-align:center;font-size:12px}
 pre{background:#f6f6f6;padding:8px;overflow-x:auto;max-height:24em}
 """
@@ -344,6 +350,7 @@ pre{background:#f6f6f6;padding:8px;overflow-x:auto;max-height:24em}
 # Sorts the table's rows by the clicked column: numbers (data-v) by value, text by locale,
 # empty cells last; a second click reverses.
 SCRIPT = """
+var NUMBER = /^[-+]?(\\d+\\.?\\d*|\\.\\d+)(e[-+]?\\d+)?$/i;
 document.querySelectorAll("#results th").forEach(function (th, column) {
   th.addEventListener("click", function () {
     var descending = th.getAttribute("aria-sort") === "ascending";
@@ -354,7 +361,8 @@ document.querySelectorAll("#results th").forEach(function (th, column) {
     function key(row) {
       var cell = row.cells[column];
       var value = cell.getAttribute("data-v");
-      return value === null ? cell.textContent : parseFloat(value);
+      var text = value === null ? cell.textContent : value;
+      return NUMBER.test(text) ? parseFloat(text) : text;
     }
     rows.sort(function (a, b) {
       var x = key(a), y = key(b);
@@ -380,7 +388,7 @@ def render(rows: Sequence[Row], runs: Sequence[Run], metrics: Sequence[str], tit
     summary = ", ".join(f"{_e(s)}: {n}" for s, n in sorted(counts.items()))
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(generated))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-            f'<link rel="icon" href="data:,"><style>{STYLE}</style></head><body>'
+            f'<link rel="icon" href="data:,"><style>{STYLE}{_status_style()}</style></head><body>'
             f"<h1>{_e(title)}</h1><p>Experiments: {len(rows)} ({summary}); written {stamp}.</p>"
             f"<h2>Timeline</h2>{timeline(runs)}"
             f"<h2>Results</h2>{results_table(rows, params, metrics, base)}"
