@@ -6,7 +6,7 @@ import os
 import sys
 import threading
 import time
-from typing import IO, Optional, Union
+from typing import IO, Optional
 
 STATUS_INTERVAL = 0.5
 CLEAR_LINE = "\r\x1b[K"
@@ -50,13 +50,9 @@ class Console:
         with self._lock:
             self.running += 1
 
-    def ended_command(self, status: Union[str, bool], seconds: float) -> None:
-        """Count a command that ended with `status` (`finished`, `failed`, `interrupted`, `timeout`, ...).
-
-        A bool is read as finished/failed, as the runner passed it before statuses were strings.
-        """
-        if isinstance(status, bool):
-            status = "finished" if status else "failed"
+    def ended_command(self, status: str, seconds: float) -> None:
+        """Count a command that ended with `status`: `finished`; `interrupted` or `lost` (its host),
+        counted apart so that the status line agrees with the summary; anything else is a failure."""
         with self._lock:
             self.running -= 1
             if status == "finished":
