@@ -163,9 +163,11 @@ def test_i3_sigkill_leftover_groups_are_ended_before_the_rerun(tmp_path: Path):
 def test_i3_sigkill_leftover_group_already_exited_is_simply_rerun(tmp_path: Path):
     _setup_tree(tmp_path)
     pids = _kill_runner_with_trees(tmp_path)
-    for pgid in {os.getpgid(p) for p in pids}:
+    groups = {os.getpgid(p) for p in pids}
+    for pgid in groups:
         os.killpg(pgid, signal.SIGKILL)
-    assert _wait(lambda: all(_gone(p) for p in pids), 30), "init did not reap the killed trees"
+    # Until init reaps them, zombies (the group leaders among them) keep their groups alive.
+    assert _wait(lambda: all(_gone(p) for p in [*pids, *groups]), 30), "init did not reap the killed trees"
     code, out, err = run([], tmp_path, {"SLEEP": "0.1"})
     assert code == 0, out + err
     assert "ended process group" not in out
