@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(needs paramiko, or the mlrunner-ssh-*.pyz; python3 on each host)")
     parser.add_argument("--accept-new-hosts", action="store_true",
                         help="trust and record host keys not yet in ~/.ssh/known_hosts (never changed ones)")
+    parser.add_argument("--slurm", action="store_true",
+                        help="submit the tasks to Slurm as job arrays (the file's 'slurm:' settings, or defaults) "
+                             "and return; rerun to resubmit what did not finish")
+    parser.add_argument("--wait", action="store_true", help="with Slurm: follow the jobs on the console until they end")
+    parser.add_argument("--slurm-element", metavar="MANIFEST", help=argparse.SUPPRESS)  # one array element (S1)
     parser.add_argument("--version", action="version", version=f"mlrunner {__version__}")
     return parser
 
@@ -201,6 +206,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     _check_long_run_flags(parser, args)
     try:
+        if args.slurm_element:
+            from .executors.slurm.element import run_element
+            return run_element(args.slurm_element)
         if args.stop:
             from .runs import stop
             return stop(args.output)

@@ -168,17 +168,23 @@ class Follower:
         self.out.flush()
 
 
+def _in_progress(output: str) -> bool:
+    """A local run, or a Slurm element still queued (asked at most once per few seconds, S2)."""
+    from .executors.slurm.watch import active
+    return bool(live_runs(output)) or active(output)
+
+
 def follow(output: str, regex: Optional[str]) -> int:
     """Follow the runs in progress on `output` until they end (D4); Ctrl-C ends it too (exit 130)."""
     try:
         pattern = re.compile(regex) if regex else None
     except re.error as error:
         raise UserError(f"--follow: bad regular expression {regex!r}: {error}")
-    if not os.path.isdir(output) or not live_runs(output):
+    if not os.path.isdir(output) or not _in_progress(output):
         print(f"mlrunner: no run in progress on {output}; nothing to follow", file=sys.stderr)
         return EXIT_OK
     follower = Follower(output, pattern, sys.stdout.buffer)
-    while live_runs(output):
+    while _in_progress(output):
         follower.scan()
         follower.show()
         time.sleep(POLL)

@@ -388,6 +388,9 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
         return EXIT_USAGE
     to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
     # Every check is done: from here on, things start.
+    if args.slurm or config.slurm is not None:  # the tasks go to Slurm's job arrays instead (S1)
+        from .executors.slurm.submit import submit
+        return submit(plan, config, reviews, run_time, args)
     detached = detach(args.output) if args.detach else None
     if detached is not None:  # the foreground side of --detach: the run goes on in the daemon (D1)
         return detached

@@ -163,6 +163,8 @@ def print_runs(output: str) -> None:
         for run in runs:
             print(f"  {describe(run)}")
         print(flush=True)
+    from .executors.slurm.watch import print_submissions
+    print_submissions(output)  # the Slurm jobs of the tree, when it has any (S2)
 
 
 def _terminate(run: Dict[str, Any]) -> bool:
@@ -194,8 +196,11 @@ def _terminate(run: Dict[str, Any]) -> bool:
 def stop(output: str) -> int:
     """`--stop` (D3): end this host's runs on `output` as SIGTERM does, wait for them, report."""
     runs = live_runs(output) if os.path.isdir(output) else []
+    from .executors.slurm.watch import stop_submissions
+    cancelled = stop_submissions(output)  # the Slurm jobs of the tree, when it has any (S2)
     if not runs:
-        print(f"mlrunner: no run in progress on {output}; nothing to stop")
+        if not cancelled:
+            print(f"mlrunner: no run in progress on {output}; nothing to stop")
         return EXIT_OK
     status = EXIT_OK
     stopping = []

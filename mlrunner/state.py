@@ -50,6 +50,9 @@ OWNER = {"host": HOST, "pid": os.getpid(), "pid_start": process_start(os.getpid(
 
 def owner_alive(run: Dict[str, Any]) -> bool:
     """Is the run that wrote this `running` record still alive? Unknown hosts count as alive."""
+    if run.get("job"):  # a Slurm element's: the queue knows (S3)
+        from .executors.slurm.queue import job_alive
+        return job_alive(run)
     if run.get("host") != HOST:
         return run.get("host") is not None
     pid = run.get("pid")
