@@ -12,7 +12,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional
 
 from ...errors import UserError
 
@@ -98,17 +98,6 @@ def parse_sacct(text: str) -> Dict[str, str]:
         if sep and "." not in job and job:
             out[job] = state.split()[0] if state.split() else ""
     return out
-
-
-def compress_indices(indices: Iterable[int]) -> str:
-    """[0, 1, 2, 5, 7, 8] -> `0-2,5,7-8`: the `--array` list of a resubmission."""
-    ranges: List[Tuple[int, int]] = []
-    for index in sorted(set(indices)):
-        if ranges and index == ranges[-1][1] + 1:
-            ranges[-1] = (ranges[-1][0], index)
-        else:
-            ranges.append((index, index))
-    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
 
 
 def _call(argv: List[str]) -> subprocess.CompletedProcess:
