@@ -124,7 +124,7 @@ def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tu
                   " ".join(f"{c}:{s}" for c, s in status_of.items()) if values else "pending")
     row.seconds = round(total, 3) if status_of else None
     for metric, (command, pattern) in compiled.items():
-        row.metrics[metric] = read_metric(directory, command, pattern)
+        row.metrics[metric] = read_metric(directory, command, pattern, row.logs.get(command))
     return row, runs
 
 

@@ -14,7 +14,7 @@ import io
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Pattern, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Pattern, Tuple, Union
 
 import yaml
 
@@ -36,19 +36,24 @@ def to_number(text: str) -> Union[int, float, str]:
         return text
 
 
-def read_metric(output_dir: Union[str, Path], command: str, regex: Union[str, Pattern[str]]) -> Any:
-    """The first group of the last match of `regex` in the newest log of `command`.
+def read_metric(output_dir: Union[str, Path], command: str, regex: Union[str, Pattern[str]],
+                log: Optional[Union[str, Path]] = None) -> Any:
+    """The first group of the last match of `regex` in the newest log of `command` (or in `log`,
+    when the caller already knows it from the records: no directory listing then).
 
     The last match, because a log usually reports a metric once per epoch and the final one
     counts. The whole match is used when the regex has no group. None when there is no log or
     no match.
     """
-    log = latest_log(command, output_dir)
+    log = log or latest_log(command, output_dir)
     if log is None:
         return None
     pattern = re.compile(regex) if isinstance(regex, str) else regex
-    with open(log, encoding="utf-8", errors="replace") as stream:
-        text = stream.read()
+    try:
+        with open(log, encoding="utf-8", errors="replace") as stream:
+            text = stream.read()
+    except FileNotFoundError:
+        return None
     last = None
     for last in pattern.finditer(text):
         pass
