@@ -204,3 +204,17 @@ _runs:
 """)
     _, runs = html_report.collect(str(tmp_path), {}, now=160.0)
     assert [(r.status, r.end) for r in runs] == [("running", 160.0)]
+
+
+def test_v1_metrics_come_from_the_config_copy_in_the_output_root(tree: Path, tmp_path: Path):
+    """Run elsewhere, with no params.yaml at hand: the copy the runner left in -o names the metrics."""
+    code, out, err = run(["--report", str(tmp_path / "r.html"), "-o", str(tree / "output")], tmp_path)
+    assert code == 0, err
+    assert '<th data-column="bleu">bleu</th>' in (tmp_path / "r.html").read_text()
+
+
+def test_v1_a_bad_config_is_one_line(tree: Path, tmp_path: Path):
+    (tmp_path / "params.yaml").write_text("template: {a: echo}\nmetric: {m: {command: zz, regex: '(x)'}}\n")
+    code, out, err = run(["--report", "-o", str(tree / "output")], tmp_path)
+    assert (code, out) == (2, "") and err.startswith("params.yaml:2: metric 'm': unknown command 'zz'"), err
+    assert err.count("\n") == 1
