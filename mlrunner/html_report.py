@@ -88,10 +88,13 @@ def _read(path: str) -> Dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tuple[str, Any]]
-                ) -> Tuple[Row, List[Run]]:
-    stat = _read(os.path.join(directory, "stat"))
-    params = {k: v for k, v in _read(os.path.join(directory, "param")).items() if not str(k).startswith("_")}
+def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tuple[str, Any]],
+                shared: bool = False) -> Tuple[Row, List[Run]]:
+    """One experiment's row and runs; `shared`: its records are `stat.<name>`/`param.<name>` in the
+    output root, beside the other experiments' (--no-subdir)."""
+    suffix = f".{name}" if shared else ""
+    stat = _read(os.path.join(directory, "stat" + suffix))
+    params = {k: v for k, v in _read(os.path.join(directory, "param" + suffix)).items() if not str(k).startswith("_")}
     status_of = {str(k): str(v) for k, v in stat.items() if not str(k).startswith("_")}
     runs: List[Run] = []
     row = Row(name, params, "pending", None)
@@ -114,7 +117,7 @@ def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tu
                 if run.get("log"):
                     row.logs[command] = os.path.join(directory, os.path.basename(str(run["log"])))
         if command not in row.logs:
-            logs = sorted(n for n in os.listdir(directory) if n.startswith(f"log.{command}."))
+            logs = sorted(n for n in os.listdir(directory) if n.startswith(f"log.{command}.") and n.endswith(suffix))
             if logs:
                 row.logs[command] = os.path.join(directory, logs[-1])
         if status not in NOT_FAILURES:
@@ -124,13 +127,15 @@ def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tu
                   " ".join(f"{c}:{s}" for c, s in status_of.items()) if values else "pending")
     row.seconds = round(total, 3) if status_of else None
     for metric, (command, pattern) in compiled.items():
-        row.metrics[metric] = read_metric(directory, command, pattern, row.logs.get(command))
+        log = row.logs.get(command)
+        row.metrics[metric] = read_metric(directory, command, pattern, log) if log or not shared else None
     return row, runs
 
 
 def collect(output: str, metrics: Mapping[str, Mapping[str, str]], now: Optional[float] = None
             ) -> Tuple[List[Row], List[Run]]:
-    """Every experiment directory under `output` (one that holds a `stat`), and every run it recorded."""
+    """Every experiment under `output` (a directory that holds a `stat`, or a `stat.<name>` in the
+    root itself under --no-subdir), and every run it recorded."""
     if not os.path.isdir(output):
         raise UserError(f"no output directory '{output}' (name another with -o)")
     compiled = compile_metrics(metrics)
@@ -138,11 +143,13 @@ def collect(output: str, metrics: Mapping[str, Mapping[str, str]], now: Optional
     rows: List[Row] = []
     runs: List[Run] = []
     with os.scandir(output) as entries:
-        names = sorted(e.name for e in entries if e.is_dir() and os.path.exists(os.path.join(e.path, "stat")))
-    for name in names:
-        row, found = _experiment(os.path.join(output, name), name, now, compiled)
+        found = [(e.name, False) for e in entries if e.is_dir() and os.path.exists(os.path.join(e.path, "stat"))]
+    found += [(n[len("stat."):], True) for n in os.listdir(output)
+              if n.startswith("stat.") and ".corrupt." not in n and not n.endswith(".tmp")]
+    for name, shared in sorted(found):
+        row, recorded = _experiment(output if shared else os.path.join(output, name), name, now, compiled, shared)
         rows.append(row)
-        runs.extend(found)
+        runs.extend(recorded)
     return rows, runs
 
 

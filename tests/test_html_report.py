@@ -218,3 +218,16 @@ def test_v1_a_bad_config_is_one_line(tree: Path, tmp_path: Path):
     code, out, err = run(["--report", "-o", str(tree / "output")], tmp_path)
     assert (code, out) == (2, "") and err.startswith("params.yaml:2: metric 'm': unknown command 'zz'"), err
     assert err.count("\n") == 1
+
+
+def test_v1_no_subdir_tree(tmp_path: Path):
+    """--no-subdir keeps `stat.<name>` and `param.<name>` in the root: each is one experiment."""
+    write(tmp_path, "template:\n  train: echo loss {lr}\nresource: [0]\nmetric:\n"
+                    "  loss: {command: train, regex: 'loss ([\\d.]+)'}\n---\nlr: [1, 2]\n")
+    code, out, err = run(["--no-subdir"], tmp_path)
+    assert code == 0, err
+    rows, runs = html_report.collect(str(tmp_path / "output"), load(tmp_path / "params.yaml")["metric"])
+    assert [(r.name, r.params, r.metrics, r.status) for r in rows] == [
+        ("Lr_1", {"lr": 1}, {"loss": 1}, "finished"), ("Lr_2", {"lr": 2}, {"loss": 2}, "finished")]
+    assert [(r.experiment, r.command, r.worker) for r in runs] == [("Lr_1", "train", "0"), ("Lr_2", "train", "0")]
+    assert all(Path(path).name.endswith(f".{row.name}") for row in rows for path in row.logs.values())
