@@ -65,6 +65,11 @@ class Submission:
     def began(self, position: int) -> bool:
         return os.path.exists(os.path.join(self.directory, "began", str(position)))
 
+    def died_early(self, position: int, job: str) -> bool:
+        """Did this ended element start on a node (Slurm wrote its log) but never run mlrunner (S5)?
+        An element cancelled while pending has no log: it never started anywhere."""
+        return not self.began(position) and os.path.exists(self.log(job))
+
     def arrays(self) -> List[str]:
         return [chunk.job for chunk in self.chunks]
 

@@ -66,7 +66,7 @@ def _held(plan: Plan, reviews: List[Review], output: str) -> Dict[str, str]:
             if job in states:
                 held[submission.outputs[position]] = job
                 live = True
-            elif not submission.began(position):
+            elif submission.died_early(position, job):
                 tail = log_tail(submission.log(job), 1)
                 print(f"NOTE    Slurm job {job} ({submission.outputs[position]}) ended before mlrunner started on "
                       f"its node; its log: {submission.log(job)}" + (f": {tail[0]}" if tail else ""))

@@ -95,7 +95,7 @@ def _summary(submission: Submission, tasks: List[Task], no_subdir: bool) -> int:
             failures.append(task.output)
         else:
             other += 1
-    never = [(p, j) for p, j in submission.elements() if not submission.began(p)]
+    never = [(p, j) for p, j in submission.elements() if submission.died_early(p, j)]
     print(f"Slurm: experiments finished: {finished}, failed: {failed}, not finished: {other}, "
           f"elements that ended before mlrunner started: {len(never)}")
     for output in failures[:20]:
@@ -122,7 +122,7 @@ def print_submissions(output: str) -> None:
     for submission in found:
         elements = list(submission.elements())
         live = [(p, j) for p, j in elements if j in states]
-        never = [(p, j) for p, j in elements if j not in states and not submission.began(p)]
+        never = [(p, j) for p, j in elements if j not in states and submission.died_early(p, j)]
         if not live and not never:
             continue
         counts = Counter(states[j].state for _, j in live)

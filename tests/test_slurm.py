@@ -1,0 +1,348 @@
+"""Slurm against a real cluster (SPEC S1-S6): slurmctld + slurmd started by tests/slurmd.py.
+
+The cluster has one node with 2 CPUs and 4 stand-in GPUs (GRES), no accounting, and
+MaxArraySize=8. Every element asks 1 CPU, so two run at a time. Commands that must stay running
+wait for a `release` file, so the tests wait for conditions, never for fixed times.
+`MLRUNNER_SLURM_POLL` shortens the driver's queue poll for the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import yaml
+
+import runlib
+import slurmd
+
+POLL_ENV = {"MLRUNNER_SLURM_POLL": "0.3"}
+HOLD = "while [ ! -e release ]; do sleep 0.1; done"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    slurmd.require_slurm()
+    started = slurmd.SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def slurm(cluster, tmp_path):
+    """The cluster, idle again after each test (a failed test's jobs are cancelled)."""
+    yield cluster
+    cluster.run("scancel", "--user=root", check=False)
+    cluster.wait_idle()
+
+
+def mlrunner(cluster, args: List[str], cwd: Path, timeout: float = 90):
+    return runlib.run(args, cwd, env=cluster.env(POLL_ENV), timeout=timeout)
+
+
+def start_mlrunner(cluster, args: List[str], cwd: Path) -> subprocess.Popen:
+    return runlib.start(args, cwd, env=cluster.env(POLL_ENV))
+
+
+def wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def queue(cluster) -> Dict[str, str]:
+    """job -> state of every element in the queue."""
+    out = cluster.run("squeue", "--noheader", "--array", "--format=%i %T").stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def stat(directory: Path) -> dict:
+    return yaml.safe_load((directory / "stat").read_text()) if (directory / "stat").exists() else {}
+
+
+def run_statuses(directory: Path, command: str) -> List[str]:
+    return [run["status"] for run in stat(directory).get("_runs", {}).get(command, [])]
+
+
+def submitted_jobs(out: str) -> List[str]:
+    found = re.search(r"as job (.*?)(?:, at most|\n)", out)
+    assert found, out
+    return re.findall(r"(\d+) \(array", found.group(1))
+
+
+def slurm_logs(output: Path) -> List[Path]:
+    return sorted(output.glob(".slurm/*/slurm.*.log"))
+
+
+SEED = """
+template:
+  train: echo train {data} {norm} {moment} [early-stop] CUDA=$CUDA_VISIBLE_DEVICES GPUS=$SLURM_JOB_GPUS; sleep 0.5
+  avg: echo avg {_output}
+  test: echo test {data} on {_resource}
+default:
+  data: iwslt14
+  norm: batch
+  moment: 0.1
+  early-stop: False
+slurm: {gpus: 1, cpus: 1, max_running: 4}
+---
+norm: [ new, batch ]
+moment: [ 0.1, 0.05 ]
+---
+norm: [ batch ]
+early-stop: [ True, False ]
+"""
+
+
+def test_seed_example_runs_as_an_array_with_slurms_gpus_S1_S2(slurm, tmp_path):
+    runlib.write(tmp_path, SEED)
+    code, out, err = mlrunner(slurm, [], tmp_path)
+    assert code == 0, err
+    assert "Tasks: 5, commands to run: 15, to submit: 5" in out  # one duplicate dropped (X3)
+    (job,) = submitted_jobs(out)
+    assert queue(slurm), "the driver returns once submitted, before the jobs end (S2)"
+    assert "--follow" in out and "--stop" in out and "--status" in out
+    slurm.wait_idle()
+    output = tmp_path / "output"
+    experiments = sorted(p for p in output.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(experiments) == 5
+    seen_gpus = set()
+    for directory in experiments:
+        assert runlib.statuses(directory) == {"train": "finished", "avg": "finished", "test": "finished"}
+        (run,) = stat(directory)["_runs"]["train"]
+        assert run["job"].startswith(f"{job}_") and run["host"] == slurm.node
+        (log,) = directory.glob("log.train.*")
+        cuda = re.search(r"CUDA=(\S*) GPUS=(\S*)", log.read_text())
+        assert cuda.group(1) == run["worker"] and cuda.group(1) in "0123", log.read_text()
+        assert cuda.group(2) == cuda.group(1)  # Slurm's own GPU, kept as it is
+        seen_gpus.add(cuda.group(1))
+        (test_log,) = directory.glob("log.test.*")
+        assert test_log.read_text() == f"test iwslt14 on {run['worker']}\n"
+    assert seen_gpus <= {"0", "1", "2", "3"} and seen_gpus
+    assert (output / "params.yaml").read_text() == (tmp_path / "params.yaml").read_text()
+    code, out, err = mlrunner(slurm, [], tmp_path)  # a rerun finds everything finished (S3)
+    assert code == 0 and "to submit: 0" in out and "Nothing to submit: every command finished" in out
+    assert not queue(slurm)
+
+
+def test_wait_shows_the_console_and_its_exit_status_S2(slurm, tmp_path):
+    runlib.write(tmp_path, """
+        template:
+          train: echo train {code}; exit {code}
+          test: echo test
+        slurm: {gpus: 1}
+        ---
+        code: [0, 3]
+        """)
+    code, out, err = mlrunner(slurm, ["--wait"], tmp_path)
+    assert code == 1, out + err
+    assert re.search(r"DONE    node: \S+, gpu: \d, train: 1/ 2, output/Code_0", out)
+    assert re.search(r"DONE    node: \S+, gpu: \d, test : 1/ 2, output/Code_0", out)
+    assert re.search(r"FAIL    node: \S+, gpu: \d, train: 2/ 2, output/Code_3 \(exit status 3\)", out)
+    assert "experiments finished: 1, failed: 1" in out and "failed: output/Code_3" in out
+    assert runlib.statuses(tmp_path / "output" / "Code_3") == {"train": "failed", "test": "skipped"}
+    assert not queue(slurm), "--wait returns once no element is queued"
+    runlib.write(tmp_path, """
+        template:
+          train: echo train {code}; exit 0
+          test: echo test
+        slurm: {gpus: 1}
+        ---
+        code: [0, 3]
+        """)
+    code, out, err = mlrunner(slurm, ["--wait", "--keep-changed"], tmp_path)
+    assert code == 0, out + err
+    assert "to submit: 1" in out and "experiments finished: 1, failed: 0" in out
+
+
+def test_scancel_two_elements_then_a_rerun_resubmits_exactly_those_S3(slurm, tmp_path):
+    runlib.write(tmp_path, f"""
+        template:
+          train: echo {{t}} > started_{{t}}; {HOLD}
+        slurm: {{gpus: 1, max_running: 4}}
+        ---
+        t: [a, b, c, d]
+        """)
+    code, out, err = mlrunner(slurm, [], tmp_path)
+    assert code == 0, err
+    (job,) = submitted_jobs(out)
+    wait_until(lambda: (tmp_path / "started_a").exists() and (tmp_path / "started_b").exists(), "a and b to run")
+    slurm.run("scancel", f"{job}_0", f"{job}_1")
+    output = tmp_path / "output"
+    wait_until(lambda: run_statuses(output / "T_a", "train") == ["interrupted"]
+               and run_statuses(output / "T_b", "train") == ["interrupted"], "a and b recorded interrupted")
+    wait_until(lambda: (tmp_path / "started_c").exists() and (tmp_path / "started_d").exists(), "c and d to run")
+    code, out, err = mlrunner(slurm, [], tmp_path)  # c and d are still running: left to their jobs
+    assert code == 0, err
+    assert f"LEFT    output/T_c: Slurm job {job}_2 still holds it" in out
+    assert f"LEFT    output/T_d: Slurm job {job}_3 still holds it" in out
+    assert "to submit: 2" in out
+    (again,) = submitted_jobs(out)
+    (tmp_path / "release").touch()
+    slurm.wait_idle()
+    for name in ("a", "b"):
+        assert run_statuses(output / f"T_{name}", "train") == ["interrupted", "finished"]
+        assert [r["job"] for r in stat(output / f"T_{name}")["_runs"]["train"]][1].startswith(f"{again}_")
+    for name in ("c", "d"):
+        assert run_statuses(output / f"T_{name}", "train") == ["finished"]
+    records = [yaml.safe_load(p.read_text()) for p in output.glob(".mlrunner-slurm.*")]
+    assert sorted(r["outputs"] for r in records if r["chunks"][0][0] == again) == [["output/T_a", "output/T_b"]]
+
+
+def hold_one(slurm, tmp_path, extra: str = "") -> str:
+    """Submit one task (first, then train that waits for `release`); its job id once train runs."""
+    runlib.write(tmp_path, f"""
+        template:
+          first: echo first
+          train: echo run >> count; echo train-log; {HOLD}
+        slurm: {{gpus: 1{extra}}}
+        """)
+    code, out, err = mlrunner(slurm, [], tmp_path)
+    assert code == 0, err
+    (job,) = submitted_jobs(out)
+    directory = tmp_path / "output" / "default"
+    wait_until(lambda: run_statuses(directory, "train") == ["running"], "train to run")
+    return f"{job}_0"
+
+
+def restart_when_pending(slurm, element: str) -> None:
+    """A requeued job waits (Reason=BeginTime) before it starts again: let it start now."""
+    wait_until(lambda: queue(slurm).get(element) == "PENDING", f"{element} to be requeued")
+    slurm.run("scontrol", "update", f"JobId={element}", "StartTime=now")
+
+
+def check_resumed(tmp_path: Path) -> None:
+    directory = tmp_path / "output" / "default"
+    assert run_statuses(directory, "first") == ["finished"], "a finished command never runs twice"
+    assert run_statuses(directory, "train") == ["interrupted", "finished"]
+    assert (tmp_path / "count").read_text() == "run\nrun\n"
+    logs = sorted(directory.glob("log.train.*"))
+    assert len(logs) == 2 and all(log.read_text() == "train-log\n" for log in logs), "no duplicated log lines"
+    assert len(list(directory.glob("log.first.*"))) == 1
+
+
+def test_scontrol_requeue_of_a_running_element_resumes_from_its_records_S4(slurm, tmp_path):
+    element = hold_one(slurm, tmp_path)
+    slurm.run("scontrol", "requeue", element)
+    wait_until(lambda: run_statuses(tmp_path / "output" / "default", "train") == ["interrupted"], "interrupted")
+    restart_when_pending(slurm, element)
+    (tmp_path / "release").touch()
+    slurm.wait_idle()
+    check_resumed(tmp_path)
+    (log,) = slurm_logs(tmp_path / "output")
+    assert "(restart 1)" in log.read_text()
+
+
+def test_usr2_ends_the_command_and_the_element_requeues_itself_S4(slurm, tmp_path):
+    element = hold_one(slurm, tmp_path, ", max_requeue: 2")
+    slurm.run("scancel", "--signal=USR2", "--batch", element)  # what Slurm sends before the time limit
+    restart_when_pending(slurm, element)
+    (tmp_path / "release").touch()
+    slurm.wait_idle()
+    check_resumed(tmp_path)
+    (log,) = slurm_logs(tmp_path / "output")
+    assert f"USR2: requeueing job {element} (restart 1 of at most 2)" in log.read_text()
+
+
+def test_bad_partition_is_one_line_exit_2_and_nothing_written_S5(slurm, tmp_path):
+    runlib.write(tmp_path, """
+        template: {train: echo hi}
+        slurm: {partition: nope}
+        """)
+    code, out, err = mlrunner(slurm, [], tmp_path)
+    assert code == 2
+    assert err == "mlrunner: sbatch refused the job: sbatch: error: Batch job submission failed: " \
+                  "Invalid partition name specified\n"
+    assert not (tmp_path / "output").exists() and not queue(slurm)
+
+
+def test_missing_interpreter_on_the_node_is_reported_with_its_slurm_log_S5(slurm, tmp_path):
+    python = tmp_path / "bin" / "python3"
+    python.parent.mkdir()
+    python.symlink_to(os.path.realpath(sys.executable))
+    runlib.write(tmp_path, """
+        template: {train: echo hi}
+        slurm: {gpus: 1, options: [--hold]}
+        """)
+    driver = subprocess.Popen([str(python), "-m", "mlrunner", "--wait"], cwd=tmp_path, text=True,
+                              env=runlib.environment(slurm.env(POLL_ENV)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    lines = []
+    while not lines or not lines[-1].startswith("Submitted"):
+        lines.append(driver.stdout.readline())
+        assert lines[-1], "".join(lines) + driver.stderr.read()
+    (job,) = submitted_jobs(lines[-1])
+    python.unlink()  # the interpreter is gone before the job starts on its node
+    slurm.run("scontrol", "release", job)
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 1, out + err
+    log = next((tmp_path / "output").glob(".slurm/*")) / f"slurm.{job}_0.log"
+    assert f"Slurm job {job}_0 (output/default) ended before mlrunner started on its node; its log: {log}" in out
+    assert re.search(rf"\| .*{re.escape(str(python))}: No such file or directory", out), out
+    code, status, _ = mlrunner(slurm, ["--status"], tmp_path)
+    assert f"ended before mlrunner started: {job}_0: output/default; its log: {log}" in status
+
+
+def test_status_follow_and_stop_on_a_slurm_run_S2(slurm, tmp_path):
+    runlib.write(tmp_path, """
+        template:
+          train: echo begin {t}; while true; do echo tick {t}; sleep 0.2; done
+        slurm: {gpus: 1}
+        ---
+        t: [a, b, c]
+        """)
+    code, out, err = mlrunner(slurm, [], tmp_path)
+    assert code == 0, err
+    (job,) = submitted_jobs(out)
+    output = tmp_path / "output"
+    wait_until(lambda: run_statuses(output / "T_a", "train") == ["running"]
+               and run_statuses(output / "T_b", "train") == ["running"], "a and b to run")
+    code, status, err = mlrunner(slurm, ["--status"], tmp_path)
+    assert code == 0, err
+    assert f"Slurm job {job} on output: 3 element(s): 1 pending, 2 running" in status
+    assert re.search(rf"running  {job}_0 on {slurm.node}: output/T_a", status)
+    assert re.search(rf"pending  {job}_2 \(\w+\): output/T_c", status)
+    assert re.search(r"T_a\s.*running", status), status
+    follower = start_mlrunner(slurm, ["--follow"], tmp_path)
+    tagged = []
+    while not any(line.startswith("T_b train tick b") for line in tagged):
+        tagged.append(follower.stdout.readline())
+        assert tagged[-1], "".join(tagged) + follower.stderr.read()
+    code, stopped, err = mlrunner(slurm, ["--stop"], tmp_path)
+    assert code == 0, err
+    assert f"Cancelled Slurm job(s) {job}" in stopped
+    follower.communicate(timeout=30)
+    assert follower.returncode == 0, "--follow ends when the jobs end"
+    assert not queue(slurm)
+    for name in ("a", "b"):
+        assert run_statuses(output / f"T_{name}", "train") == ["interrupted"]
+    assert not (output / "T_c" / "stat").exists()
+    code, status, _ = mlrunner(slurm, ["--status"], tmp_path)
+    assert "Slurm job" not in status and re.search(r"T_a\s.*interrupted", status), status
+
+
+def test_a_sweep_larger_than_max_array_size_is_split_S1(slurm, tmp_path):
+    runlib.write(tmp_path, """
+        template: {train: echo {i}}
+        slurm: {gpus: 0, max_running: 2}
+        ---
+        i: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+        """)
+    code, out, err = mlrunner(slurm, ["--wait"], tmp_path)
+    assert code == 0, out + err
+    first, second = submitted_jobs(out)
+    assert f"as job {first} (array 0-7), {second} (array 0-1)" in out
+    assert "experiments finished: 10, failed: 0" in out
+    for i in range(10):
+        directory = tmp_path / "output" / f"I_{i}"
+        (log,) = directory.glob("log.train.*")
+        assert log.read_text() == f"{i}\n"
+        assert stat(directory)["_runs"]["train"][0]["job"] == (f"{first}_{i}" if i < 8 else f"{second}_{i - 8}")
