@@ -226,7 +226,7 @@ def test_v1_no_subdir_tree(tmp_path: Path):
                     "  loss: {command: train, regex: 'loss ([\\d.]+)'}\n---\nlr: [1, 2]\n")
     code, out, err = run(["--no-subdir"], tmp_path)
     assert code == 0, err
-    rows, runs = html_report.collect(str(tmp_path / "output"), load(tmp_path / "params.yaml")["metric"])
+    rows, runs = html_report.collect(str(tmp_path / "output"), {"loss": {"command": "train", "regex": r"loss ([\d.]+)"}})
     assert [(r.name, r.params, r.metrics, r.status) for r in rows] == [
         ("Lr_1", {"lr": 1}, {"loss": 1}, "finished"), ("Lr_2", {"lr": 2}, {"loss": 2}, "finished")]
     assert [(r.experiment, r.command, r.worker) for r in runs] == [("Lr_1", "train", "0"), ("Lr_2", "train", "0")]
