@@ -1,11 +1,11 @@
 """`--report`: the sweep as one self-contained HTML page (SPEC V1).
 
-The records under the output root are read into plain rows (`collect`), and `render` turns them
-into HTML with no I/O: a timeline of the workers (inline SVG, one bar per command run, the hover
-text in SVG <title>s), the results table (sorted by a few lines of inline JS), one plot per
-metric and swept param, and the failures with their logs' last lines. Nothing is fetched: no
-network, no library, no font. Params and log lines are the user's and the commands' text, so
-everything that comes from the records is escaped.
+`history.collect` reads the records into plain rows and runs, and `render` turns them into HTML
+with no I/O: a timeline of the workers (inline SVG, one bar per command run, the hover text in
+SVG <title>s), the results table (sorted by a few lines of inline JS), one plot per metric and
+swept param, and the failures with their logs' last lines. Nothing is fetched: no network, no
+library, no font. Params and log lines are the user's and the commands' text, so everything
+that comes from the records is escaped.
 """
 
 from __future__ import annotations
@@ -16,156 +16,17 @@ import os
 import re
 import time
 import urllib.parse
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-import yaml
-
-from . import records
 from .errors import UserError
 from .examine.examiner import Experiment, varying_params
-from .examine.metrics import compile_metrics, read_metric
-from .state import owner_alive
+from .history import Row, Run, collect, number, tail
 
-TAIL_LINES = 20  # of each failed command's log
 MAX_FAILURES = 100  # shown in full; the rest are counted
-NOT_FAILURES = ("finished", "skipped", "running", "interrupted", "changed", "pending")
 COLOURS = {"finished": "#3a9a4a", "failed": "#d0453a", "interrupted": "#e69a2e", "running": "#3a78c8",
            "timeout": "#8e4fc1", "skipped": "#9aa0a6"}
 OTHER_COLOUR = "#6b6f75"
 
-
-@dataclass
-class Run:
-    """One run of one command, as a bar of the timeline."""
-
-    experiment: str
-    command: str
-    worker: str
-    start: float
-    end: float
-    status: str
-
-
-@dataclass
-class Row:
-    """One experiment, as a row of the results table."""
-
-    name: str
-    params: Dict[str, Any]
-    status: str
-    seconds: Optional[float]
-    logs: Dict[str, str] = field(default_factory=dict)  # command -> log path of its newest run
-    metrics: Dict[str, Any] = field(default_factory=dict)
-    failures: List[Tuple[str, str, str]] = field(default_factory=list)  # (command, status, log path)
-
-
-def _number(value: Any) -> Optional[float]:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _epoch(text: Any) -> Optional[float]:
-    """The old records' `started: '2026-11-28 04:50:01'` (local time) as epoch seconds."""
-    try:
-        return time.mktime(time.strptime(str(text), "%Y-%m-%d %H:%M:%S"))
-    except (ValueError, OverflowError):
-        return None
-
-
-def _runs_of(stat: Dict[str, Any], command: str) -> List[Dict[str, Any]]:
-    """`_runs` of one command, oldest first; older records hold one mapping, not a list (V2)."""
-    value = (stat.get("_runs") or {}).get(command) if isinstance(stat.get("_runs"), dict) else None
-    runs = [value] if isinstance(value, dict) else value if isinstance(value, list) else []
-    return [run for run in runs if isinstance(run, dict)]
-
-
-def _read(path: str) -> Dict[str, Any]:
-    try:
-        with open(path, "rb") as stream:
-            data = records.loads(stream.read().decode("utf-8", "replace"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tuple[str, Any]],
-                shared: bool = False) -> Tuple[Row, List[Run]]:
-    """One experiment's row and runs; `shared`: its records are `stat.<name>`/`param.<name>` in the
-    output root, beside the other experiments' (--no-subdir)."""
-    suffix = f".{name}" if shared else ""
-    stat = _read(os.path.join(directory, "stat" + suffix))
-    params = {k: v for k, v in _read(os.path.join(directory, "param" + suffix)).items() if not str(k).startswith("_")}
-    status_of = {str(k): str(v) for k, v in stat.items() if not str(k).startswith("_")}
-    runs: List[Run] = []
-    row = Row(name, params, "pending", None)
-    total = 0.0
-    for command, status in status_of.items():
-        history = _runs_of(stat, command)
-        if status == "running" and not owner_alive(history[-1] if history else {}):
-            status = status_of[command] = "interrupted"  # its runner is gone, as --status says (R6)
-        for position, run in enumerate(history):
-            start = _number(run.get("start")) or _epoch(run.get("started"))
-            seconds = _number(run.get("seconds"))
-            end = _number(run.get("end")) or (start + seconds if start is not None and seconds is not None else None)
-            last = position == len(history) - 1
-            run_status = status if last else str(run.get("status") or "")
-            if start is not None:
-                runs.append(Run(name, command, str(run.get("worker") or "?"), start,
-                                end if end is not None else (now if run_status == "running" else start), run_status))
-            if last:
-                total += seconds or 0.0
-                if run.get("log"):
-                    row.logs[command] = os.path.join(directory, os.path.basename(str(run["log"])))
-        if command not in row.logs:
-            logs = sorted(n for n in os.listdir(directory) if n.startswith(f"log.{command}.") and n.endswith(suffix))
-            if logs:
-                row.logs[command] = os.path.join(directory, logs[-1])
-        if status not in NOT_FAILURES:
-            row.failures.append((command, status, row.logs.get(command, "")))
-    values = set(status_of.values())
-    row.status = (values.pop() if len(values) == 1 else
-                  " ".join(f"{c}:{s}" for c, s in status_of.items()) if values else "pending")
-    row.seconds = round(total, 3) if status_of else None
-    for metric, (command, pattern) in compiled.items():
-        log = row.logs.get(command)
-        row.metrics[metric] = read_metric(directory, command, pattern, log) if log or not shared else None
-    return row, runs
-
-
-def collect(output: str, metrics: Mapping[str, Mapping[str, str]], now: Optional[float] = None
-            ) -> Tuple[List[Row], List[Run]]:
-    """Every experiment under `output` (a directory that holds a `stat`, or a `stat.<name>` in the
-    root itself under --no-subdir), and every run it recorded."""
-    if not os.path.isdir(output):
-        raise UserError(f"no output directory '{output}' (name another with -o)")
-    compiled = compile_metrics(metrics)
-    now = time.time() if now is None else now
-    rows: List[Row] = []
-    runs: List[Run] = []
-    with os.scandir(output) as entries:
-        found = [(e.name, False) for e in entries if e.is_dir() and os.path.exists(os.path.join(e.path, "stat"))]
-    found += [(n[len("stat."):], True) for n in os.listdir(output)
-              if n.startswith("stat.") and ".corrupt." not in n and not n.endswith(".tmp")]
-    for name, shared in sorted(found):
-        row, recorded = _experiment(output if shared else os.path.join(output, name), name, now, compiled, shared)
-        rows.append(row)
-        runs.extend(recorded)
-    return rows, runs
-
-
-def tail(path: str, lines: int = TAIL_LINES) -> str:
-    """The last lines of a log, read from its end: a log may be gigabytes."""
-    try:
-        with open(path, "rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            stream.seek(max(stream.tell() - 64 * 1024, 0))
-            text = stream.read().decode("utf-8", "replace")
-    except OSError as error:
-        return f"(no log: {error.strerror})"
-    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
-
-
-# Rendering: pure functions of the rows and runs ------------------------------------------------
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
@@ -277,12 +138,12 @@ def results_table(rows: Sequence[Row], params: Sequence[str], metrics: Sequence[
 
 def scatter(rows: Sequence[Row], param: str, metric: str) -> str:
     """`metric` against `param`: a numeric axis (log when the values span decades) or categories."""
-    points = [(row.params.get(param), _number(row.metrics.get(metric)), row.name) for row in rows]
+    points = [(row.params.get(param), number(row.metrics.get(metric)), row.name) for row in rows]
     points = [(x, y, name) for x, y, name in points if x is not None and y is not None and math.isfinite(y)]
     if not points:
         return ""
     width, height, pad = 320, 220, 40
-    numeric = all(_number(x) is not None for x, _, _ in points)
+    numeric = all(number(x) is not None for x, _, _ in points)
     if numeric:
         xs = [float(x) for x, _, _ in points]
         log = min(xs) > 0 and max(xs) / min(xs) >= 100

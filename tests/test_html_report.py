@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlrunner import html_report
+from mlrunner import history, html_report
 from runlib import load, run, write
 
 from cdp import Chromium, find_chromium
@@ -178,7 +178,7 @@ _runs:
 """)
     _experiment(tmp_path, "Old", "train: finished\n_runs:\n  train:\n    worker: '0'\n"
                                  "    started: '1970-01-01 00:02:00'\n    seconds: 5.0\n", "lr: 2\n")
-    rows, runs = html_report.collect(str(tmp_path), {}, now=1000.0)
+    rows, runs = history.collect(str(tmp_path), {}, now=1000.0)
     assert [(r.experiment, r.worker, r.status, r.end - r.start) for r in runs] == [
         ("New", "0", "failed", 10.0), ("New", "1", "finished", 20.0), ("Old", "0", "finished", 5.0)]
     assert rows[0].logs == {"train": str(tmp_path / "New" / "log.train.2")}
@@ -186,9 +186,9 @@ _runs:
 
 
 def test_v1_idle_and_utilisation_are_worker_time(tmp_path: Path):
-    runs = [html_report.Run("a", "train", "0", 0.0, 50.0, "finished"),
-            html_report.Run("b", "train", "0", 40.0, 60.0, "finished"),  # overlaps: counted once
-            html_report.Run("c", "train", "1", 80.0, 100.0, "failed")]
+    runs = [history.Run("a", "train", "0", 0.0, 50.0, "finished"),
+            history.Run("b", "train", "0", 40.0, 60.0, "finished"),  # overlaps: counted once
+            history.Run("c", "train", "1", 80.0, 100.0, "failed")]
     page = html_report.timeline(runs)
     assert "utilisation 40.0%" in page  # (60 + 20) / (2 workers * 100 s)
     assert "idle 40.0 s (40%)" in page and "idle 1:20 (80%)" not in page
@@ -202,7 +202,7 @@ _runs:
   train:
   - {{worker: '0', host: '{socket.gethostname()}', start: 100.0, status: running, pid: {os.getpid()}}}
 """)
-    _, runs = html_report.collect(str(tmp_path), {}, now=160.0)
+    _, runs = history.collect(str(tmp_path), {}, now=160.0)
     assert [(r.status, r.end) for r in runs] == [("running", 160.0)]
 
 
@@ -226,7 +226,7 @@ def test_v1_no_subdir_tree(tmp_path: Path):
                     "  loss: {command: train, regex: 'loss ([\\d.]+)'}\n---\nlr: [1, 2]\n")
     code, out, err = run(["--no-subdir"], tmp_path)
     assert code == 0, err
-    rows, runs = html_report.collect(str(tmp_path / "output"), {"loss": {"command": "train", "regex": r"loss ([\d.]+)"}})
+    rows, runs = history.collect(str(tmp_path / "output"), {"loss": {"command": "train", "regex": r"loss ([\d.]+)"}})
     assert [(r.name, r.params, r.metrics, r.status) for r in rows] == [
         ("Lr_1", {"lr": 1}, {"loss": 1}, "finished"), ("Lr_2", {"lr": 2}, {"loss": 2}, "finished")]
     assert [(r.experiment, r.command, r.worker) for r in runs] == [("Lr_1", "train", "0"), ("Lr_2", "train", "0")]

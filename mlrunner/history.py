@@ -1,0 +1,153 @@
+"""What the records under an output root say happened: one row per experiment, one run per
+command run (SPEC V2), read from `param` and `stat` as the runner wrote them, old shapes included.
+
+The HTML report draws these; they are plain data, so that drawing stays a pure function.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import yaml
+
+from . import records
+from .errors import UserError
+from .examine.metrics import compile_metrics, read_metric
+from .state import owner_alive
+
+TAIL_LINES = 20  # of each failed command's log
+NOT_FAILURES = ("finished", "skipped", "running", "interrupted", "changed", "pending")
+
+
+@dataclass
+class Run:
+    """One run of one command, as a bar of the timeline."""
+
+    experiment: str
+    command: str
+    worker: str
+    start: float
+    end: float
+    status: str
+
+
+@dataclass
+class Row:
+    """One experiment, as a row of the results table."""
+
+    name: str
+    params: Dict[str, Any]
+    status: str
+    seconds: Optional[float]
+    logs: Dict[str, str] = field(default_factory=dict)  # command -> log path of its newest run
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    failures: List[Tuple[str, str, str]] = field(default_factory=list)  # (command, status, log path)
+
+
+def number(value: Any) -> Optional[float]:
+    """A real number (not a bool) as a float, else None."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _epoch(text: Any) -> Optional[float]:
+    """The old records' `started: '2026-11-28 04:50:01'` (local time) as epoch seconds."""
+    try:
+        return time.mktime(time.strptime(str(text), "%Y-%m-%d %H:%M:%S"))
+    except (ValueError, OverflowError):
+        return None
+
+
+def _runs_of(stat: Dict[str, Any], command: str) -> List[Dict[str, Any]]:
+    """`_runs` of one command, oldest first; older records hold one mapping, not a list (V2)."""
+    value = (stat.get("_runs") or {}).get(command) if isinstance(stat.get("_runs"), dict) else None
+    runs = [value] if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [run for run in runs if isinstance(run, dict)]
+
+
+def _read(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, "rb") as stream:
+            data = records.loads(stream.read().decode("utf-8", "replace"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tuple[str, Any]],
+                shared: bool = False) -> Tuple[Row, List[Run]]:
+    """One experiment's row and runs; `shared`: its records are `stat.<name>`/`param.<name>` in the
+    output root, beside the other experiments' (--no-subdir)."""
+    suffix = f".{name}" if shared else ""
+    stat = _read(os.path.join(directory, "stat" + suffix))
+    params = {k: v for k, v in _read(os.path.join(directory, "param" + suffix)).items() if not str(k).startswith("_")}
+    status_of = {str(k): str(v) for k, v in stat.items() if not str(k).startswith("_")}
+    runs: List[Run] = []
+    row = Row(name, params, "pending", None)
+    total = 0.0
+    for command, status in status_of.items():
+        history = _runs_of(stat, command)
+        if status == "running" and not owner_alive(history[-1] if history else {}):
+            status = status_of[command] = "interrupted"  # its runner is gone, as --status says (R6)
+        for position, run in enumerate(history):
+            start = number(run.get("start")) or _epoch(run.get("started"))
+            seconds = number(run.get("seconds"))
+            end = number(run.get("end")) or (start + seconds if start is not None and seconds is not None else None)
+            last = position == len(history) - 1
+            run_status = status if last else str(run.get("status") or "")
+            if start is not None:
+                runs.append(Run(name, command, str(run.get("worker") or "?"), start,
+                                end if end is not None else (now if run_status == "running" else start), run_status))
+            if last:
+                total += seconds or 0.0
+                if run.get("log"):
+                    row.logs[command] = os.path.join(directory, os.path.basename(str(run["log"])))
+        if command not in row.logs:
+            logs = sorted(n for n in os.listdir(directory) if n.startswith(f"log.{command}.") and n.endswith(suffix))
+            if logs:
+                row.logs[command] = os.path.join(directory, logs[-1])
+        if status not in NOT_FAILURES:
+            row.failures.append((command, status, row.logs.get(command, "")))
+    values = set(status_of.values())
+    row.status = (values.pop() if len(values) == 1 else
+                  " ".join(f"{c}:{s}" for c, s in status_of.items()) if values else "pending")
+    row.seconds = round(total, 3) if status_of else None
+    for metric, (command, pattern) in compiled.items():
+        log = row.logs.get(command)
+        row.metrics[metric] = read_metric(directory, command, pattern, log) if log or not shared else None
+    return row, runs
+
+
+def collect(output: str, metrics: Mapping[str, Mapping[str, str]], now: Optional[float] = None
+            ) -> Tuple[List[Row], List[Run]]:
+    """Every experiment under `output` (a directory that holds a `stat`, or a `stat.<name>` in the
+    root itself under --no-subdir), and every run it recorded."""
+    if not os.path.isdir(output):
+        raise UserError(f"no output directory '{output}' (name another with -o)")
+    compiled = compile_metrics(metrics)
+    now = time.time() if now is None else now
+    rows: List[Row] = []
+    runs: List[Run] = []
+    with os.scandir(output) as entries:
+        found = [(e.name, False) for e in entries if e.is_dir() and os.path.exists(os.path.join(e.path, "stat"))]
+    found += [(n[len("stat."):], True) for n in os.listdir(output)
+              if n.startswith("stat.") and ".corrupt." not in n and not n.endswith(".tmp")]
+    for name, shared in sorted(found):
+        row, recorded = _experiment(output if shared else os.path.join(output, name), name, now, compiled, shared)
+        rows.append(row)
+        runs.extend(recorded)
+    return rows, runs
+
+
+def tail(path: str, lines: int = TAIL_LINES) -> str:
+    """The last lines of a log, read from its end: a log may be gigabytes."""
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            stream.seek(max(stream.tell() - 64 * 1024, 0))
+            text = stream.read().decode("utf-8", "replace")
+    except OSError as error:
+        return f"(no log: {error.strerror})"
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
