@@ -11,12 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import yaml
-
-from . import records
 from .errors import UserError
 from .examine.metrics import compile_metrics, read_metric
-from .state import owner_alive
+from .state import Corrupt, owner_alive, read_record, runs_of
 
 TAIL_LINES = 20  # of each failed command's log
 NOT_FAILURES = ("finished", "skipped", "running", "interrupted", "changed", "pending")
@@ -60,20 +57,12 @@ def _epoch(text: Any) -> Optional[float]:
         return None
 
 
-def _runs_of(stat: Dict[str, Any], command: str) -> List[Dict[str, Any]]:
-    """`_runs` of one command, oldest first; older records hold one mapping, not a list (V2)."""
-    value = (stat.get("_runs") or {}).get(command) if isinstance(stat.get("_runs"), dict) else None
-    runs = [value] if isinstance(value, dict) else value if isinstance(value, list) else []
-    return [run for run in runs if isinstance(run, dict)]
-
-
-def _read(path: str) -> Dict[str, Any]:
+def _read(path: str) -> Optional[Dict[str, Any]]:
+    """A record, {} when missing, None when it does not parse (the report says `unreadable`)."""
     try:
-        with open(path, "rb") as stream:
-            data = records.loads(stream.read().decode("utf-8", "replace"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return read_record(path)
+    except (Corrupt, OSError):
+        return None
 
 
 def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tuple[str, Any]],
@@ -82,13 +71,16 @@ def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tu
     output root, beside the other experiments' (--no-subdir)."""
     suffix = f".{name}" if shared else ""
     stat = _read(os.path.join(directory, "stat" + suffix))
-    params = {k: v for k, v in _read(os.path.join(directory, "param" + suffix)).items() if not str(k).startswith("_")}
+    params = {k: v for k, v in (_read(os.path.join(directory, "param" + suffix)) or {}).items()
+              if not str(k).startswith("_")}
+    if stat is None:
+        return Row(name, params, "unreadable", None), []
     status_of = {str(k): str(v) for k, v in stat.items() if not str(k).startswith("_")}
     runs: List[Run] = []
     row = Row(name, params, "pending", None)
     total = 0.0
     for command, status in status_of.items():
-        history = _runs_of(stat, command)
+        history = runs_of(stat, command)
         if status == "running" and not owner_alive(history[-1] if history else {}):
             status = status_of[command] = "interrupted"  # its runner is gone, as --status says (R6)
         for position, run in enumerate(history):

@@ -231,3 +231,10 @@ def test_v1_no_subdir_tree(tmp_path: Path):
         ("Lr_1", {"lr": 1}, {"loss": 1}, "finished"), ("Lr_2", {"lr": 2}, {"loss": 2}, "finished")]
     assert [(r.experiment, r.command, r.worker) for r in runs] == [("Lr_1", "train", "0"), ("Lr_2", "train", "0")]
     assert all(Path(path).name.endswith(f".{row.name}") for row in rows for path in row.logs.values())
+
+
+def test_v1_a_corrupt_stat_is_an_unreadable_row(tmp_path: Path):
+    _experiment(tmp_path, "Bad", "train: [unclosed\n")
+    rows, runs = history.collect(str(tmp_path), {})
+    assert [(r.name, r.status, r.params) for r in rows] == [("Bad", "unreadable", {"lr": 1})] and runs == []
+    assert "unreadable" in html_report.render(rows, runs, [], "t", str(tmp_path), 0.0)
