@@ -41,6 +41,19 @@ if ! command -v strace > /dev/null 2>&1; then
   fi
 fi
 
+# The Slurm tests (SPEC S6) start a real slurmctld and slurmd on this machine (tests/slurmd.py):
+# Debian's slurm-wlm. Without it they skip, and fail under CI=true.
+if [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/slurmd ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get > /dev/null 2>&1; then
+    echo "scripts/test.sh: slurmctld/slurmd are missing; installing slurm-wlm" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm > /dev/null
+  else
+    echo "scripts/test.sh: note: slurmctld is missing and cannot be installed here (needs root and apt-get);" \
+         "install Debian's slurm-wlm, or the Slurm tests will be skipped (failed under CI=true)." >&2
+  fi
+fi
+
 # The package (editable) and the test extra; skipped when both are already here (the Docker
 # image installs them at build time, so it runs without network).
 if ! python3 -c "import mlrunner, pytest, paramiko, pandas, yaml, sys; sys.exit(not mlrunner.__file__.startswith('$PWD/'))" \

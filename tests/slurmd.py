@@ -12,6 +12,9 @@ regular files Slurm would not set ``CUDA_VISIBLE_DEVICES``), and starts ``slurmc
 
 Daemons run as root (SlurmUser=root), so the cluster needs root; without it, or without the
 binaries, :func:`require_slurm` skips the test, and fails it when ``CI=true``.
+
+In a test module: ``from slurmd import slurm_cluster`` gives the session-scoped fixture
+``slurm_cluster`` (started once, stopped when the session ends).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
@@ -156,6 +159,15 @@ class SlurmCluster:
 
 
 _live: List[SlurmCluster] = []
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory) -> Iterator[SlurmCluster]:
+    """One cluster for the whole session (starting one takes a few seconds); stopped at the end."""
+    require_slurm()
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    yield cluster
+    cluster.stop()
 
 
 @atexit.register

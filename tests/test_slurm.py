@@ -20,26 +20,18 @@ import pytest
 import yaml
 
 import runlib
-import slurmd
+from slurmd import slurm_cluster  # noqa: F401 (the session's cluster, a fixture)
 
 POLL_ENV = {"MLRUNNER_SLURM_POLL": "0.3"}
 HOLD = "while [ ! -e release ]; do sleep 0.1; done"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    slurmd.require_slurm()
-    started = slurmd.SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
-    yield started
-    started.stop()
-
-
 @pytest.fixture
-def slurm(cluster, tmp_path):
+def slurm(slurm_cluster):
     """The cluster, idle again after each test (a failed test's jobs are cancelled)."""
-    yield cluster
-    cluster.run("scancel", "--user=root", check=False)
-    cluster.wait_idle()
+    yield slurm_cluster
+    slurm_cluster.run("scancel", "--user=root", check=False)
+    slurm_cluster.wait_idle()
 
 
 def mlrunner(cluster, args: List[str], cwd: Path, timeout: float = 90):
@@ -331,7 +323,8 @@ def test_status_follow_and_stop_on_a_slurm_run_S2(slurm, tmp_path):
 
 def test_a_sweep_larger_than_max_array_size_is_split_S1(slurm, tmp_path):
     runlib.write(tmp_path, """
-        template: {train: echo {i}}
+        template:
+          train: echo {i}
         slurm: {gpus: 0, max_running: 2}
         ---
         i: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
