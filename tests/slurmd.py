@@ -78,8 +78,9 @@ def _alive(pid: int) -> bool:
 class SlurmCluster:
     """slurmctld + slurmd on this machine, one node with CPUS cores and GPUS stand-in GPUs."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, max_array_size: int = MAX_ARRAY_SIZE):
         self.root = Path(root)
+        self.max_array_size = max_array_size
         self.conf = self.root / "slurm.conf"
         self.node = socket.gethostname()
 
@@ -112,7 +113,7 @@ class SlurmCluster:
             "SchedulerType=sched/backfill", "SchedulerParameters=sched_interval=2,bf_interval=2",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core", "ReturnToService=2",
             "JobCompType=jobcomp/none", "JobAcctGatherType=jobacct_gather/none", "KillWait=5",
-            "MinJobAge=600", f"MaxArraySize={MAX_ARRAY_SIZE}", "GresTypes=gpu",
+            "MinJobAge=600", f"MaxArraySize={self.max_array_size}", "GresTypes=gpu",
             f"NodeName={self.node} CPUs={CPUS} RealMemory=20000 Gres=gpu:{GPUS} State=UNKNOWN",
             "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
 

@@ -172,14 +172,21 @@ def test_scancel_two_elements_then_a_rerun_resubmits_exactly_those_S3(slurm, tmp
     wait_until(lambda: run_statuses(output / "T_a", "train") == ["interrupted"]
                and run_statuses(output / "T_b", "train") == ["interrupted"], "a and b recorded interrupted")
     wait_until(lambda: (tmp_path / "started_c").exists() and (tmp_path / "started_d").exists(), "c and d to run")
-    code, out, err = mlrunner(slurm, [], tmp_path)  # c and d are still running: left to their jobs
-    assert code == 0, err
+    waiter = start_mlrunner(slurm, ["--wait"], tmp_path)  # c and d still run: left to their jobs
+    lines = []
+    while not lines or not lines[-1].startswith("Submitted"):
+        lines.append(waiter.stdout.readline())
+        assert lines[-1], "".join(lines) + waiter.stderr.read()
+    out = "".join(lines)
     assert f"LEFT    output/T_c: Slurm job {job}_2 still holds it" in out
     assert f"LEFT    output/T_d: Slurm job {job}_3 still holds it" in out
     assert "to submit: 2" in out
     (again,) = submitted_jobs(out)
     (tmp_path / "release").touch()
-    slurm.wait_idle()
+    out, err = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0, out + err
+    assert "experiments finished: 4, failed: 0" in out, "--wait follows the new jobs and those left to old ones"
+    assert not queue(slurm)
     for name in ("a", "b"):
         assert run_statuses(output / f"T_{name}", "train") == ["interrupted", "finished"]
         assert [r["job"] for r in stat(output / f"T_{name}")["_runs"]["train"]][1].startswith(f"{again}_")

@@ -115,8 +115,9 @@ def submit(plan: Plan, config: Config, reviews: List[Review], run_time: str, arg
     commands = sum(len(t.commands) - r.start for t, r in todo)
     print(f"Tasks: {len(plan.tasks)}, commands to run: {commands}, to submit: {len(todo)}", flush=True)
     if not todo:
-        print("Nothing to submit" + (": live Slurm jobs hold the rest" if held else ": every command finished"))
-        return EXIT_OK
+        print("Nothing to submit" + (": live Slurm jobs hold the rest" if held else ": every command finished"),
+              flush=True)
+        return _wait([], plan, todo, held, args) if args.wait and held else EXIT_OK
     submission = _write(plan, config, [t for t, _ in todo], run_time, args, settings)
     _copy_config(config, args.output, args.title)
     me = _invocation()
@@ -128,10 +129,17 @@ def submit(plan: Plan, config: Config, reviews: List[Review], run_time: str, arg
           f"  follow: {me} -o {quoted} --follow\n"
           f"  status: {me} -o {quoted} --status\n"
           f"  stop:   {me} -o {quoted} --stop", flush=True)
-    if not args.wait:
-        return EXIT_OK
+    return _wait([submission], plan, todo, held, args) if args.wait else EXIT_OK
+
+
+def _wait(new: List[Submission], plan: Plan, todo: List, held: Dict[str, str], args: argparse.Namespace) -> int:
+    """`--wait`: the tasks just submitted and those that live jobs already hold, until all end."""
     from .watch import watch
-    return watch(submission, plan, todo, args.no_subdir)
+    arrays = {job.split("_")[0] for job in held.values()}
+    earlier = [s for s in submissions(args.output) if set(s.arrays()) & arrays and s not in new]
+    chosen = set(held) | {t.output for t, _ in todo}
+    tasks = [t for t in plan.tasks if t.output in chosen]
+    return watch(earlier + new, tasks, arrays, args.no_subdir)
 
 
 def _write(plan: Plan, config: Config, tasks: List[Task], run_time: str, args: argparse.Namespace,

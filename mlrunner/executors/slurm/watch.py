@@ -12,16 +12,16 @@ import os
 import sys
 import time
 from collections import Counter
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from ...errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from ...resume import Review
 from ...state import FAILED, FINISHED, INTERRUPTED, RUNNING, SKIPPED, STAT, read_yaml, record_path, runs_of
-from ...sweep import Plan, Task
+from ...sweep import Task
 from . import queue
 from .submission import Submission, log_tail, submissions
 
 RECORD_POLL = 1.0
+ENDED = (FINISHED, FAILED, SKIPPED)
 SHOWN_ELEMENTS = 30  # per submission in --status; the rest are counted
 EVENT = {RUNNING: "START  ", FINISHED: "DONE   ", FAILED: "FAIL   ", INTERRUPTED: "STOP   ", SKIPPED: None}
 
@@ -30,36 +30,44 @@ def _stat(task: Task, no_subdir: bool) -> Dict:
     return read_yaml(record_path(task.output, STAT, task.name, no_subdir))
 
 
-def watch(submission: Submission, plan: Plan, todo: List[Tuple[Task, Review]], no_subdir: bool = False) -> int:
-    """Follow a submission on the console until no element is queued; exit 0 when all finished."""
-    tasks = [task for task, _ in todo]
+def watch(watched: List[Submission], tasks: List[Task], arrays: Iterable[str] = (), no_subdir: bool = False) -> int:
+    """Follow submissions on the console until none of their elements (nor `arrays`) is queued;
+    exit 0 when every task finished."""
+    arrays = sorted(set(arrays) | {a for s in watched for a in s.arrays()})
     seen: Dict[Tuple[int, str], Tuple[str, int]] = {}
+    settled: Set[int] = set()  # tasks whose commands all ended: their records are not read again
     width = max((len(c) for t in tasks[:1000] for c in t.commands), default=0)
-    total = len(tasks)
     pending_shown: Optional[str] = None
     next_queue = 0.0
     try:
         while True:
-            live: Dict[int, queue.JobState] = {}
+            live: Dict[str, queue.JobState] = {}
             asked = time.monotonic() >= next_queue
             if asked:
-                states = queue.squeue(submission.arrays())
-                live = {p: states[j] for p, j in submission.elements() if j in states}
+                live = queue.squeue(arrays)
                 next_queue = time.monotonic() + queue.POLL
-                pending = Counter(s.reason or "?" for s in live.values() if s.state == "PENDING")
+                pending = Counter(_reason(s) for s in live.values() if s.state == "PENDING")
                 text = ", ".join(f"{n} {reason}" for reason, n in sorted(pending.items()))
                 if pending and text != pending_shown:
                     print(f"PENDING {sum(pending.values())} element(s) in the queue ({text})", flush=True)
                 pending_shown = text
             for position, task in enumerate(tasks):
-                _events(position, task, total, width, _stat(task, no_subdir), seen)
+                if position not in settled:
+                    stat = _stat(task, no_subdir)
+                    _events(position, task, len(tasks), width, stat, seen)
+                    if all(stat.get(c) in ENDED for c in task.commands):
+                        settled.add(position)
             if asked and not live:
                 break
             time.sleep(min(RECORD_POLL, queue.POLL))
     except KeyboardInterrupt:
         print("mlrunner: stopped waiting; the Slurm jobs go on (--stop cancels them)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return _summary(submission, tasks, no_subdir)
+    return _summary(watched, tasks, no_subdir)
+
+
+def _reason(state: queue.JobState) -> str:
+    return "just submitted" if state.reason in ("", "None") else state.reason
 
 
 def _events(position: int, task: Task, total: int, width: int, stat: Dict,
@@ -82,10 +90,10 @@ def _events(position: int, task: Task, total: int, width: int, stat: Dict,
         print(line, flush=True)
 
 
-def _summary(submission: Submission, tasks: List[Task], no_subdir: bool) -> int:
+def _summary(watched: List[Submission], tasks: List[Task], no_subdir: bool) -> int:
     finished = failed = other = 0
     failures: List[str] = []
-    for position, task in enumerate(tasks):
+    for task in tasks:
         stat = _stat(task, no_subdir)
         statuses = [stat.get(c) for c in task.commands]
         if all(s == FINISHED for s in statuses):
@@ -95,12 +103,12 @@ def _summary(submission: Submission, tasks: List[Task], no_subdir: bool) -> int:
             failures.append(task.output)
         else:
             other += 1
-    never = [(p, j) for p, j in submission.elements() if submission.died_early(p, j)]
+    never = [(s, p, j) for s in watched for p, j in s.elements() if s.died_early(p, j)]
     print(f"Slurm: experiments finished: {finished}, failed: {failed}, not finished: {other}, "
           f"elements that ended before mlrunner started: {len(never)}")
     for output in failures[:20]:
         print(f"    failed: {output}")
-    for position, job in never[:5]:
+    for submission, position, job in never[:5]:
         print(f"    Slurm job {job} ({submission.outputs[position]}) ended before mlrunner started on its node; "
               f"its log: {submission.log(job)}")
         print("\n".join(f"        | {line}" for line in log_tail(submission.log(job))))
