@@ -30,13 +30,12 @@ def build_executors(config: Config, args: argparse.Namespace, notes: Optional[Li
     A host name that does not resolve is a UserError (H12); a host that cannot be reached is a
     warning on stderr, also appended to `notes` for the summary.
     """
-    local = [] if args.resource == [] else resolve_resources(args.resource, config.resources)
-    executors: List[Executor] = [LocalExecutor(r) for r in local]
-    if args.hosts or config.hosts:
+    specs = []
+    if args.hosts or config.hosts:  # checked first: a bad host name stops the run before anything (H12)
         from . import hosts
         specs = hosts.select(args.hosts, hosts.parse_config(config.hosts, config.path),
                              hosts.parse_sync(config.sync, config.path))
-        from .executors.ssh import HostError, connect_hosts, require_paramiko, unresolvable
+        from .executors.ssh import HostError, require_paramiko, unresolvable
         try:
             require_paramiko()
         except HostError as error:
@@ -46,5 +45,9 @@ def build_executors(config: Config, args: argparse.Namespace, notes: Optional[Li
             if why:
                 raise UserError(f"--hosts: {why}" if args.hosts else f"hosts: {why}",
                                 None if args.hosts else config.path)
+    local = [] if args.resource == [] else resolve_resources(args.resource, config.resources)
+    executors: List[Executor] = [LocalExecutor(r) for r in local]
+    if specs:
+        from .executors.ssh import connect_hosts
         executors += connect_hosts(specs, args.accept_new_hosts, args.grace, notes)
     return executors

@@ -6,13 +6,16 @@ with two GPUs on its PATH; mlrunner reaches them through a fake HOME's ~/.ssh.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -39,6 +42,83 @@ def _project(tmp_path: Path, servers, template: str, sweep: str, extra: str = ""
     return project, {"HOME": str(home)}
 
 
+class Watched:
+    """A running `mlrunner` whose output lines are read as they come, so a test waits for a line, not a sleep."""
+
+    def __init__(self, args, project: Path, env):
+        self.process = start(args, project, env)
+        self.lines: List[str] = []
+        self.errors: List[str] = []
+        self._readers = [threading.Thread(target=self._read, args=(stream, into), daemon=True)
+                         for stream, into in ((self.process.stdout, self.lines), (self.process.stderr, self.errors))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, into: List[str]) -> None:
+        for line in stream:
+            into.append(line)
+
+    def wait_line(self, pattern: str, timeout: float = 60) -> float:
+        """Seconds until a stdout line matches `pattern` (fails the test past `timeout`)."""
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            if any(re.search(pattern, line) for line in list(self.lines)):
+                return time.monotonic() - began
+            assert self.process.poll() is None or any(re.search(pattern, line) for line in self.lines), self.output()
+            time.sleep(0.05)
+        raise AssertionError(f"no line matching {pattern!r} within {timeout}s:\n{self.output()}")
+
+    def finish(self, timeout: float = 120):
+        self.process.wait(timeout)
+        for reader in self._readers:
+            reader.join()
+        return self.process.returncode, "".join(self.lines), "".join(self.errors)
+
+    def output(self) -> str:
+        return "".join(self.lines) + "".join(self.errors)
+
+
+def _worker(stat: dict, command: str) -> str:
+    """The worker of a command's last run (`_runs` holds one record, or a list of attempts)."""
+    runs = stat["_runs"][command]
+    return (runs[-1] if isinstance(runs, list) else runs)["worker"]
+
+
+def _group_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stream:
+        return int(stream.read().rsplit(")", 1)[1].split()[2])
+
+
+def _live_in_groups(groups) -> List[int]:
+    """Every live process in one of these process groups, from the whole process table."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stream:
+                    fields = stream.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) in groups:
+                found.append(int(entry))
+    return found
+
+
+def _agent_pids(server) -> List[int]:
+    """The agent process of a test server (started by its sshd: it carries the server's marker)."""
+    found = []
+    for pid in sshd._marked(str(server.root)):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as stream:
+                argv = stream.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 3 and argv[1:3] == [b"-u", b"-c"] and b"mlrunner" in argv[3]:
+            found.append(pid)
+    return found
+
+
 def test_h1_h4_h5_fan_out_over_hosts_and_local_workers(servers, tmp_path: Path):
     project, env = _project(
         tmp_path, servers,
@@ -52,7 +132,7 @@ def test_h1_h4_h5_fan_out_over_hosts_and_local_workers(servers, tmp_path: Path):
     for i in range(1, 15):
         directory = project / "output" / f"I_{i}"
         assert statuses(directory) == {"train": "finished", "test": "finished"}
-        worker = load(directory / "stat")["_runs"]["train"]["worker"]
+        worker = _worker(load(directory / "stat"), "train")
         workers.add(worker)
         log, = directory.glob("log.train.*")  # synced back from the host that ran it
         gpu, order, host = log.read_text().split()
@@ -61,7 +141,8 @@ def test_h1_h4_h5_fan_out_over_hosts_and_local_workers(servers, tmp_path: Path):
             assert worker == f"{host}:{gpu}" and host in {"host1", "host2", "host3"}
             assert (directory / "notes.txt").read_text() == "kept\n"
             assert not (directory / "model.pt").exists()  # sync.exclude left it on the host
-            assert f"CUDA_VISIBLE_DEVICES={gpu} sleep 0.3" in load(directory / "param")["_scripts"]["train"]
+            script = load(directory / "param")["_scripts"]["train"]
+            assert f"CUDA_VISIBLE_DEVICES={gpu}" in script and "sleep 0.3" in script
     assert {w.split(":")[0] for w in workers} >= {"0", "host1", "host2", "host3"}
     assert re.search(r"^START   gpu: host\d:\d, train:", out, re.M)
     code, table, _ = run(["--examine"], project, env)
@@ -77,7 +158,7 @@ def test_h1_host_without_resource_asks_its_nvidia_smi(servers, tmp_path: Path):
     project, env = _project(tmp_path, servers[:1], "  show: echo $CUDA_VISIBLE_DEVICES", "i: [1, 2, 3, 4]")
     code, out, _ = run(["-r"], project, env)  # `-r` alone: no local worker
     assert code == 0, out
-    assert {load(project / "output" / f"I_{i}" / "stat")["_runs"]["show"]["worker"] for i in (1, 2, 3, 4)} <= {
+    assert {_worker(load(project / "output" / f"I_{i}" / "stat"), "show") for i in (1, 2, 3, 4)} <= {
         "host1:0", "host1:1"}
 
 
@@ -145,16 +226,16 @@ def test_h6_killed_sshd_mid_run_requeues_its_tasks(tmp_path: Path, tmp_path_fact
     doomed, steady = sshd.start_servers(2, tmp_path_factory, prefix="lossy")
     try:
         project, env = _project(tmp_path, [doomed, steady], "  nap: sleep 1.5; echo {i}", "i: [1, 2, 3, 4, 5, 6]")
-        runner = start(["-r"], project, env)
-        time.sleep(1.0)  # every worker is in its first command
+        runner = Watched(["-r"], project, env)
+        runner.wait_line(r"^START   gpu: lossy1:")
         doomed.kill()
-        out, err = runner.communicate(timeout=120)
-        assert runner.returncode == 0, out + err
+        code, out, err = runner.finish()
+        assert code == 0, out + err
         assert "host lossy1: connection lost" in out
         assert re.search(r"^REQUEUE output/I_\d: host lossy1 lost", out, re.M)
         for i in range(1, 7):
             stat = load(project / "output" / f"I_{i}" / "stat")
-            assert stat["nap"] == "finished" and stat["_runs"]["nap"]["worker"].startswith("lossy2:")
+            assert stat["nap"] == "finished" and _worker(stat, "nap").startswith("lossy2:")
     finally:
         doomed.stop()
         steady.stop()
@@ -166,21 +247,147 @@ def test_h6_lost_host_is_retried_and_takes_tasks_again(tmp_path: Path, tmp_path_
     try:
         project, env = _project(tmp_path, [flaky], "  nap: sleep 0.5; echo {i}",
                                 "i: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]")
-        runner = start([], project, env)  # one local worker, two on the host
-        time.sleep(1.5)
+        runner = Watched([], project, env)  # one local worker, two on the host
+        runner.wait_line(r"^START   gpu: flaky1:")
         flaky.kill()
-        time.sleep(1.0)
+        runner.wait_line("host flaky1: connection lost")
         flaky.restart()
-        out, err = runner.communicate(timeout=120)
-        assert runner.returncode == 0, out + err
+        code, out, err = runner.finish()
+        assert code == 0, out + err
         assert "host flaky1: connection lost" in out and "host flaky1: connected again" in out
-        workers = [load(project / "output" / f"I_{i}" / "stat")["_runs"]["nap"]["worker"] for i in range(1, 19)]
+        workers = [_worker(load(project / "output" / f"I_{i}" / "stat"), "nap") for i in range(1, 19)]
         assert all(statuses(project / "output" / f"I_{i}") == {"nap": "finished"} for i in range(1, 19))
         lost_at = out.index("connection lost")
         assert re.search(r"^DONE    gpu: flaky1:\d", out[out.index("connected again"):], re.M), "no task after reconnect"
         assert lost_at > 0 and any(w.startswith("flaky1:") for w in workers)
     finally:
         flaky.stop()
+
+
+def test_h8_sigstopped_agent_is_lost_within_30s_and_its_tasks_finish_elsewhere(tmp_path: Path, tmp_path_factory):
+    sshd.require_sshd()
+    stopped, steady = sshd.start_servers(2, tmp_path_factory, prefix="frozen")
+    agents: List[int] = []
+    try:
+        project, env = _project(tmp_path, [stopped, steady], "  nap: sleep 2; echo {i}", "i: [1, 2, 3, 4, 5, 6]")
+        runner = Watched(["-r"], project, env)
+        runner.wait_line(r"^START   gpu: frozen1:")
+        agents = _agent_pids(stopped)
+        assert len(agents) == 1
+        os.kill(agents[0], signal.SIGSTOP)
+        assert runner.wait_line("host frozen1: connection lost", timeout=40) < 30
+        code, out, err = runner.finish()
+        assert code == 0, out + err
+        assert re.search(r"^REQUEUE output/I_\d: host frozen1 lost", out, re.M)
+        for i in range(1, 7):
+            stat = load(project / "output" / f"I_{i}" / "stat")
+            assert stat["nap"] == "finished" and _worker(stat, "nap").startswith("frozen2:")
+    finally:
+        for pid in agents:
+            os.kill(pid, signal.SIGCONT)
+        stopped.stop()
+        steady.stop()
+
+
+def test_h10_connection_cut_mid_run_leaves_no_command_of_that_host(tmp_path: Path, tmp_path_factory):
+    """Both of the host's commands run (and their sync-back requests follow) when its connections drop:
+    the agent ends every group it started, checked in the process table, and the tasks run again."""
+    sshd.require_sshd()
+    cut, = sshd.start_servers(1, tmp_path_factory, prefix="cut")
+    try:
+        first_time = ("if [ ! -e {_output}/ran ]; then touch {_output}/ran; "
+                      "sleep 100 & echo $! >> {_output}/pids; echo $$ >> {_output}/pids; wait; fi")
+        project, env = _project(tmp_path, [cut], f"  once: {first_time}", "i: [1, 2]")
+        runner = Watched(["-r", "--grace", "2s"], project, env)
+        pid_files = [Path(cut.workdir, "output", f"I_{i}", "pids") for i in (1, 2)]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(f.exists() and len(f.read_text().split()) == 2
+                                                       for f in pid_files):
+            time.sleep(0.05)
+        pids = [int(p) for f in pid_files for p in f.read_text().split()]
+        groups = {_group_of(p) for p in pids}
+        assert len(pids) == 4 and len(groups) == 2
+        cut.drop_connections()
+        runner.wait_line("host cut1: connection lost")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _live_in_groups(groups):
+            time.sleep(0.1)
+        assert _live_in_groups(groups) == []
+        code, out, err = runner.finish()
+        assert code == 0, out + err
+        assert all(statuses(project / "output" / f"I_{i}") == {"once": "finished"} for i in (1, 2))
+    finally:
+        cut.stop()
+
+
+def test_h9_100_mb_on_stderr_from_the_first_command_of_a_line_changes_nothing(servers, tmp_path: Path):
+    noisy = "python3 -c 'import sys; [sys.stderr.write(\"x\" * 1048576) for _ in range(100)]' && echo after {i}"
+    project, env = _project(tmp_path, servers[:1], f"  noisy: {noisy}\n  next: echo next {{i}}", "i: [1, 2]",
+                            extra='sync: {exclude: ["log.noisy.*"]}\n')
+    began = time.monotonic()
+    code, out, err = run(["-r"], project, env, timeout=120)
+    assert code == 0, out + err
+    assert time.monotonic() - began < 60
+    for i in (1, 2):
+        assert statuses(project / "output" / f"I_{i}") == {"noisy": "finished", "next": "finished"}
+        log, = (project / "output" / f"I_{i}").glob("log.next.*")
+        assert log.read_text() == f"next {i}\n"
+
+
+def test_h12_a_host_name_that_does_not_resolve_is_a_usage_error_and_nothing_runs(tmp_path: Path):
+    sshd.require_paramiko()
+    write(tmp_path, "template:\n  show: echo hi\nresource: [0]\n---\ni: 1\n")
+    code, out, err = run(["--hosts", "nosuchhost.invalid"], tmp_path)
+    assert code == 2, out + err
+    assert err.startswith("mlrunner: --hosts: host 'nosuchhost.invalid' does not resolve")
+    assert len(err.strip().splitlines()) == 1 and out == ""
+    assert not (tmp_path / "output").exists()
+    write(tmp_path, "template:\n  show: echo hi\nhosts: {nosuchhost.invalid: {}}\n---\ni: 1\n")
+    code, out, err = run([], tmp_path)
+    assert code == 2 and err.startswith("params.yaml: hosts: host 'nosuchhost.invalid' does not resolve"), err
+    assert not (tmp_path / "output").exists()
+
+
+def _counts():
+    return threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+
+def test_h12_fifty_failed_connects_leak_no_thread_and_no_socket(servers, tmp_path: Path, monkeypatch):
+    """Refused at TCP (nothing listens) and refused after the handshake (unknown host key: paramiko's
+    transport thread had started), 25 times each."""
+    from mlrunner.executors.ssh import Host, HostError
+    from mlrunner.hosts import HostSpec
+    monkeypatch.setenv("HOME", str(sshd.make_home(tmp_path / "home", servers[:1], trust=False)))
+    closed_port = sshd.free_port()
+    attempts = [HostSpec(servers[0].alias), HostSpec("127.0.0.1", port=closed_port)]
+
+    def fail(spec) -> str:
+        with pytest.raises(HostError) as caught:
+            Host(spec, False, 1).connect()
+        return str(caught.value)
+
+    assert "unknown host key" in fail(attempts[0]) and "cannot reach" in fail(attempts[1])  # warm up imports
+    before = _counts()
+    for _ in range(25):
+        for spec in attempts:
+            fail(spec)
+
+    def grown() -> bool:
+        return any(now > then for now, then in zip(_counts(), before))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and grown():
+        time.sleep(0.1)
+    assert not grown(), (_counts(), before)
+
+
+def test_h1_empty_resource_beside_hosts_means_hosts_only(servers, tmp_path: Path):
+    project, env = _project(tmp_path, servers[:1], "  show: echo $CUDA_VISIBLE_DEVICES", "i: [1, 2, 3]")
+    text = (project / "params.yaml").read_text().replace("resource: [0]", "resource: []")
+    (project / "params.yaml").write_text(text)
+    code, out, err = run([], project, env)
+    assert code == 0, out + err
+    assert {_worker(load(project / "output" / f"I_{i}" / "stat"), "show") for i in (1, 2, 3)} <= {
+        "host1:0", "host1:1"}
 
 
 def test_r8_ctrl_c_ends_remote_process_trees(servers, tmp_path: Path):
