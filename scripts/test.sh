@@ -54,6 +54,17 @@ if [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/slurmd ]; then
   fi
 fi
 
+# The code-push tests (SPEC H13) make a git work tree and let mlrunner ask `git ls-files`: they need git.
+if ! command -v git > /dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get > /dev/null 2>&1; then
+    echo "scripts/test.sh: git is missing; installing it" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git > /dev/null
+  else
+    echo "scripts/test.sh: note: git is missing and cannot be installed here; the code-push tests will fail." >&2
+  fi
+fi
+
 # The package (editable) and the test extra; skipped when both are already here (the Docker
 # image installs them at build time, so it runs without network).
 if ! python3 -c "import mlrunner, pytest, paramiko, pandas, yaml, sys; sys.exit(not mlrunner.__file__.startswith('$PWD/'))" \

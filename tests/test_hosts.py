@@ -29,10 +29,10 @@ def test_h1_hosts_config_and_flag_merge():
                                     "params.yaml")
     assert [(s.name, s.user, s.port, s.resources, s.workdir) for s in configured] == [
         ("gpu1", None, None, ["0", "1"], "~/proj"), ("gpu2", "bob", 2200, None, None)]
-    chosen = hosts.select("alice@gpu1", configured, ["*.pt"])
+    chosen = hosts.select("alice@gpu1", configured, hosts.SyncSettings(exclude=["*.pt"]))
     assert [(s.name, s.user, s.resources, s.workdir, s.exclude) for s in chosen] == [
         ("gpu1", "alice", ["0", "1"], "~/proj", ["*.pt"])]
-    assert [s.name for s in hosts.select(None, configured, [])] == ["gpu1", "gpu2"]
+    assert [s.name for s in hosts.select(None, configured, hosts.SyncSettings())] == ["gpu1", "gpu2"]
 
 
 @pytest.mark.parametrize("raw, message", [

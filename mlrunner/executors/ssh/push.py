@@ -13,6 +13,7 @@ import fnmatch
 import os
 import stat
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -103,7 +104,7 @@ def push(request: Callable[..., Dict[str, Any]], sftp: Any, workdir: str, spec: 
     began = time.monotonic()
     files, refused = local_files(spec.push, spec.exclude)
     for name, why in refused:
-        print(f"warning: host {spec.name}: push: refused '{name}': {why}", flush=True)
+        print(f"warning: host {spec.name}: push: refused '{name}': {why}", file=sys.stderr, flush=True)
     todo = changed(files, request("stat", root=workdir, files=[f[0] for f in files])["stats"])
     if not todo:
         print(f"host {spec.name}: code up to date ({len(files)} files)", flush=True)
