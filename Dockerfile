@@ -7,7 +7,7 @@ FROM python:3.11-slim
 # pin would stop the build. hadolint ignore=DL3008 says so to the linter.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openssh-server bash \
+ && apt-get install -y --no-install-recommends openssh-server bash git \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
