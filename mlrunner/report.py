@@ -10,7 +10,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from .config import Config, close_placeholder
 from .errors import EXIT_OK, UserError
 from .resume import Review, review
-from .state import CHANGED, STAT, Corrupt, last_run, read_record, statuses
+from .state import CHANGED, PARAM, STAT, Corrupt, last_run, read_record, statuses
 from .sweep import Plan
 from .template import shell_line
 
@@ -49,7 +49,7 @@ def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], ru
         header = f"# {task.index + 1}/{len(plan.tasks)} {task.output} (gpu: {resource or 'cpu'})"
         if verdict.changed:
             header += f" {CHANGED}: {', '.join(verdict.changed)}: {'; '.join(verdict.changes)}"
-        lines = [header] + [f"# {note}" for note in verdict.notes]
+        lines = [header] + [f"# {note}" for note in verdict.notes + verdict.problems]
         for command, line in task.render(config.templates, run_time, resource, "localhost").items():
             lines.append(shell_line(line, resource, task.log(command, run_time, args.no_subdir), args.debug))
         write("\n".join(lines) + "\n")
@@ -104,6 +104,14 @@ def print_status(args: argparse.Namespace) -> int:
     rows = []
     counts: Dict[str, int] = {}
     for name, path in records:
+        param = os.path.join(os.path.dirname(path), PARAM + os.path.basename(path)[len(STAT):])
+        try:
+            read_record(param)
+        except Corrupt as error:
+            print(f"warning: {param} does not parse ({error.reason}); a run sets it aside and runs the experiment "
+                  "again", file=sys.stderr)
+        except OSError:
+            pass
         try:
             stat = read_record(path)
         except Corrupt as error:

@@ -1,7 +1,7 @@
 """What is left to do: each task of the plan against its records on disk (SPEC R6, I1, I2, I5).
 
-A run, `--dry-run` and `--status` all ask `review`, so they agree. Only a run acts on what it
-finds (`act=True`): it sets corrupt records aside; the others only say what a run would do.
+A run, `--dry-run` and `--status` all ask `review`, so they agree. It only reads: a run sets a
+corrupt record aside when it claims the experiment's first command, and says so then.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set
 
-from .state import FINISHED, PARAM, STAT, Corrupt, last_run, read_record, record_path, set_aside
+from .state import FINISHED, PARAM, STAT, Corrupt, last_run, read_record, record_path
 from .sweep import Plan, Task, hashed_name, same_value
 from .template import Template
 
@@ -30,29 +30,33 @@ class Review:
     rerun: Set[str] = field(default_factory=set)  # finished commands that run again
     changed: List[str] = field(default_factory=list)  # finished commands whose config changed (I2)
     changes: List[str] = field(default_factory=list)  # what changed: `lr: 0.1 -> 0.01`, `template of train`
-    notes: List[str] = field(default_factory=list)  # what the console should say (renames, corrupt records)
+    notes: List[str] = field(default_factory=list)  # experiments moved to a hash-suffixed name (I1)
+    problems: List[str] = field(default_factory=list)  # records that cannot be used (I4, I5): not run yet
     stat: Dict[str, Any] = field(default_factory=dict)
 
 
-def _read(path: str, act: bool, notes: List[str]) -> Dict[str, Any]:
+class _Unreadable(dict):
+    """A record that exists but cannot be used: the experiment counts as not run (I5)."""
+
+
+def _read(path: str, problems: List[str]) -> Dict[str, Any]:
     try:
         return read_record(path)
     except Corrupt as error:
-        if act:
-            notes.append(f"{path} did not parse ({error.reason}): kept as {set_aside(path)}; its commands run again")
-        else:
-            notes.append(f"{path} does not parse ({error.reason}): a run sets it aside and runs its commands again")
-        return {}
+        problems.append(f"{path} does not parse ({error.reason}): a run sets it aside and runs its commands again")
+    except OSError as error:  # the experiment's path is a file, say: its run fails with the reason (I4)
+        problems.append(f"{path}: cannot be read ({error.strerror})")
+    return _Unreadable()
 
 
 def _own_params(param: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in param.items() if not str(k).startswith("_")}
 
 
-def _identify(task: Task, root: str, no_subdir: bool, act: bool, notes: List[str]) -> Dict[str, Any]:
+def _identify(task: Task, root: str, no_subdir: bool, notes: List[str], problems: List[str]) -> Dict[str, Any]:
     """The task's recorded params; a directory holding other values for the params that name the
     task is another experiment, so the task moves to its hash-suffixed name (I1)."""
-    param = _read(record_path(task.output, PARAM, task.name, no_subdir), act, notes)
+    param = _read(record_path(task.output, PARAM, task.name, no_subdir), problems)
     recorded = _own_params(param)
     params = task.params
     clash = [k for k in task.named_by if k in recorded and not same_value(recorded[k], params[k])]
@@ -63,7 +67,7 @@ def _identify(task: Task, root: str, no_subdir: bool, act: bool, notes: List[str
     old = task.output if not no_subdir else f"{task.output} ({task.name})"
     task.rename(hashed_name(task.name, [(k, params[k]) for k in task.named_by]), root, no_subdir)
     notes.append(f"{old} holds {held}; this experiment ({wanted}) is {task.output if not no_subdir else task.name}")
-    return _read(record_path(task.output, PARAM, task.name, no_subdir), act, notes)
+    return _read(record_path(task.output, PARAM, task.name, no_subdir), problems)
 
 
 def _value_diff(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
@@ -112,16 +116,20 @@ def _template_changes(task: Task, templates: Dict[str, Template], param: Dict[st
 
 
 def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: bool, force: bool,
-           on_change: str = "ask", act: bool = False) -> List[Review]:
-    """Per task, what a run does with it. `on_change` is `ask`, `rerun` or `keep` (I2)."""
+           on_change: str = "ask") -> List[Review]:
+    """Per task, what a run does with it. `on_change` is `ask`, `rerun` or `keep` (I2).
+
+    It only reads: the run itself sets corrupt records aside when it claims their commands.
+    """
     out = []
     for task in plan.tasks:
         notes: List[str] = []
-        param = _identify(task, root, no_subdir, act, notes)
-        stat = _read(record_path(task.output, STAT, task.name, no_subdir), act, notes)
-        result = Review(start=None, notes=notes, stat=stat)
+        problems: List[str] = []
+        param = _identify(task, root, no_subdir, notes, problems)
+        stat = _read(record_path(task.output, STAT, task.name, no_subdir), problems)
+        result = Review(start=None, notes=notes, problems=problems, stat=stat)
         finished = [c for c in task.commands if stat.get(c) == FINISHED]
-        if force:
+        if force or isinstance(param, _Unreadable):  # an unusable param: the experiment counts as not run
             result.start, result.rerun = 0, set(finished)
             out.append(result)
             continue

@@ -70,18 +70,32 @@ def owner_alive(run: Dict[str, Any]) -> bool:
     return recorded is None or recorded == process_start(pid)
 
 
+def _group_running(pgid: int) -> bool:
+    """Does any process of the group still run? `killpg(pgid, 0)` also counts zombies that
+    nobody has reaped yet, so this reads the process table."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stream:
+                fields = stream.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != b"Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
 def group_alive(pgid: int, leader_start: Optional[int]) -> bool:
-    """Is the process group that a record names still the one it names?
+    """Is the process group that a record names still the one it names, and running?
 
     The kernel never hands out a pid that is still some group's id, so a live group whose leader
     is gone is the recorded one; a live leader must have the recorded start time.
     """
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
     started = process_start(pgid)
-    return started is None or started == leader_start
+    if started is not None and started != leader_start:
+        return False
+    return _group_running(pgid)
 
 
 def end_group(pgid: int, grace: float) -> None:
@@ -93,9 +107,7 @@ def end_group(pgid: int, grace: float) -> None:
         except (ProcessLookupError, PermissionError):
             return
         while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
+            if not _group_running(pgid):
                 return
             time.sleep(0.05)
 
@@ -142,7 +154,7 @@ def read_yaml(path: str) -> Dict[str, Any]:
 def write_record(path: str, data: Dict[str, Any], sort_keys: bool = True, durable: bool = False) -> None:
     """Replace `path` atomically; `durable` also fsyncs the file and its directory (I5)."""
     directory = os.path.dirname(path) or "."
-    temporary = f"{directory}/.{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp"
+    temporary = f"{directory}/.{os.path.basename(path)[:64]}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         with open(temporary, "wb") as stream:
             stream.write(records.dumps(data, sort_keys).encode("utf-8"))

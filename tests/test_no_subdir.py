@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from runlib import load, run, write
 
@@ -32,8 +31,6 @@ def test_no_subdir_1600_tasks_keep_one_small_record_per_experiment(tmp_path: Pat
     assert {k: v for k, v in load(root / "stat.I_1599").items() if not k.startswith("_")} == {"t": "finished"}
 
 
-@pytest.mark.xfail(strict=True, reason="state.write_record's temp name `.<stat.name>.<pid>.<thread>.tmp` passes "
-                                       "255 bytes for a 255-byte record name: ENAMETOOLONG; reported to the lead")
 def test_no_subdir_a_255_byte_name_runs_and_resumes(tmp_path: Path):
     write(tmp_path, """
         template:

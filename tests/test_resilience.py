@@ -178,9 +178,6 @@ def test_i3_sigkill_leftover_group_already_exited_is_simply_rerun(tmp_path: Path
     _no_overlaps(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="state.group_alive: os.killpg(pgid, 0) succeeds while the group holds only "
-                                       "zombies, so an exited group whose leader is not yet reaped is 'ended' with a "
-                                       "NOTE and a full grace; reported to the lead")
 def test_i3_a_leftover_group_of_zombies_only_is_not_ended(tmp_path: Path):
     """Where init reaps orphans late (a container's pid 1), an exited group is still zombies for a while.
     The test process becomes the orphans' reaper (PR_SET_CHILD_SUBREAPER) to hold them as zombies."""
@@ -300,9 +297,7 @@ def _unwritable_directory(directory: Path) -> None:
 @pytest.mark.parametrize("breaker", [
     _dangling_symlink,
     _unwritable_directory,
-    pytest.param(_regular_file, marks=pytest.mark.xfail(
-        strict=True, reason="resume.review -> state.read_record raises NotADirectoryError (traceback, "
-                            "nothing runs): reported to the lead")),
+    _regular_file,
 ])
 def test_i4_a_broken_experiment_directory_fails_that_task_only(tmp_path: Path, breaker):
     write(tmp_path, BROKEN)
@@ -363,18 +358,12 @@ CORRUPT = {
     "yaml-list": b"- finished\n- failed\n",
     "empty": b"",
 }
-PARAM_RUN_XFAIL = pytest.mark.xfail(
-    strict=True, reason="a corrupt `param` beside a finished `stat` counts as already finished: "
-                        "resume.review never sets it aside or reruns (I5); reported to the lead")
-PARAM_STATUS_XFAIL = pytest.mark.xfail(
-    strict=True, reason="--status reads only `stat`: a corrupt `param` gets no warning; reported to the lead")
 
 
-def _corrupt_cases(param_marks=()):
+def _corrupt_cases():
     for record in ("stat", "param"):
         for kind in CORRUPT:
-            yield pytest.param(record, kind, marks=list(param_marks) if record == "param" else [],
-                               id=f"{record}-{kind}")
+            yield pytest.param(record, kind, id=f"{record}-{kind}")
 
 
 def _snapshot(root: Path) -> Dict[str, bytes]:
@@ -394,7 +383,7 @@ def _finished_once(tmp_path: Path) -> Path:
     return tmp_path / "output" / "I_1"
 
 
-@pytest.mark.parametrize("record, kind", list(_corrupt_cases([PARAM_RUN_XFAIL])))
+@pytest.mark.parametrize("record, kind", list(_corrupt_cases()))
 def test_i5_a_corrupt_record_is_set_aside_and_its_experiment_runs_again(tmp_path: Path, record: str, kind: str):
     directory = _finished_once(tmp_path)
     path = directory / record
@@ -417,7 +406,7 @@ def test_i5_a_corrupt_record_is_set_aside_and_its_experiment_runs_again(tmp_path
     assert isinstance(load(directory / "param"), dict)
 
 
-@pytest.mark.parametrize("record, kind", list(_corrupt_cases([PARAM_STATUS_XFAIL])))
+@pytest.mark.parametrize("record, kind", list(_corrupt_cases()))
 def test_i5_status_warns_about_a_corrupt_record_and_writes_nothing(tmp_path: Path, record: str, kind: str):
     directory = _finished_once(tmp_path)
     (directory / record).write_bytes(CORRUPT[kind])
