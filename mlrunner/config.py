@@ -12,7 +12,7 @@ import yaml
 from .errors import UserError
 from .template import Template
 
-ALLOWED_KEYS = ("template", "default", "resource", "alias", "hosts", "sync", "metric", "slurm")
+ALLOWED_KEYS = ("template", "default", "resource", "alias", "hosts", "sync", "metric", "slurm", "gpu")
 SWEEP_RESERVED = ("_title", "_cmd")
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
 SHELL_VAR_RE = re.compile(r"\$\{([A-Za-z0-9_-]+)\}")
@@ -40,6 +40,7 @@ class Config:
     sync: Dict[str, Any] = field(default_factory=dict)
     metrics: Dict[str, Dict[str, str]] = field(default_factory=dict)
     slurm: Any = None  # executors.slurm.settings.Settings when document 1 has `slurm:` (S1)
+    gpu: Any = None  # allocator.GpuPolicy when document 1 has `gpu:` (G1)
     sweeps: List[Sweep] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)  # printed by the CLI; nothing stops for them
 
@@ -326,6 +327,9 @@ def load(path: str) -> Config:
     config.hosts = check.mapping(data.get("hosts") or {}, "'hosts'", "hosts")
     config.sync = check.mapping(data.get("sync") or {}, "'sync'", "sync")
     config.metrics = _parse_metrics(check, data.get("metric") or {}, templates)
+    if "gpu" in data:
+        from .allocator import parse_policy
+        config.gpu = parse_policy(data["gpu"], tuple(templates), check.fail)
     if "slurm" in data:
         from .executors.slurm.settings import parse as parse_slurm
         config.slurm = parse_slurm(data["slurm"], path, lambda *keys: check.doc.line("slurm", *keys))

@@ -1,21 +1,24 @@
-"""Find the GPUs of this machine with `nvidia-smi` (SPEC R1: `resource: auto`).
+"""Find the GPUs of this machine with `nvidia-smi` (SPEC R1: `resource: auto`), and poll their memory (G6).
 
 The parsers are pure functions so that they are tested against golden samples of the
 tool's output; only `discover` starts a process, through an injectable runner.
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
 
 QUERY_FIELDS = ("index", "name", "uuid", "memory.total", "memory.used",
                 "memory.free", "utilization.gpu")
 QUERY_ARGS = ["nvidia-smi", "--query-gpu=" + ",".join(QUERY_FIELDS),
               "--format=csv,noheader,nounits"]
 _LIST_ARGS = ["nvidia-smi", "-L"]
-_TIMEOUT_S = 10
+_TIMEOUT_S = float(os.environ.get("MLRUNNER_NVIDIA_SMI_TIMEOUT") or 10)  # seconds before nvidia-smi counts as hung
 
 _Runner = Callable[[List[str]], Tuple[int, str, str]]
 
@@ -147,3 +150,108 @@ def discover(run: _Runner = _run) -> tuple[list[str], Optional[str]]:
     code, out, _ = run(_LIST_ARGS)
     listed = parse_list(out) if code == 0 else []
     return (listed if any(d.startswith("MIG-") for d in listed) else indices), None
+
+
+# -- the shared-GPU poller (SPEC G6) ------------------------------------------------------------
+
+POLL_GPU_ARGS = ["nvidia-smi", "--query-gpu=index,uuid,memory.total,memory.used",
+                 "--format=csv,noheader,nounits"]
+POLL_APPS_ARGS = ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,used_memory",
+                  "--format=csv,noheader,nounits"]
+POLL_INTERVAL = 2.0
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    """One GPU's memory in MiB; None where the card prints `[N/A]`."""
+
+    index: str
+    uuid: str
+    total: Optional[int]
+    used: Optional[int]
+
+
+@dataclass(frozen=True)
+class GpuApp:
+    """One process on a GPU, as `--query-compute-apps` lists it."""
+
+    uuid: str
+    pid: int
+    used: Optional[int]
+
+
+@dataclass
+class Snapshot:
+    """The GPUs' memory and processes at one moment; `warning` says why it is partial."""
+
+    gpus: Dict[str, GpuMemory] = field(default_factory=dict)  # by index, as CUDA_VISIBLE_DEVICES names them
+    apps: List[GpuApp] = field(default_factory=list)
+    taken: float = 0.0
+    warning: Optional[str] = None
+
+
+def parse_memory_csv(text: str) -> List[GpuMemory]:
+    """`index, uuid, memory.total, memory.used` lines (noheader, nounits)."""
+    gpus = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 4:
+            raise ValueError(f"nvidia-smi output line {lineno}: expected 4 fields, got {len(fields)}: {line.strip()!r}")
+        gpus.append(GpuMemory(fields[0], fields[1], _number(fields[2]), _number(fields[3])))
+    return gpus
+
+
+def parse_apps_csv(text: str) -> List[GpuApp]:
+    """`gpu_uuid, pid, used_memory` lines (noheader, nounits); nothing when no process runs."""
+    apps = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 3 or not fields[1].isdigit():
+            raise ValueError(f"nvidia-smi output line {lineno}: expected gpu_uuid, pid, used_memory: {line.strip()!r}")
+        apps.append(GpuApp(fields[0], int(fields[1]), _number(fields[2])))
+    return apps
+
+
+class Poller:
+    """The one reader of `nvidia-smi` for a host: callers share a snapshot at most POLL_INTERVAL old,
+    and only one of them runs the tool at a time. Failures give a warning in the snapshot, never
+    an exception: a GPU whose memory is unknown is then judged by our own bookkeeping alone."""
+
+    def __init__(self, run: _Runner = _run, interval: float = POLL_INTERVAL):
+        self._run = run
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot()
+
+    def snapshot(self, max_age: Optional[float] = None) -> Snapshot:
+        max_age = self.interval if max_age is None else max_age
+        with self._lock:
+            if time.monotonic() - self._snapshot.taken > max_age:
+                self._snapshot = self._poll()
+            return self._snapshot
+
+    def _poll(self) -> Snapshot:
+        snapshot = Snapshot(taken=time.monotonic())
+        code, out, err = self._run(POLL_GPU_ARGS)
+        if code != 0:
+            snapshot.warning = f"nvidia-smi failed (exit {code}: {_first_line(err, out)})"
+            return snapshot
+        try:
+            snapshot.gpus = {gpu.index: gpu for gpu in parse_memory_csv(out)}
+        except ValueError as error:
+            snapshot.warning = f"could not read {error}"
+            return snapshot
+        if any(gpu.total is None or gpu.used is None for gpu in snapshot.gpus.values()):
+            snapshot.warning = "nvidia-smi reports [N/A] for GPU memory: packing by our own reservations only"
+        code, out, err = self._run(POLL_APPS_ARGS)
+        try:
+            snapshot.apps = parse_apps_csv(out) if code == 0 else []
+        except ValueError as error:
+            snapshot.warning = f"could not read {error}"
+        if code != 0:
+            snapshot.warning = f"nvidia-smi --query-compute-apps failed (exit {code}: {_first_line(err, out)})"
+        return snapshot

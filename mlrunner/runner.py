@@ -14,8 +14,9 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Set
+from typing import Dict, List, Optional, Set
 
+from .allocator import OOM_TRIES, Allocator, Grant, NoPlace, Place, check_sizes, gib, oom_in_log
 from .config import Config
 from .console import Console
 from .detach import detach
@@ -33,7 +34,7 @@ from .workers import build_executors
 EXIT_BY_SIGNAL = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
 LOG_TAIL_LINES = 5
 # How a command's turn ended, as `_run_command` tells `_run_task`.
-DONE, ALREADY, BUSY, FAIL, STOPPED, LOST = "done", "already", "busy", "fail", "stopped", "lost"
+DONE, ALREADY, BUSY, FAIL, STOPPED, LOST, OOM = "done", "already", "busy", "fail", "stopped", "lost", "oom"
 
 
 @dataclass
@@ -54,16 +55,28 @@ class Summary:
     not_run: int = 0
     failures: List[Failure] = field(default_factory=list)
     busy: List[str] = field(default_factory=list)
+    no_place: Optional[str] = None  # why no GPU could take the tasks left (gpu.wait: false)
+
+
+@dataclass
+class Lease:
+    """The grant a task runs under; an out-of-memory retry swaps it for a larger one (G5)."""
+
+    grant: Optional[Grant]
+
+    @property
+    def executor(self) -> Executor:
+        return self.grant.place.executor
 
 
 class Scheduler:
     """Runs a plan on executors; `stop()` (from a signal handler) ends every running tree."""
 
-    def __init__(self, plan: Plan, config: Config, executors: Sequence[Executor], run_time: str,
+    def __init__(self, plan: Plan, config: Config, allocator: Allocator, run_time: str,
                  args: argparse.Namespace, reviews: List[Review], console: Console):
         self.plan = plan
         self.config = config
-        self.executors = executors
+        self.allocator = allocator
         self.run_time = run_time
         self.args = args
         self.reviews = reviews
@@ -79,7 +92,12 @@ class Scheduler:
         self._width = max((len(c) for t in plan.tasks[:1000] for c in t.commands), default=0)
 
     def run(self) -> Summary:
-        threads = [threading.Thread(target=self._worker, args=(e,), daemon=True) for e in self.executors]
+        """One worker per remote place, bound to it (its host may come and go), and the local
+        workers, who take whichever local place the allocator hands out."""
+        bound = [p for p in self.allocator.places if p.remote]
+        threads = [threading.Thread(target=self._worker, args=(p,), daemon=True) for p in bound]
+        threads += [threading.Thread(target=self._worker, args=(None,), daemon=True)
+                    for _ in range(self.allocator.workers(bound=False))]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -135,31 +153,39 @@ class Scheduler:
         ender.start()
 
     # -- a worker's loop -------------------------------------------------------------------------
-    def _worker(self, executor: Executor) -> None:
-        while executor.ready(self.pool.finished):
+    def _worker(self, bound: Optional[Place]) -> None:
+        while bound is None or bound.executor.ready(self.pool.finished):
             task = self.pool.take()
             if task is None:
                 return
-            lost = False
+            lost, lease = False, Lease(None)
             try:
-                lost = self._run_task(task, executor)
+                verdict = self.reviews[task.index]
+                if verdict.start is None:  # finished before this run began: no place needed
+                    self._count("already", len(task.commands))
+                    continue
+                lease.grant = self.allocator.acquire(
+                    self.allocator.size(task.commands[verdict.start:], task.params), self.stopping, bound)
+                if lease.grant is not None:
+                    lost = self._run_task(task, lease)
             except HostLost:
                 lost = True
+            except NoPlace as error:
+                self._no_place(task, str(error))
             except Exception as error:  # a bug of ours must not hang the pool (I4); the task is failed
                 self._fail_untracked(task, error)
             finally:
+                self.allocator.release(lease.grant)
                 if lost and not self.stopping.is_set():
                     with self._lock:
                         self.summary.requeued += 1
-                    self.console.print(f"REQUEUE {task.output}: host {executor.host} lost; another worker takes it")
+                    host = bound.executor.host if bound else "localhost"
+                    self.console.print(f"REQUEUE {task.output}: host {host} lost; another worker takes it")
                 self.pool.done(task, requeue=lost)
 
-    def _run_task(self, task: Task, executor: Executor) -> bool:
+    def _run_task(self, task: Task, lease: Lease) -> bool:
         """Run a task's commands in order; True when its host was lost under it."""
         verdict = self.reviews[task.index]
-        if verdict.start is None:  # finished before this run began
-            self._count("already", len(task.commands))
-            return False
         experiment = Experiment(task.output, task.name, shared=self.args.no_subdir)
         param: Optional[Dict] = None
         lines: Dict[str, str] = {}
@@ -169,20 +195,28 @@ class Scheduler:
                 self._count("already", 1)
                 continue
             later = list(task.commands[position + 1:])
-            try:
-                if not lines:  # the first command to run: the directory, and this run's params
-                    executor.prepare(task.output)
-                    lines = task.render(self.config.templates, self.run_time, executor.resource, executor.host)
-                    scripts = {c: shell_line(lines[c], executor.resource, self._log(task, c), self.args.debug)
-                               for c in task.commands}
-                    param = dict(task.params, _name=task.name, _output=task.output, _time=self.run_time,
-                                 _scripts=scripts)
-                ending = self._run_command(executor, experiment, task, command, lines[command],
-                                           ran or command in verdict.rerun, param, later)
-            except HostLost:
-                raise
-            except Exception as error:  # I4: fail this command with the reason, and go on
-                ending = self._fail(experiment, task, command, f"{type(error).__name__}: {error}", later)
+            for oom_try in range(OOM_TRIES + 1):
+                executor = lease.executor
+                try:
+                    if not lines:  # the first command to run on this place: the directory, this run's params
+                        executor.prepare(task.output)
+                        lines = task.render(self.config.templates, self.run_time, executor.resource, executor.host)
+                        scripts = {c: shell_line(lines[c], executor.resource, self._log(task, c), self.args.debug)
+                                   for c in task.commands}
+                        param = dict(task.params, _name=task.name, _output=task.output, _time=self.run_time,
+                                     _scripts=scripts)
+                    ending = self._run_command(lease, experiment, task, command, lines[command],
+                                               ran or oom_try > 0 or command in verdict.rerun, param, later,
+                                               oom_left=oom_try < OOM_TRIES)
+                except HostLost:
+                    raise
+                except Exception as error:  # I4: fail this command with the reason, and go on
+                    ending = self._fail(experiment, task, command, f"{type(error).__name__}: {error}", later)
+                if ending != OOM:
+                    break
+                param, lines = None, {}
+                if not self._regrant(lease, task, command, oom_try):
+                    return False
             if ending == DONE:
                 param, ran = None, True
             elif ending == ALREADY:
@@ -191,9 +225,36 @@ class Scheduler:
                 return ending == LOST
         return False
 
-    def _run_command(self, executor: Executor, experiment: Experiment, task: Task, command: str, line: str,
-                     rerun: bool, param: Optional[Dict], later: List[str]) -> str:
+    def _regrant(self, lease: Lease, task: Task, command: str, oom_try: int) -> bool:
+        """After an out-of-memory end: give the place back and wait for one with more room (G5)."""
+        old = lease.grant
+        size = self.allocator.oom_size(old)
+        self.console.print(f"OOM     gpu: {lease.executor.label}, {self._info_plain(command, task)} (out of GPU "
+                           f"memory with {gib(old.mib)} reserved; again with {gib(size)}, try {oom_try + 2} of "
+                           f"{OOM_TRIES + 1})")
+        self.allocator.release(old)
+        lease.grant = None
+        lease.grant = self.allocator.acquire(size, self.stopping)
+        return lease.grant is not None
+
+    def _no_place(self, task: Task, reason: str) -> None:
+        """No GPU can take this task: too large for any (a failure), or every one skipped (the run ends)."""
+        if "gpu.wait is false" in reason:
+            with self._lock:
+                first = self.summary.no_place is None
+                self.summary.no_place = reason
+            self.pool.close()
+            if first:
+                self.console.print(f"STOP    no GPU left to run on: {reason}")
+            return
+        with self._lock:
+            self.summary.failures.append(Failure(task.output, "-", reason))
+        self.console.print(f"FAIL    {task.output} ({reason})")
+
+    def _run_command(self, lease: Lease, experiment: Experiment, task: Task, command: str, line: str,
+                     rerun: bool, param: Optional[Dict], later: List[str], oom_left: bool = False) -> str:
         """Run one command, with its retries, and record how it ended."""
+        executor = lease.executor
         info = self._info(executor, command, task)
         for attempt in range(self.args.retry + 1):
             if self.stopping.is_set() or self.halted.is_set():
@@ -202,7 +263,7 @@ class Scheduler:
             claim = experiment.start(
                 command, rerun=rerun or attempt > 0, worker=executor.label, log=log, param=param,
                 line=lambda path: shell_line(line, executor.resource, path, self.args.debug),
-                launch=lambda script: self._launch(executor, script), grace=self.args.grace)
+                launch=lambda script: self._launch(lease, script), grace=self.args.grace)
             for note in claim.notes:
                 self.console.print(f"NOTE    {note}")
             if claim.verdict == FINISHED:
@@ -235,6 +296,11 @@ class Scheduler:
                 self.console.print(f"DONE    {info}")
                 return DONE
             self.console.ended_command(FAILED, outcome.seconds)
+            if self.allocator.policy and oom_in_log(claim.log):
+                if oom_left:
+                    self._notes(experiment.finish(command, FAILED, outcome.seconds, "out of GPU memory"))
+                    return OOM
+                outcome.reason = "out of GPU memory, every try"
             if attempt < self.args.retry:
                 self._notes(experiment.finish(command, FAILED, outcome.seconds, outcome.reason))
                 self.console.print(f"RETRY   {info} ({outcome.reason}; attempt {attempt + 2} of "
@@ -244,8 +310,9 @@ class Scheduler:
                               claim.log, info)
         return STOPPED
 
-    def _launch(self, executor: Executor, script: str) -> Process:
-        process = executor.start(script, self.args.debug)
+    def _launch(self, lease: Lease, script: str) -> Process:
+        process = lease.executor.start(script, self.args.debug)
+        self.allocator.attach(lease.grant, getattr(process, "pgid", None))
         with self._lock:
             self._running.add(process)
             missed_stop = self.stopping.is_set()
@@ -337,7 +404,8 @@ def _print_summary(console: Console, summary: Summary, halted: bool) -> None:
     if summary.requeued:
         console.print(f"Tasks moved to another worker after a host was lost: {summary.requeued}")
     if summary.not_run:
-        why = "--fail-fast stopped the run" if halted else "every worker that could take them was lost"
+        why = ("--fail-fast stopped the run" if halted else summary.no_place if summary.no_place
+               else "every worker that could take them was lost")
         console.print(f"Tasks not run ({why}): {summary.not_run}")
     if summary.failures:
         lines = ["Failed:"]
@@ -384,6 +452,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     on_change = "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
     reviews = review(plan, config.templates, args.output, no_subdir=args.no_subdir, force=args.force,
                      on_change=on_change)
+    if config.gpu is not None:
+        check_sizes(config.gpu, plan.tasks, config.path)
     if on_change == "ask" and _check_changes(plan, reviews):
         return EXIT_USAGE
     to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
@@ -398,6 +468,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     if not executors:
         print("mlrunner: no workers: no local resource and no reachable host", file=sys.stderr)
         return EXIT_FAILED
+    places = [Place(e, [g for g in e.resource.split(",") if g], remote=e.host != "localhost") for e in executors]
     print(f"Orphan params: {format_orphans(plan.orphans)}")
     for verdict in reviews:
         for note in verdict.notes:
@@ -405,7 +476,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     print(f"Tasks: {len(plan.tasks)}, commands to run: {to_run}", flush=True)
     _copy_config(config, args.output, args.title)
     console = Console(to_run, len(executors))
-    scheduler = Scheduler(plan, config, executors, run_time, args, reviews, console)
+    allocator = Allocator(places, config.gpu, say=console.print)
+    scheduler = Scheduler(plan, config, allocator, run_time, args, reviews, console)
     handlers = {signal.SIGINT: lambda number, _frame: scheduler.stop(number),
                 signal.SIGTERM: lambda number, _frame: scheduler.stop(number),
                 signal.SIGHUP: lambda _number, _frame: _on_hangup(scheduler)}
@@ -413,7 +485,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     try:
         with console, RunRecord(args.output, console):  # the record --status/--stop/--follow read (D2)
             summary = scheduler.run()
-            if scheduler.halted.is_set():
+            if scheduler.halted.is_set() or summary.no_place:
                 summary.not_run = scheduler.pool.left()
             _print_summary(console, summary, scheduler.halted.is_set())
     finally:

@@ -1,0 +1,420 @@
+"""The one place that decides where a command runs (SPEC R1, G1-G5).
+
+Each `resource` entry (a local GPU set, or one of a remote host's) is a *place*. A worker asks
+`acquire` for a place for its task and gives it back with `release`. Without `gpu:` in the config
+a place takes one task at a time: 0.5.9's static workers, with no `nvidia-smi` call. With `gpu:`
+a local GPU takes tasks while they fit: not busy with other people's memory, within `per_gpu`,
+and with room for the task's declared memory next to what is reserved for the commands that
+started but may not have allocated yet. Reservations are flocked claim files in a directory that
+every mlrunner on the machine shares, so that runs by one or several users never oversubscribe a
+GPU; the kernel drops a dead runner's locks, and its claims with them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import re
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from .executors.base import Executor
+from .gpus import Poller, Snapshot
+from .state import HOST
+
+GIB = 1024  # MiB
+DEFAULT_BUSY_ABOVE = GIB  # MiB used by others that make a GPU busy (canhazgpu's 1 GiB)
+PER_GPU_LIMIT = 16  # workers per GPU when `memory` decides and `per_gpu` is not set
+OOM_TRIES = 3
+LOCK_DIR = "/tmp/mlrunner-gpus"
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(KiB|MiB|GiB|TiB|KB|MB|GB|TB)\s*\Z", re.I)
+_UNITS_MIB = {"kib": 1 / 1024, "mib": 1, "gib": 1024, "tib": 1024 ** 2,
+              "kb": 1e3 / 2 ** 20, "mb": 1e6 / 2 ** 20, "gb": 1e9 / 2 ** 20, "tb": 1e12 / 2 ** 20}
+_PARAM_RE = re.compile(r"\{([A-Za-z0-9_-]+)\}\Z")
+# Out-of-memory messages of PyTorch, TensorFlow, JAX/XLA and the CUDA runtime (peers.md).
+OOM_RE = re.compile(rb"CUDA out of memory|OutOfMemoryError|OOM when allocating|RESOURCE_EXHAUSTED: Out of memory"
+                    rb"|CUDA_ERROR_OUT_OF_MEMORY|cudaErrorMemoryAllocation")
+
+
+def parse_size(text: Any) -> int:
+    """`20GiB`, `512 MiB`, `1.5GB` -> MiB (rounded up); ValueError otherwise."""
+    match = _SIZE_RE.match(str(text)) if not isinstance(text, bool) else None
+    if not match:
+        raise ValueError(f"{text!r} is not a size (write e.g. 20GiB or 512MiB)")
+    return math.ceil(float(match.group(1)) * _UNITS_MIB[match.group(2).lower()])
+
+
+def gib(mib: float) -> str:
+    return f"{mib / GIB:.1f} GiB"
+
+
+@dataclass
+class GpuPolicy:
+    """`gpu:` of document 1 (G1); memory sizes in MiB, or the name of the param that holds one."""
+
+    busy_above: int = DEFAULT_BUSY_ABOVE
+    wait: bool = True
+    memory: Dict[str, Any] = field(default_factory=dict)  # command -> MiB or "{param}"; "*" for every command
+    per_gpu: Optional[int] = None
+
+    def size(self, command: str, params: Dict[str, Any]) -> int:
+        """MiB a command needs; a `{param}` size reads the task's value of that param."""
+        spec = self.memory.get(command, self.memory.get("*", 0))
+        if isinstance(spec, str):
+            return parse_size(params[spec])
+        return spec
+
+    def slots_per_gpu(self) -> int:
+        if self.per_gpu is not None:
+            return self.per_gpu
+        return PER_GPU_LIMIT if self.memory else 1
+
+
+def parse_policy(raw: Any, commands: Sequence[str], fail: Callable[..., Exception]) -> GpuPolicy:
+    """Check `gpu:`; `fail(message, *keys)` makes the one-line `file:line:` error (C10)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise fail("'gpu' must be a mapping like {busy_above: 1GiB, wait: true, memory: 20GiB, per_gpu: 4}", "gpu")
+    policy = GpuPolicy()
+    for key, value in raw.items():
+        if key == "busy_above":
+            policy.busy_above = _size(value, fail, "busy_above")
+        elif key == "wait":
+            if not isinstance(value, bool):
+                raise fail("gpu: 'wait' must be true or false", "gpu", key)
+            policy.wait = value
+        elif key == "per_gpu":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise fail("gpu: 'per_gpu' must be a whole number >= 1", "gpu", key)
+            policy.per_gpu = value
+        elif key == "memory":
+            items = value.items() if isinstance(value, dict) else [("*", value)]
+            for command, size in items:
+                if command != "*" and command not in commands:
+                    raise fail(f"gpu: memory: unknown command '{command}' (commands: {', '.join(commands)})",
+                               "gpu", "memory", command)
+                if isinstance(size, str) and _PARAM_RE.match(size):
+                    policy.memory[command] = _PARAM_RE.match(size).group(1)
+                else:
+                    policy.memory[command] = _size(size, fail, "memory", *([command] if command != "*" else []))
+        else:
+            raise fail(f"gpu: unknown key '{key}' (allowed: busy_above, wait, memory, per_gpu)", "gpu", key)
+    return policy
+
+
+def _size(value: Any, fail: Callable[..., Exception], *keys: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as error:
+        raise fail(f"gpu: {' '.join(keys)}: {error}", "gpu", *keys) from None
+
+
+# -- claims shared by every mlrunner on this machine (G4) -----------------------------------------
+
+@dataclass
+class Claim:
+    uuid: str
+    mib: int
+    sid: Optional[int] = None  # the command's session, to find its processes in nvidia-smi's list
+
+
+class LockDir:
+    """Claim files, each flocked by the runner that holds it for as long as its command runs."""
+
+    def __init__(self, path: str):
+        self.path = path
+        created = not os.path.isdir(path)
+        os.makedirs(path, exist_ok=True)
+        if created:
+            try:
+                os.chmod(path, 0o1777)  # shared by every user, as /tmp is
+            except OSError:
+                pass
+        self._serial = 0
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """The machine-wide lock around one decision: read every claim, then add ours."""
+        descriptor = os.open(os.path.join(self.path, "allocate.lock"), os.O_RDONLY | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)
+
+    def claims(self) -> List[Claim]:
+        """Every live claim; a claim whose lock is free belongs to a dead runner and is removed."""
+        found = []
+        for name in os.listdir(self.path):
+            if not name.endswith(".claim"):
+                continue
+            path = os.path.join(self.path, name)
+            try:
+                descriptor = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    data = json.loads(os.read(descriptor, 4096) or b"{}")
+                    found.append(Claim(str(data["uuid"]), int(data["mib"]), data.get("sid")))
+                    continue
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass  # another user's stale claim in the sticky directory: ignored from now on
+            except (ValueError, KeyError, TypeError):
+                continue  # not a claim of ours
+            finally:
+                os.close(descriptor)
+        return found
+
+    def add(self, claim: Claim) -> Tuple[int, str]:
+        """Write and lock a claim; the returned descriptor holds it until `remove`."""
+        self._serial += 1
+        path = os.path.join(self.path, f"{HOST}.{os.getpid()}.{self._serial}.claim")
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        self.rewrite(descriptor, claim)
+        return descriptor, path
+
+    @staticmethod
+    def rewrite(descriptor: int, claim: Claim) -> None:
+        data = json.dumps({"uuid": claim.uuid, "mib": claim.mib, "sid": claim.sid, "pid": os.getpid()}).encode()
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, data, 0)
+
+    @staticmethod
+    def remove(held: Tuple[int, str]) -> None:
+        descriptor, path = held
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        os.close(descriptor)
+
+
+def _session(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stream:
+            return int(stream.read().rsplit(b")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# -- places and grants ---------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Place:
+    """One `resource` entry: the executor that runs there and the GPU indices it names."""
+
+    executor: Executor
+    gpus: List[str]
+    remote: bool = False
+    taken: int = 0  # tasks running here (static places take one)
+
+
+@dataclass(eq=False)
+class Grant:
+    place: Place
+    mib: int = 0
+    claims: List[Claim] = field(default_factory=list)
+    held: List[Tuple[int, str]] = field(default_factory=list)  # (descriptor, path) of each locked claim file
+    peak: int = 0  # the most memory its processes were seen to hold, for an OOM retry (G5)
+
+
+class NoPlace(Exception):
+    """No place can ever take this task (too large, or every GPU skipped as busy)."""
+
+
+class Allocator:
+    """Hands places to tasks; one lock, one poller, one free-list of places."""
+
+    def __init__(self, places: List[Place], policy: Optional[GpuPolicy] = None, poller: Optional[Poller] = None,
+                 lock_dir: Optional[str] = None, say: Callable[[str], None] = print):
+        self.places = places
+        self.policy = policy
+        self.poller = poller or (Poller() if policy else None)
+        self.locks = LockDir(lock_dir or os.environ.get("MLRUNNER_LOCK_DIR") or LOCK_DIR) if policy else None
+        self.say = say
+        self.skipped: Dict[str, str] = {}  # GPU -> why it is left out of this run (busy, wait: false)
+        self.waiting = ""  # why the last decision found no place, for the console
+        self._warned: set = set()  # nvidia-smi trouble already reported
+        self._changed = threading.Condition()
+
+    def workers(self, bound: bool) -> int:
+        """How many workers take tasks: one per remote place (bound to it), and for local places
+        one per place, or per_gpu of them per GPU when a policy packs them."""
+        local = [p for p in self.places if not p.remote]
+        if bound:
+            return len(self.places) - len(local)
+        if not self.policy:
+            return len(local)
+        return len(local) * self.policy.slots_per_gpu()
+
+    def size(self, commands: Sequence[str], params: Dict[str, Any]) -> int:
+        """MiB a task needs: the most any of its commands still to run declares."""
+        if not self.policy:
+            return 0
+        return max((self.policy.size(c, params) for c in commands), default=0)
+
+    def acquire(self, mib: int, stopping: threading.Event, place: Optional[Place] = None) -> Optional[Grant]:
+        """A place for a task needing `mib` (waiting for one); None once the run stops."""
+        with self._changed:
+            while not stopping.is_set():
+                grant = self._try(mib, place)
+                if grant is not None:
+                    return grant
+                self._changed.wait(self.poller.interval if self.poller else 0.2)
+        return None
+
+    def release(self, grant: Optional[Grant]) -> None:
+        if grant is None:
+            return
+        with self._changed:
+            grant.place.taken -= 1
+            for held in grant.held:
+                LockDir.remove(held)
+            grant.held.clear()
+            self._changed.notify_all()
+
+    def attach(self, grant: Grant, session: Optional[int]) -> None:
+        """Tell the other runners which processes hold this grant's memory (their session)."""
+        if not self.locks or session is None:
+            return
+        with self.locks.locked():
+            for claim, (descriptor, _) in zip(grant.claims, grant.held):
+                claim.sid = session
+                LockDir.rewrite(descriptor, claim)
+
+    def oom_size(self, grant: Grant) -> int:
+        """What a command that ran out of memory asks next: 1.5x its size or 1.25x the most it was
+        seen to use, whichever is more; a whole GPU when neither is known (G5)."""
+        snapshot = self.poller.snapshot(max_age=3600) if self.poller else Snapshot()
+        totals = [g.total for i in grant.place.gpus for g in [snapshot.gpus.get(i)] if g and g.total]
+        whole = min(totals) if totals else 0
+        wanted = max(grant.mib * 3 // 2, grant.peak * 5 // 4)
+        if wanted == 0:
+            return whole
+        return min(math.ceil(wanted / 256) * 256, whole) if whole else math.ceil(wanted / 256) * 256
+
+    # -- deciding --------------------------------------------------------------------------------
+    def _try(self, mib: int, only: Optional[Place]) -> Optional[Grant]:
+        places = [only] if only is not None else [p for p in self.places if not p.remote]
+        if not self.policy or (only is not None and only.remote):
+            for place in places:
+                if place.taken == 0:
+                    place.taken += 1
+                    return Grant(place)
+            return None
+        snapshot = self.poller.snapshot()
+        if snapshot.warning and snapshot.warning not in self._warned:
+            self._warned.add(snapshot.warning)
+            self.say(f"warning: {snapshot.warning}")
+        with self.locks.locked():
+            claims = self.locks.claims()
+            reasons = []
+            usable = [p for p in places if not any(g in self.skipped for g in p.gpus)]
+            if not usable:
+                raise NoPlace("every GPU is busy with other processes, and gpu.wait is false")
+            self._check_size(mib, usable, snapshot)
+            for place in usable:
+                why = self._why_not(place, mib, snapshot, claims)
+                if why is None:
+                    return self._grant(place, mib, snapshot)
+                reasons.append(why)
+        waiting = "; ".join(dict.fromkeys(reasons))
+        if waiting != self.waiting:
+            self.waiting = waiting
+            self.say(f"WAIT    for a GPU with {gib(mib)} free: {waiting}" if mib else f"WAIT    for a GPU: {waiting}")
+        return None
+
+    def _check_size(self, mib: int, places: List[Place], snapshot: Snapshot) -> None:
+        totals = [min(snapshot.gpus[g].total or 0 for g in p.gpus) for p in places
+                  if all(g in snapshot.gpus for g in p.gpus)]
+        if totals and all(totals) and mib > max(totals):
+            raise NoPlace(f"it needs {gib(mib)}, more than any GPU has ({gib(max(totals))})")
+
+    def _why_not(self, place: Place, mib: int, snapshot: Snapshot, claims: List[Claim]) -> Optional[str]:
+        """None when the place can take `mib` more now; else why not, for the console."""
+        for index in place.gpus:
+            gpu = snapshot.gpus.get(index)
+            if gpu is None:
+                if snapshot.gpus:
+                    return f"GPU {index} is not listed by nvidia-smi"
+                continue  # nvidia-smi failed: judged by our own bookkeeping below
+            mine = [c for c in claims if c.uuid == gpu.uuid]
+            if len(mine) >= self.policy.slots_per_gpu():
+                return f"GPU {index} runs {len(mine)} of ours (per_gpu {self.policy.slots_per_gpu()})"
+            if gpu.total is None or gpu.used is None:
+                continue
+            apps = [a for a in snapshot.apps if a.uuid == gpu.uuid and a.used]
+            sessions = {a.pid: _session(a.pid) for a in apps}
+            gone = sum(a.used for a in apps if sessions[a.pid] is None)  # exited since the snapshot
+            held = {id(c): sum(a.used for a in apps if c.sid is not None and sessions[a.pid] == c.sid) for c in mine}
+            others = max(gpu.used - gone - sum(held.values()), 0)
+            if others > self.policy.busy_above:
+                if not self.policy.wait:
+                    self.skipped[index] = f"GPU {index} is busy ({gib(others)} used by other processes)"
+                    self.say(f"SKIP    {self.skipped[index]}: left out of this run (gpu.wait is false)")
+                return f"GPU {index} busy ({gib(others)} used by other processes)"
+            free = gpu.total - others - sum(max(c.mib, held[id(c)]) for c in mine)
+            if mib > free:
+                return f"GPU {index} has {gib(max(free, 0))} free"
+        return None
+
+    def _grant(self, place: Place, mib: int, snapshot: Snapshot) -> Grant:
+        grant = Grant(place, mib)
+        for index in place.gpus:
+            gpu = snapshot.gpus.get(index)
+            claim = Claim(gpu.uuid if gpu else f"index-{index}", mib)
+            grant.claims.append(claim)
+            grant.held.append(self.locks.add(claim))
+        place.taken += 1
+        self.waiting = ""
+        return grant
+
+    def observe(self, grants: List[Grant]) -> None:
+        """Note the memory that running grants' processes hold (the peak, for an OOM retry)."""
+        if not self.poller:
+            return
+        snapshot = self.poller.snapshot()
+        for grant in grants:
+            for claim in grant.claims:
+                used = sum(a.used or 0 for a in snapshot.apps if a.uuid == claim.uuid and claim.sid is not None
+                           and _session(a.pid) == claim.sid)
+                grant.peak = max(grant.peak, used)
+
+
+def oom_in_log(path: Optional[str]) -> bool:
+    """Does the end of a log say the command ran out of GPU memory (G5)?"""
+    if not path:
+        return False
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            stream.seek(max(stream.tell() - 65536, 0))
+            return OOM_RE.search(stream.read()) is not None
+    except OSError:
+        return False
+
+
+def check_sizes(policy: GpuPolicy, tasks: Sequence[Any], path: str) -> None:
+    """Every `{param}` memory size reads as a size, before anything starts (C10)."""
+    from .errors import UserError
+    for task in tasks:
+        params = task.params
+        for command in task.commands:
+            try:
+                policy.size(command, params)
+            except KeyError as error:
+                raise UserError(f"gpu: the memory of '{command}' is the param {error}, which {task.output} does not set",
+                                path) from None
+            except ValueError as error:
+                raise UserError(f"gpu: the memory of '{command}' for {task.output}: {error}", path) from None
