@@ -147,7 +147,7 @@ def test_G4_two_runners_at_once_never_oversubscribe(tmp_path: Path, homes: bool)
         directory = tmp_path / name
         directory.mkdir()
         write(directory, "template: {train: fake-cuda-job 30000 1 0.8}\nresource: [0, 1]\ngpu: {memory: 30000MiB}\n"
-                         f"---\ni: [1, 2, 3, 4, 5, 6]\n")
+                         "---\ni: [1, 2, 3, 4, 5, 6]\n")
         home = str(tmp_path / f"home-{name}") if homes else ""
         runners.append(start([], directory, _env(tmp_path, state, home)))
     outs = [runner.communicate(timeout=120)[0] for runner in runners]
