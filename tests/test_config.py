@@ -60,7 +60,8 @@ def test_C2_every_allowed_key_loads(load_config):
     assert config.aliases == {"opt": {"fast": {"lr": 0.3}, "slow": {"lr": 0.01}}}
     assert config.sync == {"exclude": ["*.pt"]}
     assert config.metrics["acc"]["command"] == "test"
-    assert set(ALLOWED_KEYS) == {"template", "default", "resource", "alias", "hosts", "sync", "metric"}
+    assert set(ALLOWED_KEYS) == {"template", "default", "resource", "alias", "hosts", "sync", "metric", "gpu",
+                                 "slurm"}
 
 
 def test_C2_resource_auto_and_absent(load_config):
@@ -82,9 +83,9 @@ def test_C2_unknown_key_did_you_mean(config_error, typo, meant):
 
 
 def test_C2_unknown_key_far_from_all_lists_allowed(config_error):
-    error = config_error(HEAD + "gpus: [0]\n")
+    error = config_error(HEAD + "workers: [0]\n")
     assert error.line == 6
-    assert "unknown key 'gpus'" in error.message
+    assert "unknown key 'workers'" in error.message
     for key in ALLOWED_KEYS:
         assert key in error.message
 
