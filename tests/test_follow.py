@@ -63,15 +63,19 @@ def by_command(lines: List[str]) -> List[str]:
     return sorted(lines, key=lambda line: tuple(line.split()[:2]))
 
 
-@pytest.mark.parametrize("detached", [True, False], ids=["detached", "another-terminal"])
-def test_d4_follow_shows_every_line_once_tagged_including_commands_that_start_later(tree: Path, detached: bool):
+@pytest.mark.parametrize("detached, flags", [(True, []), (False, []), (True, ["--no-subdir"])],
+                         ids=["detached", "another-terminal", "no-subdir"])
+def test_d4_follow_shows_every_line_once_tagged_including_commands_that_start_later(tree: Path, detached: bool,
+                                                                                    flags: List[str]):
     if detached:
         runner = None
-        pid = detach([], tree)
+        pid = detach(flags, tree)
     else:
-        runner = start([], tree)
+        runner = start(flags, tree)
         pid = runner.pid
-    wait_until(lambda: first_line_logged(tree), what="the first command's first line")
+    logs = "output/log.train.*.Name_a" if flags else "output/Name_a/log.train.*"
+    wait_until(lambda: any("line 1" in log.read_text() for log in tree.glob(logs)),
+               what="the first command's first line")
     everything = follow(tree)
     only_b = follow(tree, "_b$")
     out, err = everything.communicate(timeout=60)
