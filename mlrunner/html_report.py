@@ -150,7 +150,9 @@ def scatter(rows: Sequence[Row], param: str, metric: str) -> str:
         xs = [math.log10(x) for x in xs] if log else xs
         low, high = min(xs), max(xs)
         margin = (high - low) * 0.05
-        ticks = [(v, _fmt(10 ** v if log else v)) for v in (low, high)]
+        distinct = sorted(set(xs))
+        marks = distinct if len(distinct) <= 8 else [low, high]  # a grid sweep: label every value
+        ticks = [(v, _fmt(10 ** v if log else v)) for v in marks]
     else:
         categories = sorted({str(x) for x, _, _ in points})
         xs = [float(categories.index(str(x))) for x, _, _ in points]
