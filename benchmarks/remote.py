@@ -5,13 +5,16 @@
     alone: no local worker) through the real CLI (`python3 -m mlrunner`, HOME = a fake home), all
     bookkeeping and sync-back included, against OpenSSH `ssh -F <cfg> hostN true`, 4 at a time for
     the same 200 commands. Also the sequential latency (median of 20) of one `ssh host1 true` and of
-    one command through an open mlrunner `Connection` (mkdir, start, wait, pull). Run twice: with
+    one command through an open mlrunner `Host` (mkdir, start, wait, pull). Run twice: with
     the servers' tiny .bashrc, then with BASHRC_EXTRA appended to it (printed): the start-up cost a
     login pays on a real machine (conda init and the like).
 (b) Sync-back of 1000 files (1-4 KB, 10 x 10 nested directories) made in a remote workdir:
-    `Connection.pull` (sync.pull over the connection's SFTP channel) against `rsync -a -e "ssh -F
+    `Host.pull` (sync.pull over the connection's SFTP channel) against `rsync -a -e "ssh -F
     <cfg>"` (a new login each, tiny .bashrc), first sync (empty local dir) and no-change sync.
     rsync is installed with `apt-get install -y rsync` when missing (as root).
+(c) Code push (H13) of a 2,000-file tree (1-4 KB, 10 x 10 nested directories, no git): mlrunner's
+    `push` over an open connection (stat request, tar bundle over SFTP, agent unpacks) against
+    `rsync -a` over ssh to the same host, first push (empty workdir) and unchanged push.
 
 Targets (from the issue): mlrunner >= 5x less overhead per command than OpenSSH; first sync within
 2x of rsync; no-change sync faster than rsync's. Figures are medians of --repeat interleaved runs;
@@ -25,6 +28,7 @@ Needs sshd, ssh and paramiko. A script, not a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import shutil
@@ -42,7 +46,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import sshd  # noqa: E402  (tests/sshd.py)
 from _common import busy_cores  # noqa: E402  (benchmarks/ is sys.path[0] too)
-from mlrunner.executors.ssh import Connection  # noqa: E402
+from mlrunner.executors.ssh import Host  # noqa: E402
+from mlrunner.executors.ssh.push import push  # noqa: E402
 from mlrunner.hosts import HostSpec  # noqa: E402
 from mlrunner.template import shell_line  # noqa: E402
 
@@ -110,7 +115,7 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def connection_roundtrip(connection: Connection, number: int) -> float:
+def connection_roundtrip(connection: Host, number: int) -> float:
     """One command through mlrunner's agent as a worker runs it: mkdir, start, wait, pull its directory."""
     directory = f"seq/{number}"
     os.makedirs(directory, exist_ok=True)
@@ -152,10 +157,10 @@ def ensure_rsync() -> bool:
     return shutil.which("rsync") is not None
 
 
-def sync_bench(root: Path, connection: Connection, config: Path, alias: str, files: int, repeat: int) -> dict:
+def sync_bench(root: Path, connection: Host, config: Path, alias: str, files: int, repeat: int) -> dict:
     relative = "output/tree"
     make_tree(Path(connection.workdir) / relative, files)
-    local = root / "local"  # the process's cwd: Connection.pull copies into ./<relative>
+    local = root / "local"  # the process's cwd: Host.pull copies into ./<relative>
 
     def first_pull() -> float:
         shutil.rmtree(local / relative, ignore_errors=True)
@@ -190,6 +195,45 @@ def sync_bench(root: Path, connection: Connection, config: Path, alias: str, fil
     return results
 
 
+# --- (c) code push ---------------------------------------------------------------------------------
+
+def push_bench(root: Path, connection: Host, config: Path, alias: str, files: int, repeat: int) -> dict:
+    source = root / "code"
+    make_tree(source / "src", files)
+    spec = HostSpec(alias, push=["src"])
+    os.chdir(source)
+    fresh = itertools.count(1)
+    targets: Dict[str, str] = {}
+
+    def first_push() -> float:
+        targets["mlrunner"] = workdir = f"{connection.workdir}/push{next(fresh)}"
+        connection.request("mkdir", path=workdir)
+        seconds = timed(lambda: check(len(push(connection.request, connection._sftp, workdir, spec)) == files,
+                                      "mlrunner first push: files missing"))
+        return seconds
+
+    def again_push() -> float:
+        return timed(lambda: check(push(connection.request, connection._sftp, targets["mlrunner"], spec) == [],
+                                   "mlrunner unchanged push sent files"))
+
+    measures = {"mlrunner first": first_push, "mlrunner again": again_push}
+    if ensure_rsync():
+        def rsync(first: bool) -> float:
+            if first:
+                targets["rsync"] = f"{connection.workdir}/rsync{next(fresh)}"
+            argv = ["rsync", "-a", "-e", f"ssh -F {config}", "src", f"{alias}:{targets['rsync']}/"]
+            return timed(lambda: subprocess.run(argv, check=True, stdin=subprocess.DEVNULL))
+        measures.update({"rsync first": lambda: rsync(True), "rsync again": lambda: rsync(False)})
+    with contextlib.redirect_stdout(sys.stderr):  # push's progress lines
+        found = medians(repeat, measures)
+    os.chdir(root / "local")
+    results = {"mlrunner push (stat + tar over SFTP, open connection)": (found["mlrunner first"],
+                                                                           found["mlrunner again"])}
+    if "rsync first" in found:
+        results["rsync -a over ssh (new login each)"] = (found["rsync first"], found["rsync again"])
+    return results
+
+
 # --- report ------------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
@@ -197,6 +241,7 @@ def main(argv=None) -> int:
     parser.add_argument("--commands", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each figure; the median is shown")
     parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--push-files", type=int, default=2000)
     args = parser.parse_args(argv)
     workers = 4
     load = busy_cores(1.0)
@@ -205,7 +250,7 @@ def main(argv=None) -> int:
         servers = sshd.start_servers(2, root / "sshd")
         try:
             home = sshd.make_home(root, servers)
-            os.environ["HOME"] = str(home)  # paramiko (Connection) reads ~/.ssh from $HOME
+            os.environ["HOME"] = str(home)  # paramiko (Host) reads ~/.ssh from $HOME
             config = root / "ssh_config"  # the real ssh client ignores $HOME: an explicit -F
             known = root / "known_hosts"
             known.write_text("".join(s.known_hosts_line() + "\n" for s in servers))
@@ -213,7 +258,7 @@ def main(argv=None) -> int:
             aliases = [s.alias for s in servers]
             (root / "local").mkdir()
             os.chdir(root / "local")
-            connection = Connection(HostSpec(aliases[0], workdir=str(servers[0].workdir)), accept_new=False, grace=2)
+            connection = Host(HostSpec(aliases[0], workdir=str(servers[0].workdir)), accept_new=False, grace=2)
             connection.connect()
             tags = itertools.count(1)
 
@@ -236,6 +281,7 @@ def main(argv=None) -> int:
                 text = (server.home / ".bashrc").read_text()
                 (server.home / ".bashrc").write_text(text.replace(BASHRC_EXTRA, ""))
             sync = sync_bench(root, connection, config, aliases[0], args.files, args.repeat)
+            pushed = push_bench(root, connection, config, aliases[0], args.push_files, args.repeat)
             connection.close()
         finally:
             sshd.stop_servers(servers)
@@ -253,7 +299,7 @@ def main(argv=None) -> int:
         print(f"  {'ssh -F cfg hostN true, 4 in parallel':<56}{ssh_par:9.2f}"
               f"{ssh_par * workers / n * 1e3:13.1f}{ssh_par / n * 1e3:9.1f}")
         print(f"  {'ssh host1 true (seq., median of 20)':<56}{'':9}{ssh_seq * 1e3:13.1f}")
-        print(f"  {'mlrunner Connection mkdir+start+wait+pull (seq., med. 20)':<56}{'':9}{ml_seq * 1e3:13.1f}")
+        print(f"  {'mlrunner Host mkdir+start+wait+pull (seq., med. 20)':<56}{'':9}{ml_seq * 1e3:13.1f}")
         print(f"  -> OpenSSH / mlrunner: {ssh_par / cli:.1f}x per command slot (target >= 5x), "
               f"{ssh_seq / ml_seq:.0f}x sequential")
     print(f"\n{f'(b) sync-back of {args.files} files (1-4 KB, nested)':<58}{'first s':>9}{'no-change s':>13}")
@@ -263,6 +309,12 @@ def main(argv=None) -> int:
         (m1, m2), (r1, r2) = sync.values()
         print(f"  -> first sync: mlrunner/rsync = {m1 / r1:.2f}x (target <= 2x); "
               f"no-change: mlrunner/rsync = {m2 / r2:.2f}x (target < 1x)")
+    print(f"\n{f'(c) code push of {args.push_files} files (1-4 KB, nested)':<58}{'first s':>9}{'unchanged s':>13}")
+    for name, (first, again) in pushed.items():
+        print(f"  {name:<56}{first:9.3f}{again:13.3f}")
+    if len(pushed) == 2:
+        (m1, m2), (r1, r2) = pushed.values()
+        print(f"  -> first push: mlrunner/rsync = {m1 / r1:.2f}x; unchanged: mlrunner/rsync = {m2 / r2:.2f}x")
     for problem in PROBLEMS:  # checked after each clock stopped
         print(f"PROBLEM: {problem}")
     return 1 if PROBLEMS else 0

@@ -53,11 +53,14 @@ def members(pgid):
         if not entry.isdigit():
             continue
         try:
-            with open("/proc/%s/stat" % entry) as stream:
-                fields = stream.read().rsplit(")", 1)[1].split()
+            handle = os.open("/proc/" + entry + "/stat", os.O_RDONLY)
+            try:
+                fields = os.read(handle, 1024).rsplit(b")", 1)[1].split(None, 4)
+            finally:
+                os.close(handle)
         except (OSError, IndexError):
             continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
+        if fields[2] == b"%d" % pgid and fields[0] != b"Z":
             count += 1
     return count
 
@@ -243,6 +246,7 @@ def mkdir(request):
     return {"path": os.path.abspath(path)}
 
 
+QUICK = ("start", "signal", "alive", "mkdir", "ping", "temporary", "discard")  # served inline: no thread to start
 HANDLERS = {"start": start, "signal": signal_command, "alive": alive, "run": run, "list": listing,
             "stat": stats, "pack": pack, "unpack": unpack, "discard": discard, "mkdir": mkdir,
             "temporary": lambda request: {"path": temporary()}, "ping": lambda request: {}}
@@ -307,7 +311,11 @@ def main():
     os.dup2(quiet, 2)  # from here on, nothing may write to the channel's stderr unread
     try:
         for line in sys.stdin.buffer:
-            threading.Thread(target=serve, args=(json.loads(line.decode()),), daemon=True).start()
+            request = json.loads(line.decode())
+            if request.get("op") in QUICK:
+                serve(request)
+            else:
+                threading.Thread(target=serve, args=(request,), daemon=True).start()
     finally:
         shutdown()
 

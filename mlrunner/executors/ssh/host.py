@@ -181,6 +181,8 @@ class Host:
     def pull(self, directory: str) -> None:
         """Sync-back of one experiment directory; what the host offered and was refused is reported (H11)."""
         sftp = self._sftp
+        if sftp is None or not self.up:
+            raise HostLost(self.spec.name)
         with self._sftp_lock:
             result = pull(self.request, sftp, f"{self.workdir}/{directory}", directory, self.spec.exclude)
         for path, why in result.refused:
