@@ -20,6 +20,7 @@ from typing import List
 import pytest
 
 import sshd
+from mlrunner.executors.base import HostLost
 from runlib import REPO, alive, load, run, start, statuses, write
 
 
@@ -438,3 +439,49 @@ def test_h7_without_paramiko_hosts_fail_at_once_and_nothing_else_imports_it(tmp_
     assert subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
                           capture_output=True).returncode == 0
 
+
+
+@pytest.fixture
+def host(servers, tmp_path: Path, monkeypatch):
+    """An open Host to the first server, in this process."""
+    from mlrunner.executors.ssh import Host
+    from mlrunner.hosts import HostSpec
+    monkeypatch.setenv("HOME", str(sshd.make_home(tmp_path / "home", servers[:1])))
+    monkeypatch.chdir(tmp_path)
+    opened = Host(HostSpec(servers[0].alias, workdir=str(servers[0].workdir)), False, 2)
+    opened.connect()
+    yield opened
+    opened.close()
+
+
+def test_h8_a_request_past_its_deadline_fails_alone_and_the_host_stays(host, monkeypatch):
+    from mlrunner.executors.ssh import rpc
+    monkeypatch.setitem(rpc.DEADLINES, "run", 1.0)
+    began = time.monotonic()
+    with pytest.raises(rpc.RequestFailed, match="no answer to 'run' within 1s"):
+        host.run(["sleep", "5"])  # a hung nvidia-smi
+    assert time.monotonic() - began < 4
+    assert host.up and "id" in host.request("ping")
+    assert host.start("exit 7", "0", False).wait(20) == 7
+
+
+def test_h8_a_long_request_is_not_silence_but_a_stopped_agent_is(host, servers, monkeypatch):
+    from mlrunner.executors.ssh import rpc
+    monkeypatch.setattr(rpc, "HEARTBEAT", 0.2)
+    monkeypatch.setattr(rpc, "SILENCE", 1.5)
+    host.close()
+    host.given_up = False
+    host.connect()  # its heartbeat now runs at the patched pace
+    assert host.run(["sleep", "3"])[0] == 0  # twice SILENCE without a reply to this request
+    assert host.up
+    process = host.start("sleep 30", "0", False)
+    agent = host.agent_pid
+    assert agent in _agent_pids(servers[0])
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        with pytest.raises(HostLost):
+            process.wait(10)
+        assert time.monotonic() - began < 4 and not host.up
+    finally:
+        os.kill(agent, signal.SIGCONT)

@@ -7,6 +7,7 @@ Each connection has its own `Rpc`; news from an old one (a late "lost") never to
 
 from __future__ import annotations
 
+import json
 import os
 import pkgutil
 import shlex
@@ -40,6 +41,7 @@ class Host:
         self.up = False
         self.given_up = False
         self.workdir = ""
+        self.agent_pid = 0  # on the host, from the agent's hello
         self._client: Any = None
         self._sftp: Any = None
         self._rpc: Optional[Rpc] = None
@@ -85,7 +87,11 @@ class Host:
                 hello += data
         except socket.timeout:
             pass
-        if b'"ready"' not in hello:
+        try:
+            self.agent_pid = int(json.loads(hello.decode())["ready"])
+        except (ValueError, KeyError, TypeError):
+            hello = b""
+        if not hello:
             try:
                 channel.settimeout(2)
                 error = channel.makefile_stderr("r").read(2000).decode(errors="replace").strip()
