@@ -213,8 +213,12 @@ def hold_one(slurm, tmp_path, extra: str = "") -> str:
 
 
 def restart_when_pending(slurm, element: str) -> None:
-    """A requeued job waits (Reason=BeginTime) before it starts again: let it start now."""
-    wait_until(lambda: queue(slurm).get(element) == "PENDING", f"{element} to be requeued")
+    """A requeued job waits (Reason=BeginTime) before it starts again: let it start now. Not
+    before it waits so: while its old run still completes, a start would fail on a revoked credential."""
+    def waiting() -> bool:
+        out = slurm.run("squeue", "--noheader", "--array", f"--jobs={element}", "--format=%T %r", check=False)
+        return out.stdout.split() == ["PENDING", "BeginTime"]
+    wait_until(waiting, f"{element} to be requeued")
     slurm.run("scontrol", "update", f"JobId={element}", "StartTime=now")
 
 
@@ -224,7 +228,9 @@ def check_resumed(tmp_path: Path) -> None:
     assert run_statuses(directory, "train") == ["interrupted", "finished"]
     assert (tmp_path / "count").read_text() == "run\nrun\n"
     logs = sorted(directory.glob("log.train.*"))
-    assert len(logs) == 2 and all(log.read_text() == "train-log\n" for log in logs), "no duplicated log lines"
+    assert len(logs) == 2, "the rerun writes its own log"
+    assert [log.read_text().count("train-log") for log in logs] == [1, 1], "no duplicated log lines"
+    assert logs[1].read_text() == "train-log\n"
     assert len(list(directory.glob("log.first.*"))) == 1
 
 
@@ -346,3 +352,30 @@ def test_a_sweep_larger_than_max_array_size_is_split_S1(slurm, tmp_path):
         (log,) = directory.glob("log.train.*")
         assert log.read_text() == f"{i}\n"
         assert stat(directory)["_runs"]["train"][0]["job"] == (f"{first}_{i}" if i < 8 else f"{second}_{i - 8}")
+
+
+def test_a_command_killed_by_slurms_own_signal_is_interrupted_not_failed_S4(tmp_path, monkeypatch):
+    """Slurm signals every process of a job: when the command dies of it before the runner sees
+    its own SIGTERM, the runner records `failed`; the element puts that right. No cluster needed."""
+    from mlrunner import state
+    from mlrunner.executors.slurm import element
+    from mlrunner.sweep import Task
+
+    monkeypatch.setitem(state.OWNER, "job", "41_3")
+    directory = tmp_path / "E"
+    directory.mkdir()
+    task = Task(0, "E", str(directory), ("x",), (1,), ("first", "train", "test"))
+    since = time.time()
+    runs = {"first": [{"job": "41_3", "start": since - 60, "status": "finished"}],
+            "train": [{"job": "41_3", "start": since + 1, "status": "failed", "reason": "exit status -15"}],
+            "test": []}
+    (directory / "stat").write_text(yaml.safe_dump({"first": "finished", "train": "failed", "test": "skipped",
+                                                    "_runs": runs}))
+    element._signalled_not_failed(task, False, since)
+    record = stat(directory)
+    assert runlib.statuses(directory) == {"first": "finished", "train": "interrupted", "test": "skipped"}
+    assert record["_runs"]["train"][-1]["status"] == "interrupted"
+    runs["train"][0].update(reason="exit status 3")  # a real failure stays one
+    (directory / "stat").write_text(yaml.safe_dump({"first": "finished", "train": "failed", "_runs": runs}))
+    element._signalled_not_failed(task, False, since)
+    assert runlib.statuses(directory)["train"] == "failed"

@@ -18,14 +18,19 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from typing import Any, Dict
 
 from ... import config as config_module
-from ...errors import EXIT_FAILED, EXIT_USAGE
-from ...state import HOST, OWNER
+from ...errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE
+from ...state import FAILED, HOST, INTERRUPTED, OWNER, Experiment, locked, runs_of, write_record
 from ...sweep import Plan, Task
 from . import queue
 from .submission import read_manifest
+
+
+KILLED = {f"exit status {code}" for code in (-signal.SIGTERM, -signal.SIGKILL, -signal.SIGINT, 128 + signal.SIGTERM,
+                                            128 + signal.SIGKILL, 128 + signal.SIGINT)}
 
 
 def _task(data: list) -> Task:
@@ -74,10 +79,29 @@ def run_element(manifest_path: str) -> int:
         os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGUSR2, on_usr2)
+    began = time.time()
     status = run(plan, config, manifest["run_time"], args)
+    if preempted or status in (EXIT_TERMINATED, EXIT_INTERRUPTED):
+        _signalled_not_failed(plan.tasks[0], args.no_subdir, began)
     if preempted:
         return _requeue(restarts, manifest.get("max_requeue", 3))
     return status
+
+
+def _signalled_not_failed(task: Task, no_subdir: bool, since: float) -> None:
+    """Slurm signals every process of the job, the command's too: a command that died of that
+    signal before the runner saw its own was recorded `failed`; it was `interrupted` (S4, R8)."""
+    experiment = Experiment(task.output, task.name, shared=no_subdir)
+    with locked(task.output):
+        stat = experiment.read_stat()
+        for command in task.commands:
+            runs = runs_of(stat, command)
+            run = runs[-1] if runs else {}
+            if (stat.get(command) == FAILED and run.get("job") == OWNER.get("job") and run.get("start", 0) >= since
+                    and str(run.get("reason", "")) in KILLED):
+                stat[command] = run["status"] = INTERRUPTED
+                run["reason"] = "interrupted (Slurm ended the job)"
+                write_record(experiment.stat_path, stat, sort_keys=False, durable=True)
 
 
 def _requeue(restarts: int, limit: int) -> int:

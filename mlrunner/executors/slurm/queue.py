@@ -33,8 +33,8 @@ class JobState:
     reason: str = ""
 
 
-class SlurmError(Exception):
-    """A Slurm command failed; the message is its last error line."""
+class SlurmError(UserError):
+    """A Slurm command failed; the message is its last error line (one line, exit 2, as C10)."""
 
 
 def parse_sbatch(text: str) -> str:

@@ -104,13 +104,15 @@ def _summary(watched: List[Submission], tasks: List[Task], no_subdir: bool) -> i
         else:
             other += 1
     never = [(s, p, j) for s in watched for p, j in s.elements() if s.died_early(p, j)]
+    final = queue.sacct(j for _, _, j in never[:5])  # where accounting exists: how Slurm saw them end
     print(f"Slurm: experiments finished: {finished}, failed: {failed}, not finished: {other}, "
           f"elements that ended before mlrunner started: {len(never)}")
     for output in failures[:20]:
         print(f"    failed: {output}")
     for submission, position, job in never[:5]:
-        print(f"    Slurm job {job} ({submission.outputs[position]}) ended before mlrunner started on its node; "
-              f"its log: {submission.log(job)}")
+        state = f" ({final[job]})" if job in final else ""
+        print(f"    Slurm job {job}{state} ({submission.outputs[position]}) ended before mlrunner started on its "
+              f"node; its log: {submission.log(job)}")
         print("\n".join(f"        | {line}" for line in log_tail(submission.log(job))))
     return EXIT_OK if finished == len(tasks) else EXIT_FAILED
 
