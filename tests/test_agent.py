@@ -27,8 +27,8 @@ AGENT = REPO / "mlrunner" / "executors" / "agent.py"
 class Agent:
     """The agent started as the runner starts it, with requests and replies as JSON lines."""
 
-    def __init__(self, grace: float = 2.0):
-        self.process = subprocess.Popen([sys.executable, "-u", str(AGENT), f"{grace:g}"], stdin=subprocess.PIPE,
+    def __init__(self, grace: float = 2.0, orphaned: float = 60.0):
+        self.process = subprocess.Popen([sys.executable, "-u", str(AGENT), f"{grace:g}", f"{orphaned:g}"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, bufsize=0)
         self.ids = itertools.count(1)
         self.replies: "queue.Queue[dict]" = queue.Queue()
@@ -138,6 +138,21 @@ def test_h10_the_agent_ends_its_commands_when_its_connection_closes_or_it_is_ter
         agent.process.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGHUP)
     assert wait_for(lambda: agent.process.poll() is not None)
     assert [p for p in pids if alive(p)] == []
+
+
+def test_h10_a_runner_silent_too_long_is_gone_and_the_agent_ends_its_commands(tmp_path: Path):
+    """A dead link without FIN: no EOF ever comes, but no ping either."""
+    agent = Agent(orphaned=2)
+    try:
+        agent.start(TREE, tmp_path)
+        pids = pids_in(tmp_path / "pids", 2)
+        began = time.monotonic()
+        assert [p for p in pids if alive(p)] == pids or agent.process.poll() is not None
+        assert wait_for(lambda: agent.process.poll() is not None)
+        assert time.monotonic() - began < 10
+        assert [p for p in pids if alive(p)] == []
+    finally:
+        agent.stop()
 
 
 def _force_next_pid(pid: int) -> bool:

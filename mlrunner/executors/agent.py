@@ -13,8 +13,9 @@ shell line redirects to their log), and so does the agent's own stderr once it i
 A command's process group is known only while the agent started it and it still runs: the
 group leader is left unreaped (a zombie) until no process of its group is left, so its pid
 cannot be reused meanwhile, and the group is forgotten when it is reaped (H10). When stdin
-closes, a reply cannot be written, or a signal arrives, every group still known is ended,
-SIGTERM then SIGKILL after the grace period, and the agent exits.
+closes, a reply cannot be written, a signal arrives, or the runner has been silent for ORPHANED
+seconds, every group still known is ended, SIGTERM then SIGKILL after the grace period, and the
+agent exits.
 """
 
 import json
@@ -29,6 +30,10 @@ import threading
 import time
 
 GRACE = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
+# The runner pings every few seconds. This long without a word, it is gone (a dead link without
+# FIN, a frozen machine) and has given this host up and requeued its tasks: end the commands.
+ORPHANED = float(sys.argv[2]) if len(sys.argv) > 2 else 60.0
+_last_heard = [time.monotonic()]
 _out_lock = threading.Lock()
 _lock = threading.Lock()  # guards _groups and _temporary
 _groups = {}  # request id -> Popen of a command whose group may still have processes
@@ -288,19 +293,28 @@ def end_all():
 
 
 _shutdown_lock = threading.Lock()
+_shutdown_owner = []  # the thread doing the cleanup
 
 
 def shutdown(*_):
-    """End our commands and exit; the first caller does it, any other waits for the exit."""
+    """End our commands and exit. The first caller does it; any other caller waits for the exit,
+    except the cleaning thread itself, when a signal handler interrupts it."""
     if not _shutdown_lock.acquire(blocking=False):
-        if threading.current_thread() is threading.main_thread():
-            return  # a signal during the cleanup the main thread is already doing
+        if _shutdown_owner == [threading.get_ident()]:
+            return
         while True:
             time.sleep(1)
+    _shutdown_owner.append(threading.get_ident())
     try:
         end_all()
     finally:
         os._exit(0)
+
+
+def watchdog():
+    while time.monotonic() - _last_heard[0] < ORPHANED:
+        time.sleep(min(1.0, ORPHANED / 4))
+    shutdown()
 
 
 def main():
@@ -309,8 +323,10 @@ def main():
     send({"ready": os.getpid(), "home": os.path.expanduser("~")})
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 2)  # from here on, nothing may write to the channel's stderr unread
+    threading.Thread(target=watchdog, daemon=True).start()
     try:
         for line in sys.stdin.buffer:
+            _last_heard[0] = time.monotonic()
             request = json.loads(line.decode())
             if request.get("op") in QUICK:
                 serve(request)
