@@ -200,6 +200,9 @@ class Host:
             self.given_up = True
             rpc, client = self._rpc, self._client
             self._rpc = self._client = None
+            processes, self._processes = list(self._processes.values()), {}
+        for process in processes:  # nobody waits forever on a host closed under it
+            process.finish(None)
         if rpc is not None:
             rpc.close()
         if client is not None:
