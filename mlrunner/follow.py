@@ -22,6 +22,7 @@ from .runs import live_runs
 from .state import RUNNING, RUNS, STAT, Corrupt, read_record, runs_of
 
 POLL = 0.2
+FULL_SCAN = 2.0  # every experiment's record, for commands that started; in between only running ones
 FIRST_LINES = 10  # of a log that was already running when following began
 LONGEST_LINE = 65536  # a longer run of bytes without a newline is shown as it is
 
@@ -44,6 +45,12 @@ def _start_time(run: Dict[str, Any]) -> Optional[float]:
         return time.mktime(time.strptime(str(run.get("started")), "%Y-%m-%d %H:%M:%S"))
     except ValueError:
         return None
+
+
+def _mentions_running(path: str) -> bool:
+    """A cheap test before parsing: a record without the word has no running command."""
+    with open(path, "rb") as stream:
+        return RUNNING.encode() in stream.read()
 
 
 def _last_lines_offset(path: str, count: int) -> int:
@@ -69,9 +76,11 @@ class Follower:
         self.pattern = pattern
         self.out = out
         self.began = time.time()
+        self.unchanged_before = int((self.began - 1) * 1e9)  # a margin for coarse file system clocks
         self.tails: Dict[str, Tail] = {}
         self.done: Set[str] = set()  # logs followed to their end
         self.quiet: Dict[str, int] = {}  # stat path -> mtime seen, while none of its commands runs
+        self.watched: Dict[str, str] = {}  # stat path -> experiment name, while one of its commands runs
         self.first = True
 
     def _stats(self) -> Iterator[Tuple[str, str]]:
@@ -112,17 +121,25 @@ class Follower:
             return None  # its log is not there yet (an older run's is): look again at the next poll
         return newest
 
-    def scan(self, final: bool = False) -> None:
-        """Find logs to follow; mark those whose command ended."""
-        for path, name in self._stats():
+    def scan(self, everything: bool = True, final: bool = False) -> None:
+        """Find logs to follow; mark those whose command ended.
+
+        Reading every record of a big tree costs; between full scans only the records with a
+        running command are read. A command that starts and ends between two full scans is still
+        shown whole at the next one: its run is recorded with its start time.
+        """
+        for path, name in self._stats() if everything else list(self.watched.items()):
             if self.pattern and not self.pattern.search(name):
                 continue
             try:
                 mtime = os.stat(path).st_mtime_ns
                 if not final and self.quiet.get(path) == mtime:
                     continue
+                if mtime < self.unchanged_before and not _mentions_running(path):
+                    self.quiet[path] = mtime  # nothing ran there since we began: no need to parse it
+                    continue
                 stat = read_record(path)
-            except (FileNotFoundError, NotADirectoryError, Corrupt):
+            except (OSError, Corrupt):  # gone meanwhile, not a file, being set aside
                 continue
             directory = os.path.dirname(path)
             active = {}
@@ -139,8 +156,10 @@ class Follower:
                     tail.ended = True
             if RUNNING in stat.values():  # read again next time: a log may not be there yet
                 self.quiet.pop(path, None)
+                self.watched[path] = name
             else:
                 self.quiet[path] = mtime
+                self.watched.pop(path, None)
         self.first = False
 
     def show(self) -> None:
@@ -184,8 +203,11 @@ def follow(output: str, regex: Optional[str]) -> int:
         print(f"mlrunner: no run in progress on {output}; nothing to follow", file=sys.stderr)
         return EXIT_OK
     follower = Follower(output, pattern, sys.stdout.buffer)
+    scanned = 0.0
     while _in_progress(output):
-        follower.scan()
+        everything = time.monotonic() - scanned >= FULL_SCAN
+        scanned = time.monotonic() if everything else scanned
+        follower.scan(everything)
         follower.show()
         time.sleep(POLL)
     follower.scan(final=True)
