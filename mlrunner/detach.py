@@ -19,7 +19,7 @@ import time
 from typing import Optional
 
 from . import __version__
-from .errors import EXIT_FAILED, EXIT_OK
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 LOG_NAME = "mlrunner.log"
 
@@ -64,23 +64,34 @@ def detach(output: str) -> Optional[int]:
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()
-    if os.fork() == 0:
-        os.close(read_end)
-        os.setsid()
-        if os.fork() != 0:
-            os._exit(0)
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read_end)
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+        except BaseException:  # never let a failed child go on as a second foreground process
+            os._exit(1)
         _become_daemon(log, write_end)
         _ready_fd, _log = write_end, log
         return None
     os.close(write_end)
+    os.waitpid(child, 0)  # the first child exits at once
     replies = b""
-    while True:
-        chunk = os.read(read_end, 4096)
-        if not chunk:
-            break
-        replies += chunk
-    os.close(read_end)
-    os.wait()  # the first child, which exits at once
+    try:
+        while True:
+            chunk = os.read(read_end, 4096)
+            if not chunk:
+                break
+            replies += chunk
+    except KeyboardInterrupt:
+        started = replies.decode().split()
+        which = f" (pid {started[0]})" if started else ""
+        print(f"mlrunner: stopped waiting; the detached run{which} goes on; --stop ends it", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        os.close(read_end)
     lines = replies.decode().split()
     with open(log, encoding="utf-8", errors="replace") as stream:
         stream.seek(offset)

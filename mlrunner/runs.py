@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from .console import Console, clock
+from .detach import announce_ready, console_log
 from .errors import EXIT_FAILED, EXIT_OK
 
 PREFIX = ".mlrunner-run."
@@ -75,7 +76,6 @@ class RunRecord:
     def __init__(self, output: str, console: Console):
         self.console = console
         self.path = os.path.join(output, f"{PREFIX}{HOST}.{os.getpid()}")
-        from .detach import console_log
         self.data: Dict[str, Any] = {
             "pid": os.getpid(), "pid_start": process_start(os.getpid()), "host": HOST,
             "cwd": os.getcwd(), "argv": list(sys.argv), "started": round(time.time(), 3),
@@ -101,7 +101,6 @@ class RunRecord:
                 written = counts
 
     def __enter__(self) -> "RunRecord":
-        from .detach import announce_ready
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         _write_atomically(self.path, dict(self.data, **self.counts()))
         self._thread.start()
