@@ -80,7 +80,10 @@ def test_h11_check_member(member, why):
 def host(tmp_path_factory, tmp_path, monkeypatch):
     sshd.require_sshd()
     sshd.require_paramiko()
-    server, = sshd.start_servers(1, tmp_path_factory, prefix="sync")
+    scratch = tmp_path / "host-tmp"  # the host's TMPDIR, where the agent packs bundles
+    scratch.mkdir()
+    server, = sshd.start_servers(1, tmp_path_factory, prefix="sync", env={"TMPDIR": str(scratch)})
+    server.scratch = scratch
     monkeypatch.setenv("HOME", str(sshd.make_home(tmp_path / "home", [server])))
     from mlrunner.executors.ssh import Host
     from mlrunner.hosts import HostSpec
@@ -121,7 +124,7 @@ def test_h5_pull_copies_what_changed_and_nothing_else(host, tmp_path: Path, monk
             assert (local / relative).stat().st_mtime_ns == path.stat().st_mtime_ns
     assert not (local / "weights.pt").exists()
     assert (local / "param").read_text() == "local: record\n"
-    assert list(Path("/tmp").glob("mlrunner-sync-*.tar")) == []  # the bundle was removed
+    assert list(server.scratch.iterdir()) == []  # the bundle was removed
 
     inode = (local / "d0" / "log.0").stat().st_ino
     assert _pull(connection).copied == []
@@ -217,7 +220,7 @@ def test_h11_hostile_listing_and_bundle_write_nothing_outside(host, tmp_path: Pa
     assert "not a directory" in refused["sub/PWNED.txt"]  # through a local symlink: refused, not followed
     assert "not a regular file" in refused["log.3"] and "not a regular file" in refused["log.4"]
     assert "log.5" in result.copied
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "outside", "project"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "host-tmp", "outside", "project"]
     assert list(outside.iterdir()) == [] and not list(tmp_path.rglob("*PWNED*"))
     assert (local_root / "output" / "Exp_1" / "stat").read_text() == "train: finished\n"
     assert sorted(p.name for p in (local_root / "output").iterdir()) == ["Exp_1"]
