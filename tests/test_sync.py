@@ -154,7 +154,7 @@ def _everything(top: Path):
 
 
 def test_h11_real_symlinks_and_special_files_on_the_host_are_refused_and_reported(host, tmp_path: Path,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, capsys):
     server, connection = host
     remote = Path(server.workdir) / "output" / "Exp_1"
     remote.mkdir(parents=True)
@@ -171,6 +171,9 @@ def test_h11_real_symlinks_and_special_files_on_the_host_are_refused_and_reporte
     assert result.copied == ["log.ok"]
     assert sorted(result.refused) == [("fifo", "not a regular file"), ("leak", "a symlink"), ("up", "a symlink")]
     assert _everything(local_root) == ["output", "output/Exp_1", "output/Exp_1/log.ok"]
+    capsys.readouterr()
+    connection.pull("output/Exp_1")  # as a worker does: each refusal is a warning line
+    assert "warning: host sync1: output/Exp_1: refused 'leak' from the host: a symlink\n" in capsys.readouterr().err
 
 
 def test_h11_hostile_listing_and_bundle_write_nothing_outside(host, tmp_path: Path, monkeypatch):
