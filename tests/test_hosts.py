@@ -69,3 +69,12 @@ def test_c10_bad_hosts_setting_is_one_line_before_anything_starts(tmp_path):
     code, out, err = run(["--dry-run"], tmp_path)
     assert code == 2 and err.startswith("params.yaml: hosts: 'gpu1': 'resource' must be a list")
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "output").exists()
+
+
+def test_h1_empty_resource_list_means_hosts_only_and_only_beside_hosts(tmp_path):
+    from mlrunner import config
+    write(tmp_path, "template: {a: echo hi}\nresource: []\nhosts: {gpu1: {}}\n")
+    assert config.load(str(tmp_path / "params.yaml")).resources == []
+    write(tmp_path, "template: {a: echo hi}\nresource: []\n")
+    with pytest.raises(UserError, match=r"'resource' needs at least one entry \(an empty list only beside 'hosts:'\)"):
+        config.load(str(tmp_path / "params.yaml"))
