@@ -69,6 +69,8 @@ class Host:
             raise
         with self._lock:
             self._client, self._sftp, self._rpc, self.workdir, self.up = client, sftp, rpc, workdir, True
+        if rpc.closed.is_set():  # lost while connecting, when its news did not concern us yet
+            self._on_lost(rpc)
 
     def _start_agent(self, client: Any) -> Rpc:
         transport = client.get_transport()
