@@ -57,9 +57,11 @@ def main() -> int:
     if not slurmd.slurm_available():
         print(f"benchmarks/slurm.py: {slurmd.INSTALL_HINT}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the cluster
     print(f"busy cores (others' load) before: {busy_cores()}")
     work = Path(tempfile.mkdtemp(prefix="mlrunner-slurm-bench-"))
-    cluster = slurmd.SlurmCluster(work / "cluster", max_array_size=1001).start()
+    cluster = slurmd.SlurmCluster(work / "cluster", max_array_size=1001,
+                                 max_job_count=4 * options.tasks).start()
     try:
         project = work / "project"
         project.mkdir()

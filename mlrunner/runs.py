@@ -80,6 +80,9 @@ class RunRecord:
             "pid": os.getpid(), "pid_start": process_start(os.getpid()), "host": HOST,
             "cwd": os.getcwd(), "argv": list(sys.argv), "started": round(time.time(), 3),
             "log": console_log(), "workers": console.workers}
+        from .state import OWNER
+        if OWNER.get("job"):  # a Slurm element's run: the queue says whether it still lives (S2)
+            self.data["job"] = OWNER["job"]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._update, daemon=True)
 

@@ -78,9 +78,10 @@ def _alive(pid: int) -> bool:
 class SlurmCluster:
     """slurmctld + slurmd on this machine, one node with CPUS cores and GPUS stand-in GPUs."""
 
-    def __init__(self, root: Path, max_array_size: int = MAX_ARRAY_SIZE):
+    def __init__(self, root: Path, max_array_size: int = MAX_ARRAY_SIZE, max_job_count: int = 10000):
         self.root = Path(root)
         self.max_array_size = max_array_size
+        self.max_job_count = max_job_count  # pending array elements count one each
         self.conf = self.root / "slurm.conf"
         self.node = socket.gethostname()
 
@@ -113,7 +114,7 @@ class SlurmCluster:
             "SchedulerType=sched/backfill", "SchedulerParameters=sched_interval=2,bf_interval=2",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core", "ReturnToService=2",
             "JobCompType=jobcomp/none", "JobAcctGatherType=jobacct_gather/none", "KillWait=5",
-            "MinJobAge=600", f"MaxArraySize={self.max_array_size}", "GresTypes=gpu",
+            "MinJobAge=600", f"MaxArraySize={self.max_array_size}", f"MaxJobCount={self.max_job_count}", "GresTypes=gpu",
             f"NodeName={self.node} CPUs={CPUS} RealMemory=20000 Gres=gpu:{GPUS} State=UNKNOWN",
             "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
 

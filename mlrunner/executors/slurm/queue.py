@@ -22,6 +22,7 @@ LIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUE
 POLL = float(os.environ.get("MLRUNNER_SLURM_POLL", "30"))  # seconds between squeue calls while waiting
 CACHE_SECONDS = min(5.0, POLL)
 TIMEOUT = 60
+SBATCH_TIMEOUT = 180  # sbatch itself retries for 120 s when the controller is busy or full (MaxJobCount)
 calls = {"squeue": 0, "sacct": 0, "sbatch": 0, "scontrol": 0}  # counted for the benchmark
 
 
@@ -102,13 +103,14 @@ def parse_sacct(text: str) -> Dict[str, str]:
 
 def _call(argv: List[str]) -> subprocess.CompletedProcess:
     calls[argv[0]] = calls.get(argv[0], 0) + 1
+    timeout = SBATCH_TIMEOUT if argv[0] == "sbatch" else TIMEOUT
     try:
-        return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=TIMEOUT,
+        return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise UserError(f"{argv[0]} is not on PATH: Slurm's commands are needed to run with Slurm") from None
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"{argv[0]} did not answer in {TIMEOUT}s") from None
+        raise SlurmError(f"{argv[0]} did not answer in {timeout}s") from None
 
 
 def last_error(result: subprocess.CompletedProcess) -> str:
