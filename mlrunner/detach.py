@@ -121,8 +121,7 @@ def _become_daemon(log: str, ready_fd: int) -> None:
     os.dup2(out, 2)
     os.close(out)
     # The records name their owner by pid (R6): it is ours now, not the foreground process's.
-    from .runs import process_start
-    from .state import OWNER
+    from .state import OWNER, process_start
     OWNER.update(pid=os.getpid(), pid_start=process_start(os.getpid()))
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -23,44 +22,22 @@ import yaml
 from .console import Console, clock
 from .detach import announce_ready, console_log
 from .errors import EXIT_FAILED, EXIT_OK
+from .state import HOST, owner_alive, process_start
 
 PREFIX = ".mlrunner-run."
 UPDATE_INTERVAL = 2.0
-HOST = socket.gethostname()
-
-
-def process_start(pid: int) -> Optional[int]:
-    """The kernel's start time of `pid` (clock ticks since boot); None when gone or a zombie.
-
-    A zombie counts as gone: where init does not reap orphans (some containers), an ended daemon
-    stays in the process table as one.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stream:
-            fields = stream.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
 
 
 def is_alive(run: Dict[str, Any]) -> bool:
-    """Is the process that wrote this record still the same process, alive? Another host's: unknown."""
-    if run.get("host") != HOST:
-        return True
+    """Is the process that wrote this record still the same process, alive? Another host's: unknown.
+
+    A pid that is not a positive number is never alive: signalling 0 or -1 would reach far more
+    than one process.
+    """
     pid = run.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
+    if run.get("host") == HOST and not (isinstance(pid, int) and pid > 0):
         return False
-    if run.get("pid_start") is None:  # no /proc where it was written: the pid is all we have
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
-    return process_start(pid) == run["pid_start"]
+    return owner_alive(run)
 
 
 def _write_atomically(path: str, data: Dict[str, Any]) -> None:

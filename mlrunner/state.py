@@ -37,10 +37,15 @@ HOST = socket.gethostname()
 
 
 def process_start(pid: int) -> Optional[int]:
-    """The kernel's start time of `pid`, so that a reused pid is not taken for the old one."""
+    """The kernel's start time of `pid`, so that a reused pid is not taken for the old one.
+
+    None for a zombie too: where init does not reap orphans (some containers), a detached runner
+    that was killed stays in the process table as one, and must not look alive.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as stream:
-            return int(stream.read().rsplit(b")", 1)[1].split()[19])
+            fields = stream.read().rsplit(b")", 1)[1].split()
+        return None if fields[0] in (b"Z", b"X") else int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
 

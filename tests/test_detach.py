@@ -169,6 +169,26 @@ def test_d2_a_sigkilled_runners_record_is_stale_ignored_and_removed(tree: Path) 
     assert code == 0 and "no run in progress" in out
 
 
+def test_d2_a_sigkilled_detached_runner_is_gone_for_status_and_for_the_rerun(tree: Path) -> None:
+    # Nobody waits for a daemon: where init does not reap orphans it stays a zombie, and a zombie
+    # must count as gone, for its run record as for its `running` records.
+    (tree / "hold").touch()
+    pid = detach([], tree)
+    wait_until(lambda: started(tree, 2), what="two commands started")
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not alive(pid), what="the runner to die")
+    code, out, _ = run(["--status"], tree)
+    assert code == 0 and "Runs in progress" not in out and "running" not in out
+    assert run_records(tree / "output") == []
+
+    (tree / "hold").unlink()
+    code, out, err = run([], tree)
+    assert code == 0, out + err
+    assert "BUSY" not in out and "Tasks: 3, commands to run: 3" in out
+    for name in "abc":
+        assert statuses(tree / "output" / f"Name_{name}") == {"train": "finished"}
+
+
 def test_d3_a_record_whose_pid_now_belongs_to_another_process_is_never_signalled(tree: Path) -> None:
     # A reused pid: the record names a live process (this test) with another start time.
     output = tree / "output"
