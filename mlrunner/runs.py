@@ -122,9 +122,10 @@ def live_runs(output: str) -> List[Dict[str, Any]]:
 def describe(run: Dict[str, Any]) -> str:
     """One line for `--status`: who, since when, how far, how long still."""
     started = run.get("started") or 0
-    text = (f"pid {run.get('pid')} on {run.get('host')}, started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}"
-            f" ({clock(time.time() - started)} ago): done {run.get('done', 0)}/{run.get('total', 0)}, "
-            f"running {run.get('running', 0)}, failed {run.get('failed', 0)}, left {run.get('left', 0)}")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+    text = (f"pid {run.get('pid')} on {run.get('host')}, started {when} ({clock(time.time() - started)} ago): "
+            f"done {run.get('done', 0)}/{run.get('total', 0)}, running {run.get('running', 0)}, "
+            f"failed {run.get('failed', 0)}, left {run.get('left', 0)}")
     if isinstance(run.get("eta"), int):
         text += f", ETA {clock(run['eta'])}"
     if run.get("host") != HOST:
