@@ -120,6 +120,7 @@ def _become_daemon(log: str, ready_fd: int) -> None:
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
+    _close_inherited()
     # The records name their owner by pid (R6): it is ours now, not the foreground process's.
     from .state import OWNER, process_start
     OWNER.update(pid=os.getpid(), pid_start=process_start(os.getpid()))
@@ -131,3 +132,19 @@ def _become_daemon(log: str, ready_fd: int) -> None:
         pass
     print(f"mlrunner {__version__}, pid {os.getpid()} on {socket.gethostname()}, "
           f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(shlex.quote(a) for a in sys.argv)}")
+
+
+def _close_inherited() -> None:
+    """Close what the shell or a CI harness passed down beyond stdio (Python's own descriptors are
+    not inheritable): a daemon holding one would keep `ssh host mlrunner --detach`, or the step
+    that ran it, waiting for an end of file that never comes."""
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: nothing to learn the open descriptors from
+        return
+    for descriptor in descriptors:
+        try:
+            if descriptor > 2 and os.get_inheritable(descriptor):
+                os.close(descriptor)
+        except OSError:  # the listing's own descriptor, closed by now
+            pass

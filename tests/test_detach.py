@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import signal
 import subprocess
 import sys
@@ -56,12 +57,16 @@ def started(tree: Path, count: int) -> bool:
 def test_d1_detach_survives_the_terminal_and_its_session_being_killed(tree: Path) -> None:
     # A shell on a terminal of its own (a pty as controlling terminal) runs --detach, then waits
     # like an interactive shell would; then the terminal closes and the session's group is killed.
+    # The shell also holds a pipe that the caller waits on (as sshd or a CI step would): the
+    # daemon must not keep it open.
     (tree / "hold").touch()
     master, slave = pty.openpty()
+    waited_on, held = os.pipe()
     shell = subprocess.Popen(
         ["setsid", "-c", "bash", "-c", f"{sys.executable} -m mlrunner --detach > detach.out 2>&1; sleep 600"],
-        cwd=tree, env=environment(), stdin=slave, stdout=slave, stderr=slave)
+        cwd=tree, env=environment(), stdin=slave, stdout=slave, stderr=slave, pass_fds=(held,))
     os.close(slave)
+    os.close(held)
     out = tree / "detach.out"
     wait_until(lambda: "Detached: pid" in (out.read_text() if out.exists() else ""), what="the detach message")
     pid = int(out.read_text().split("Detached: pid ")[1].split()[0])
@@ -74,6 +79,8 @@ def test_d1_detach_survives_the_terminal_and_its_session_being_killed(tree: Path
     os.close(master)  # the terminal goes away: SIGHUP to its session
     os.killpg(session, signal.SIGKILL)
     shell.wait(timeout=30)
+    assert select.select([waited_on], [], [], 30)[0] and os.read(waited_on, 1) == b""  # end of file
+    os.close(waited_on)
     wait_until(lambda: started(tree, 2), what="two commands started")
     assert alive(pid)
     (tree / "hold").unlink()
