@@ -34,7 +34,7 @@ import pytest
 SLURMCTLD = "/usr/sbin/slurmctld"
 SLURMD = "/usr/sbin/slurmd"
 GPUS = 4
-CPUS = 2
+CPUS = 4
 MAX_ARRAY_SIZE = 8
 INSTALL_HINT = ("Slurm (slurmctld, slurmd) is missing: install Debian's slurm-wlm (scripts/test.sh does it "
                 "as root), and run the tests as root")
@@ -76,7 +76,11 @@ def _alive(pid: int) -> bool:
 
 
 class SlurmCluster:
-    """slurmctld + slurmd on this machine, one node with CPUS cores and GPUS stand-in GPUs."""
+    """slurmctld + slurmd on this machine, one node with CPUS cores and GPUS stand-in GPUs.
+
+    CPUS may be more than the machine has (`config_overrides`): four one-CPU elements then run
+    at once, one per GPU, even on a 2-core machine; the tests' commands are tiny.
+    """
 
     def __init__(self, root: Path, max_array_size: int = MAX_ARRAY_SIZE, max_job_count: int = 10000):
         self.root = Path(root)
@@ -107,7 +111,7 @@ class SlurmCluster:
         self.conf.write_text("\n".join([
             "ClusterName=mlrunnertest", f"SlurmctldHost={self.node}", "AuthType=auth/none", "CredType=cred/none",
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SwitchType=switch/none",
-            "MpiDefault=none", "SlurmUser=root", f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
+            "MpiDefault=none", "SlurmdParameters=config_overrides", "SlurmUser=root", f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
             f"SlurmctldPidFile={root}/slurmctld.pid", f"SlurmdPidFile={root}/slurmd.pid",
             f"SlurmdSpoolDir={root}/slurmd", f"StateSaveLocation={root}/state",
             f"SlurmctldLogFile={root}/slurmctld.log", f"SlurmdLogFile={root}/slurmd.log",

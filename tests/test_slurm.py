@@ -1,7 +1,7 @@
 """Slurm against a real cluster (SPEC S1-S6): slurmctld + slurmd started by tests/slurmd.py.
 
-The cluster has one node with 2 CPUs and 4 stand-in GPUs (GRES), no accounting, and
-MaxArraySize=8. Every element asks 1 CPU, so two run at a time. Commands that must stay running
+The cluster has one node with 4 CPUs and 4 stand-in GPUs (GRES), no accounting, and
+MaxArraySize=8. Every element asks 1 CPU, so four run at a time unless `max_running` says less. Commands that must stay running
 wait for a `release` file, so the tests wait for conditions, never for fixed times.
 `MLRUNNER_SLURM_POLL` shortens the driver's queue poll for the tests.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -76,7 +77,9 @@ def slurm_logs(output: Path) -> List[Path]:
 
 SEED = """
 template:
-  train: echo train {data} {norm} {moment} [early-stop] CUDA=$CUDA_VISIBLE_DEVICES GPUS=$SLURM_JOB_GPUS; sleep 0.5
+  train: >
+    echo train {data} {norm} {moment} [early-stop] CUDA=$CUDA_VISIBLE_DEVICES GPUS=$SLURM_JOB_GPUS;
+    touch started.{_name}; while [ $(ls started.* | wc -l) -lt 4 ]; do sleep 0.1; done
   avg: echo avg {_output}
   test: echo test {data} on {_resource}
 default:
@@ -118,7 +121,7 @@ def test_seed_example_runs_as_an_array_with_slurms_gpus_S1_S2(slurm, tmp_path):
         seen_gpus.add(cuda.group(1))
         (test_log,) = directory.glob("log.test.*")
         assert test_log.read_text() == f"test iwslt14 on {run['worker']}\n"
-    assert seen_gpus <= {"0", "1", "2", "3"} and seen_gpus
+    assert seen_gpus == {"0", "1", "2", "3"}, "four elements ran at once, each on its own GPU"
     assert (output / "params.yaml").read_text() == (tmp_path / "params.yaml").read_text()
     code, out, err = mlrunner(slurm, [], tmp_path)  # a rerun finds everything finished (S3)
     assert code == 0 and "to submit: 0" in out and "Nothing to submit: every command finished" in out
@@ -159,7 +162,7 @@ def test_scancel_two_elements_then_a_rerun_resubmits_exactly_those_S3(slurm, tmp
     runlib.write(tmp_path, f"""
         template:
           train: echo {{t}} > started_{{t}}; {HOLD}
-        slurm: {{gpus: 1, max_running: 4}}
+        slurm: {{gpus: 1, max_running: 2}}
         ---
         t: [a, b, c, d]
         """)
@@ -194,6 +197,43 @@ def test_scancel_two_elements_then_a_rerun_resubmits_exactly_those_S3(slurm, tmp
         assert run_statuses(output / f"T_{name}", "train") == ["finished"]
     records = [yaml.safe_load(p.read_text()) for p in output.glob(".mlrunner-slurm.*")]
     assert sorted(r["outputs"] for r in records if r["chunks"][0][0] == again) == [["output/T_a", "output/T_b"]]
+
+
+def test_a_running_record_is_left_to_its_live_job_and_rerun_once_the_job_is_gone_S3(slurm, tmp_path):
+    runlib.write(tmp_path, f"""
+        template:
+          train: echo {{t}}; {HOLD}
+        slurm: {{gpus: 1}}
+        ---
+        t: [a, b]
+        """)
+    code, out, err = mlrunner(slurm, [], tmp_path)
+    assert code == 0, err
+    (job,) = submitted_jobs(out)
+    output = tmp_path / "output"
+    wait_until(lambda: run_statuses(output / "T_a", "train") == ["running"]
+               and run_statuses(output / "T_b", "train") == ["running"], "a and b to run")
+    for record in output.glob(".mlrunner-slurm.*"):
+        record.unlink()  # only the `running` records say who holds the tasks now
+    code, out, err = mlrunner(slurm, [], tmp_path)
+    assert code == 0, err
+    assert f"LEFT    output/T_a: Slurm job {job}_0 still holds it" in out
+    assert "to submit: 0" in out and "Nothing to submit: live Slurm jobs hold the rest" in out
+    element = stat(output / "T_a")["_runs"]["train"][-1]["pid"]
+    os.kill(element, signal.SIGKILL)  # the element dies with no chance to record anything; its job ends
+    wait_until(lambda: f"{job}_0" not in queue(slurm), f"{job}_0 to end")
+    assert runlib.statuses(output / "T_a") == {"train": "running"}
+    code, status, _ = mlrunner(slurm, ["--status"], tmp_path)
+    assert re.search(r"T_a\s.*interrupted", status) and re.search(r"T_b\s.*running", status), status
+    code, out, err = mlrunner(slurm, [], tmp_path)
+    assert code == 0, err
+    assert f"LEFT    output/T_b: Slurm job {job}_1 still holds it" in out and "to submit: 1" in out
+    (again,) = submitted_jobs(out)
+    (tmp_path / "release").touch()
+    slurm.wait_idle()
+    assert runlib.statuses(output / "T_a") == {"train": "finished"}
+    assert stat(output / "T_a")["_runs"]["train"][-1]["job"] == f"{again}_0"
+    assert runlib.statuses(output / "T_b") == {"train": "finished"}
 
 
 def hold_one(slurm, tmp_path, extra: str = "") -> str:
@@ -300,7 +340,7 @@ def test_status_follow_and_stop_on_a_slurm_run_S2(slurm, tmp_path):
     runlib.write(tmp_path, """
         template:
           train: echo begin {t}; while true; do echo tick {t}; sleep 0.2; done
-        slurm: {gpus: 1}
+        slurm: {gpus: 1, max_running: 2}
         ---
         t: [a, b, c]
         """)

@@ -113,7 +113,7 @@ def _requeue(restarts: int, limit: int) -> int:
         return EXIT_FAILED
     print(f"USR2: requeueing job {job} (restart {restarts + 1} of at most {limit}); it resumes from its records",
           flush=True)
-    result = queue._call(["scontrol", "requeue", str(job)])
+    result = queue.call(["scontrol", "requeue", str(job)])
     if result.returncode != 0:
         print(f"USR2: scontrol requeue {job} failed: {queue.last_error(result)}", flush=True)
         return EXIT_FAILED

@@ -101,7 +101,7 @@ def parse_sacct(text: str) -> Dict[str, str]:
     return out
 
 
-def _call(argv: List[str]) -> subprocess.CompletedProcess:
+def call(argv: List[str]) -> subprocess.CompletedProcess:
     calls[argv[0]] = calls.get(argv[0], 0) + 1
     timeout = SBATCH_TIMEOUT if argv[0] == "sbatch" else TIMEOUT
     try:
@@ -123,7 +123,7 @@ def squeue(jobs: Iterable[str]) -> Dict[str, JobState]:
     ids = sorted({str(job).split("_")[0] for job in jobs})
     if not ids:
         return {}
-    result = _call(["squeue", "--noheader", "--array", f"--jobs={','.join(ids)}", f"--format={SQUEUE_FORMAT}"])
+    result = call(["squeue", "--noheader", "--array", f"--jobs={','.join(ids)}", f"--format={SQUEUE_FORMAT}"])
     if result.returncode != 0:
         if "Invalid job id" in result.stderr:  # all of them ended long ago: none is queued
             return {}
@@ -138,7 +138,7 @@ def cluster_config() -> Dict[str, str]:
     """`scontrol show config`, asked once per process."""
     global _config
     if _config is None:
-        result = _call(["scontrol", "show", "config"])
+        result = call(["scontrol", "show", "config"])
         if result.returncode != 0:
             raise SlurmError(f"scontrol show config: {last_error(result)}")
         _config = parse_config(result.stdout)
@@ -160,7 +160,7 @@ def sacct(jobs: Iterable[str]) -> Dict[str, str]:
     ids = sorted({str(job).split("_")[0] for job in jobs})
     if not ids or not has_accounting():
         return {}
-    result = _call(["sacct", "--noheader", "--parsable2", "--format=JobID,State", f"--jobs={','.join(ids)}"])
+    result = call(["sacct", "--noheader", "--parsable2", "--format=JobID,State", f"--jobs={','.join(ids)}"])
     return parse_sacct(result.stdout) if result.returncode == 0 else {}
 
 
@@ -184,7 +184,7 @@ class Queue:
         return job in self.states([job])
 
 
-_queue = Queue()
+shared_queue = Queue()  # one per process: a check is one squeue for all its jobs
 
 
 def own_job() -> Optional[str]:
@@ -206,6 +206,6 @@ def job_alive(run: Dict) -> bool:
         from ...state import OWNER
         return all(run.get(key) == OWNER[key] for key in ("host", "pid", "pid_start"))
     try:
-        return _queue.alive(job)
+        return shared_queue.alive(job)
     except SlurmError:
         return True  # the controller does not answer: never take a live job for a dead one

@@ -59,7 +59,7 @@ def _held(plan: Plan, reviews: List[Review], output: str) -> Dict[str, str]:
     held: Dict[str, str] = {}
     earlier = submissions(output)
     arrays = [array for submission in earlier for array in submission.arrays()]
-    states = queue._queue.states(arrays) if arrays else {}
+    states = queue.shared_queue.states(arrays) if arrays else {}
     for submission in earlier:
         live = False
         for position, job in submission.elements():
@@ -88,7 +88,7 @@ def _task_data(task: Task) -> list:
 
 
 def _sbatch(argv: List[str]) -> str:
-    result = queue._call(argv)
+    result = queue.call(argv)
     if result.returncode != 0:
         raise UserError(f"sbatch refused the job: {queue.last_error(result)}")
     return queue.parse_sbatch(result.stdout)
@@ -96,7 +96,7 @@ def _sbatch(argv: List[str]) -> str:
 
 def _cancel(jobs: List[str]) -> None:
     if jobs:
-        queue._call(["scancel", *jobs])
+        queue.call(["scancel", *jobs])
 
 
 def submit(plan: Plan, config: Config, reviews: List[Review], run_time: str, args: argparse.Namespace) -> int:

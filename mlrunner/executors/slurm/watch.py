@@ -119,7 +119,7 @@ def _summary(watched: List[Submission], tasks: List[Task], no_subdir: bool) -> i
 
 def _live_states(found: List[Submission]) -> Dict[str, queue.JobState]:
     arrays = [array for submission in found for array in submission.arrays()]
-    return queue._queue.states(arrays) if arrays else {}
+    return queue.shared_queue.states(arrays) if arrays else {}
 
 
 def print_submissions(output: str) -> None:
@@ -161,7 +161,7 @@ def stop_submissions(output: str) -> bool:
         return False
     print(f"Cancelling Slurm job(s) {', '.join(arrays)} (scancel): their commands are ended and recorded "
           f"as interrupted", flush=True)
-    queue._call(["scancel", *arrays])
+    queue.call(["scancel", *arrays])
     deadline = time.monotonic() + 120
     while queue.squeue(arrays) and time.monotonic() < deadline:
         time.sleep(min(1.0, queue.POLL))
