@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import sshd
 from longrun import detach, kill_all_in, processes_in, run_records, wait_until
 from runlib import REPO, alive, environment, run, start, statuses, write
 
@@ -96,6 +98,27 @@ def test_d1_detach_survives_the_terminal_and_its_session_being_killed(tree: Path
     assert "Tasks: 3, commands to run: 3" in printed  # the foreground shows what the run will do
     assert "--follow" in printed and "--stop" in printed and "--status" in printed
     assert run_records(tree / "output") == []
+
+
+def test_d1_detach_over_ssh_returns_and_the_run_outlives_the_session(tree: Path, tmp_path_factory) -> None:
+    sshd.require_sshd()
+    assert shutil.which("ssh"), "the OpenSSH client comes with openssh-server"
+    (tree / "hold").touch()
+    with sshd.SshServer(tmp_path_factory.mktemp("sshd")) as server:
+        # Without SSH_CLIENT: with it, every `bash -c` below sources ~/.bashrc (bash's rshd rule), and
+        # the test server's .bashrc moves to its home; this test is about the session, not that.
+        remote = f"cd {tree} && env -u SSH_CLIENT PYTHONPATH={REPO} {sys.executable} -m mlrunner --detach"
+        done = subprocess.run(["ssh", "-F", str(server.ssh_config), server.alias, remote],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              timeout=60)  # the daemon holds none of the session's pipes: ssh returns
+        assert done.returncode == 0, done.stderr
+        pid = int(done.stdout.split("Detached: pid ")[1].split()[0])
+        wait_until(lambda: started(tree, 2), what="two commands started")
+        assert alive(pid)  # the session is over, the run goes on
+        (tree / "hold").unlink()
+        wait_until(lambda: not alive(pid), what="the detached run to end")
+    for name in "abc":
+        assert statuses(tree / "output" / f"Name_{name}") == {"train": "finished"}
 
 
 def test_d2_status_shows_the_run_while_it_runs_and_not_after(tree: Path) -> None:
