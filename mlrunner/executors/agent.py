@@ -75,8 +75,8 @@ def watch(ident, process):
     info = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
     code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
     send({"id": ident, "exit": code})
-    while members(process.pid):
-        time.sleep(0.2)
+    while members(process.pid):  # a /proc scan: a few ms, so not too often
+        time.sleep(0.5)
     with _lock:
         process.wait()
         _groups.pop(ident, None)
