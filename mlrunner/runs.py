@@ -128,7 +128,7 @@ def describe(run: Dict[str, Any]) -> str:
             f"failed {run.get('failed', 0)}, left {run.get('left', 0)}")
     if isinstance(run.get("eta"), int):
         text += f", ETA {clock(run['eta'])}"
-    if run.get("host") != HOST:
+    if run.get("host") != HOST and not run.get("job"):  # a Slurm element's was checked with the queue
         text += " (another host: not checked from here)"
     if run.get("log"):
         text += f"; console: {run['log']}"
@@ -185,6 +185,8 @@ def stop(output: str) -> int:
     status = EXIT_OK
     stopping = []
     for run in runs:
+        if run.get("job"):  # a Slurm element's: cancelled with its job above
+            continue
         if run.get("host") != HOST:
             print(f"pid {run.get('pid')} runs on {run.get('host')}: run --stop there", file=sys.stderr)
             status = EXIT_FAILED
