@@ -485,3 +485,13 @@ def test_h8_a_long_request_is_not_silence_but_a_stopped_agent_is(host, servers, 
         assert time.monotonic() - began < 4 and not host.up
     finally:
         os.kill(agent, signal.SIGCONT)
+
+
+def test_h6_news_from_an_old_connection_never_touches_the_new_one(host):
+    old = host._rpc
+    old.lose()  # the first connection breaks
+    assert not host.up
+    host.connect()
+    assert host.up and host._rpc is not old
+    old.on_lost(old)  # its reader, late, reports the loss again
+    assert host.up and host.start("exit 4", "0", False).wait(20) == 4
