@@ -18,9 +18,10 @@ import math
 import os
 import re
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .executors.base import Executor
 from .gpus import Poller, Snapshot
@@ -229,6 +230,14 @@ class Grant:
     peak: int = 0  # the most memory its processes were seen to hold, for an OOM retry (G5)
 
 
+@dataclass(eq=False)
+class _Request:
+    mib: int
+    place: Optional[Place]  # a remote place's own worker asks for that place only
+    grant: Optional[Grant] = None
+    error: Optional["NoPlace"] = None
+
+
 class NoPlace(Exception):
     """No place can ever take this task (too large, or every GPU skipped as busy)."""
 
@@ -246,6 +255,9 @@ class Allocator:
         self.skipped: Dict[str, str] = {}  # GPU -> why it is left out of this run (busy, wait: false)
         self.waiting = ""  # why the last decision found no place, for the console
         self._warned: set = set()  # nvidia-smi trouble already reported
+        self._queue: List[_Request] = []
+        self._snapshot: Optional[Snapshot] = None  # the poller thread's latest, read under the lock
+        self._polling = False
         self._changed = threading.Condition()
 
     def workers(self, bound: bool) -> int:
@@ -265,24 +277,42 @@ class Allocator:
         return max((self.policy.size(c, params) for c in commands), default=0)
 
     def acquire(self, mib: int, stopping: threading.Event, place: Optional[Place] = None) -> Optional[Grant]:
-        """A place for a task needing `mib` (waiting for one); None once the run stops."""
+        """A place for a task needing `mib` (waiting for one); None once the run stops.
+
+        Requests wait in one queue and are served oldest first, each round: a task that fits
+        starts at once, even behind an older one that does not (backfill)."""
+        request = _Request(mib, place)
         with self._changed:
-            while not stopping.is_set():
-                grant = self._try(mib, place)
-                if grant is not None:
-                    return grant
-                self._changed.wait(self.poller.interval if self.poller else 0.2)
-        return None
+            self._queue.append(request)
+            if self.policy and not self._polling:
+                self._polling = True
+                threading.Thread(target=self._poll, daemon=True).start()
+            try:
+                while not stopping.is_set() and request.grant is None:
+                    self._serve()
+                    if request.error is not None:
+                        raise request.error
+                    if request.grant is None:
+                        self._changed.wait(self.poller.interval if self.poller else 0.2)
+            finally:
+                self._queue.remove(request)
+            if request.grant is not None and stopping.is_set():  # granted by another's round, too late
+                self._give_back(request.grant)
+                return None
+            return request.grant
 
     def release(self, grant: Optional[Grant]) -> None:
         if grant is None:
             return
         with self._changed:
-            grant.place.taken -= 1
-            for held in grant.held:
-                LockDir.remove(held)
-            grant.held.clear()
-            self._changed.notify_all()
+            self._give_back(grant)
+
+    def _give_back(self, grant: Grant) -> None:
+        grant.place.taken -= 1
+        for held in grant.held:
+            LockDir.remove(held)
+        grant.held.clear()
+        self._changed.notify_all()
 
     def attach(self, grant: Grant, session: Optional[int]) -> None:
         """Tell the other runners which processes hold this grant's memory (their session)."""
@@ -305,35 +335,75 @@ class Allocator:
         return min(math.ceil(wanted / 256) * 256, whole) if whole else math.ceil(wanted / 256) * 256
 
     # -- deciding --------------------------------------------------------------------------------
-    def _try(self, mib: int, only: Optional[Place]) -> Optional[Grant]:
-        places = [only] if only is not None else [p for p in self.places if not p.remote]
-        if not self.policy or (only is not None and only.remote):
-            for place in places:
-                if place.taken == 0:
-                    place.taken += 1
-                    return Grant(place)
-            return None
-        snapshot = self.poller.snapshot()
+    def _serve(self) -> None:
+        """One round: grant every waiting request that fits now, oldest first (under the lock)."""
+        pending = [r for r in self._queue if r.grant is None and r.error is None]
+        granted = False
+        for request in pending:
+            if not self.policy or (request.place is not None and request.place.remote):
+                places = [request.place] if request.place else [p for p in self.places if not p.remote]
+                free = [p for p in places if p.taken == 0]
+                if free:
+                    free[0].taken += 1
+                    request.grant, granted = Grant(free[0]), True
+        pending = [r for r in pending if r.grant is None]
+        if pending and self.policy:
+            granted |= self._serve_gpus(pending)
+        if granted:
+            self._changed.notify_all()
+
+    def _poll(self) -> None:
+        """The one poller (G6): a fresh snapshot every interval while a request waits, taken outside
+        the lock so that grants and releases never wait for nvidia-smi."""
+        while True:
+            snapshot = self.poller.snapshot(max_age=0)
+            with self._changed:
+                self._snapshot = snapshot
+                self._changed.notify_all()
+                deadline = time.monotonic() + self.poller.interval
+                while time.monotonic() < deadline:  # releases wake this wait too: keep to the interval
+                    if not any(r.grant is None and r.error is None for r in self._queue):
+                        self._polling = False
+                        return
+                    self._changed.wait(deadline - time.monotonic())
+
+    def _serve_gpus(self, pending: List["_Request"]) -> bool:
+        if self._snapshot is None:
+            return False  # the poller's first snapshot is on its way; it wakes the waiters
+        snapshot = self._snapshot
         if snapshot.warning and snapshot.warning not in self._warned:
             self._warned.add(snapshot.warning)
             self.say(f"warning: {snapshot.warning}")
+        granted, reasons = False, []
         with self.locks.locked():
             claims = self.locks.claims()
-            reasons = []
-            usable = [p for p in places if not any(g in self.skipped for g in p.gpus)]
-            if not usable:
-                raise NoPlace("every GPU is busy with other processes, and gpu.wait is false")
-            self._check_size(mib, usable, snapshot)
-            for place in usable:
-                why = self._why_not(place, mib, snapshot, claims)
-                if why is None:
-                    return self._grant(place, mib, snapshot)
-                reasons.append(why)
-        waiting = "; ".join(dict.fromkeys(reasons))
-        if waiting != self.waiting:
-            self.waiting = waiting
-            self.say(f"WAIT    for a GPU with {gib(mib)} free: {waiting}" if mib else f"WAIT    for a GPU: {waiting}")
-        return None
+            for request in pending:
+                places = [request.place] if request.place else [p for p in self.places if not p.remote]
+                usable = [p for p in places if not any(g in self.skipped for g in p.gpus)]
+                try:
+                    if not usable:
+                        raise NoPlace("every GPU is busy with other processes, and gpu.wait is false")
+                    self._check_size(request.mib, usable, snapshot)
+                except NoPlace as error:
+                    request.error, granted = error, True
+                    continue
+                fits = []  # (memory left after this task, order, place): the tightest fit keeps big holes
+                for order, place in enumerate(usable):
+                    why = self._why_not(place, request.mib, snapshot, claims)
+                    if isinstance(why, str):
+                        reasons.append((request, why))
+                    else:
+                        fits.append((why, order, place))
+                if fits:
+                    request.grant, granted = self._grant(min(fits)[2], request.mib, snapshot), True
+                    claims.extend(request.grant.claims)
+        oldest = next((r for r in pending if r.grant is None and r.error is None), None)
+        waiting = "; ".join(dict.fromkeys(why for r, why in reasons if r is oldest)) if oldest else ""
+        if waiting and waiting != self.waiting:
+            self.say(f"WAIT    for a GPU with {gib(oldest.mib)} free: {waiting}" if oldest.mib
+                     else f"WAIT    for a GPU: {waiting}")
+        self.waiting = waiting
+        return granted
 
     def _check_size(self, mib: int, places: List[Place], snapshot: Snapshot) -> None:
         totals = [min(snapshot.gpus[g].total or 0 for g in p.gpus) for p in places
@@ -341,8 +411,9 @@ class Allocator:
         if totals and all(totals) and mib > max(totals):
             raise NoPlace(f"it needs {gib(mib)}, more than any GPU has ({gib(max(totals))})")
 
-    def _why_not(self, place: Place, mib: int, snapshot: Snapshot, claims: List[Claim]) -> Optional[str]:
-        """None when the place can take `mib` more now; else why not, for the console."""
+    def _why_not(self, place: Place, mib: int, snapshot: Snapshot, claims: List[Claim]) -> Union[str, int]:
+        """Why the place cannot take `mib` more now, for the console; else the MiB it would have left."""
+        left = 0
         for index in place.gpus:
             gpu = snapshot.gpus.get(index)
             if gpu is None:
@@ -367,7 +438,8 @@ class Allocator:
             free = gpu.total - others - sum(max(c.mib, held[id(c)]) for c in mine)
             if mib > free:
                 return f"GPU {index} has {gib(max(free, 0))} free"
-        return None
+            left += free - mib
+        return left
 
     def _grant(self, place: Place, mib: int, snapshot: Snapshot) -> Grant:
         grant = Grant(place, mib)
@@ -377,7 +449,6 @@ class Allocator:
             grant.claims.append(claim)
             grant.held.append(self.locks.add(claim))
         place.taken += 1
-        self.waiting = ""
         return grant
 
     def observe(self, grants: List[Grant]) -> None:
