@@ -419,3 +419,28 @@ def test_a_command_killed_by_slurms_own_signal_is_interrupted_not_failed_S4(tmp_
     (directory / "stat").write_text(yaml.safe_dump({"first": "finished", "train": "failed", "_runs": runs}))
     element._signalled_not_failed(task, False, since)
     assert runlib.statuses(directory)["train"] == "failed"
+
+
+def test_the_zipapp_submits_elements_that_run_the_same_zipapp_S1(slurm, tmp_path):
+    sys.path.insert(0, str(runlib.REPO))
+    import build_zipapp
+
+    pyz = build_zipapp.build(tmp_path / "dist")
+    runlib.write(tmp_path, """
+        template:
+          train: echo {x} on $CUDA_VISIBLE_DEVICES
+        slurm: {gpus: 1}
+        ---
+        x: [1, 2]
+        """)
+    env = slurm.env(POLL_ENV)
+    env.pop("PYTHONPATH", None)  # nothing but the zipapp can give the nodes mlrunner
+    done = subprocess.run([sys.executable, str(pyz), "--wait"], cwd=tmp_path, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (script,) = (tmp_path / "output").glob(".slurm/*/job.sh")
+    assert f"exec {sys.executable} {pyz} --slurm-element" in script.read_text()
+    assert "PYTHONPATH" not in script.read_text()
+    for x in (1, 2):
+        (log,) = (tmp_path / "output" / f"X_{x}").glob("log.train.*")
+        assert re.fullmatch(rf"{x} on [0-3]\n", log.read_text())
