@@ -141,6 +141,8 @@ def _command(args: argparse.Namespace) -> int:
     if args.examine:
         from .report import print_examine
         return print_examine(config, args.output, args.format)
+    if args.wait and not (args.slurm or config.slurm is not None):
+        raise UserError("--wait follows Slurm jobs: it needs --slurm or 'slurm:' in the file (a local run waits anyway)")
     for command in args.command or []:
         if command not in config.templates:
             raise UserError(f"-c: unknown command '{command}' (commands: {', '.join(config.templates)})", args.yaml)

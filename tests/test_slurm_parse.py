@@ -112,3 +112,12 @@ def test_good_settings_are_kept_on_the_config(load_config):
         """)
     assert config.slurm == Settings("gpu", 1, 8, "32G", "24:00:00", "x", 16, ["--constraint=a100"], 2, 60)
     assert load_config("template: {train: echo}\nslurm:\n").slurm == Settings()
+
+
+def test_wait_without_slurm_is_one_line_exit_2(tmp_path, run_cli):
+    (tmp_path / "params.yaml").write_text("template:\n  train: echo hi\n")
+    code, out, err = run_cli(["--wait"], tmp_path)
+    assert (code, out) == (2, "")
+    assert err == "mlrunner: --wait follows Slurm jobs: it needs --slurm or 'slurm:' in the file " \
+                  "(a local run waits anyway)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
