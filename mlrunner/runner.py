@@ -469,7 +469,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
         print("mlrunner: no workers: no local resource and no reachable host", file=sys.stderr)
         return EXIT_FAILED
     places = [Place(e, [g for g in e.resource.split(",") if g], remote=e.host != "localhost") for e in executors]
-    print(f"Orphan params: {format_orphans(plan.orphans)}")
+    print(f"Orphan params: {format_orphans(plan.orphans, config)}")
     for verdict in reviews:
         for note in verdict.notes:
             print(f"NOTE    {note}")
