@@ -53,6 +53,12 @@ def _mentions_running(path: str) -> bool:
         return RUNNING.encode() in stream.read()
 
 
+def _as_shown(line: bytes) -> bytes:
+    """What a terminal shows of a line that progress bars rewrote with carriage returns."""
+    line = line.rstrip(b"\r")
+    return line[line.rfind(b"\r") + 1:]
+
+
 def _last_lines_offset(path: str, count: int) -> int:
     """Where the last `count` lines of a file begin."""
     with open(path, "rb") as stream:
@@ -183,7 +189,7 @@ class Follower:
                 del self.tails[log]
                 self.done.add(log)
             if lines:
-                self.out.write(b"".join(tail.tag + line + b"\n" for line in lines))
+                self.out.write(b"".join(tail.tag + _as_shown(line) + b"\n" for line in lines))
         self.out.flush()
 
 

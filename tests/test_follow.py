@@ -1,7 +1,8 @@
 """`--follow`: the running commands' logs as they grow, tagged `<experiment> <command>` (SPEC D4).
 
 The commands print a numbered line every 0.2 s; one worker runs the experiments one after
-another, so most commands start after `--follow` began and must be picked up as they start.
+another, so most commands start after `--follow` began and must be picked up as they start. The
+`test` command ends in a flash (between two polls), with a progress-bar style carriage return.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ for i in $(seq 1 "$2"); do echo "$1 line $i"; sleep 0.2; done
 CONFIG = """\
 template:
   train: ./tick.sh {name} 6
-  test: echo {name} tested
+  test: printf '%s half\\r%s tested\\r\\n' {name} {name}
 default:
   name: a
 resource: [0]
