@@ -444,3 +444,16 @@ def test_the_zipapp_submits_elements_that_run_the_same_zipapp_S1(slurm, tmp_path
     for x in (1, 2):
         (log,) = (tmp_path / "output" / f"X_{x}").glob("log.train.*")
         assert re.fullmatch(rf"{x} on [0-3]\n", log.read_text())
+
+
+def test_slurm_flag_submits_a_file_without_slurm_settings_with_the_defaults_S1(slurm, tmp_path):
+    runlib.write(tmp_path, """
+        template:
+          train: echo CUDA=$CUDA_VISIBLE_DEVICES CPUS=$SLURM_CPUS_PER_TASK
+        """)
+    code, out, err = mlrunner(slurm, ["--slurm", "--wait"], tmp_path)
+    assert code == 0, out + err
+    (log,) = (tmp_path / "output" / "default").glob("log.train.*")
+    assert re.fullmatch(r"CUDA=[0-3] CPUS=1\n", log.read_text()), "defaults: one GPU, one CPU"
+    code, out, err = mlrunner(slurm, ["-f", "-r", "2"], tmp_path)
+    assert code == 0 and "Finished: 1" in out, "without --slurm or 'slurm:' the same file runs locally"

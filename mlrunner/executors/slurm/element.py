@@ -34,7 +34,7 @@ KILLED = {f"exit status {code}" for code in (-signal.SIGTERM, -signal.SIGKILL, -
 
 
 def _task(data: list) -> Task:
-    index, name, output, keys, values, commands, named_by = data
+    _index, name, output, keys, values, commands, named_by = data
     return Task(0, name, output, tuple(keys), tuple(values), tuple(commands), tuple(named_by))
 
 
