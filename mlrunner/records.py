@@ -2,8 +2,8 @@
 
 PyYAML builds every scalar through Python-level constructor calls, even with the C parser, which
 makes reading 10^4 `param` files take seconds. These files are block mappings of plain or
-single-quoted scalars, one level of nesting at most (as PyYAML writes them, and as 0.5.9 wrote
-them), so a line reader handles them; any line it is not sure of sends the whole text to PyYAML.
+single-quoted scalars, nested mappings and sequences of mappings (as PyYAML writes them, and as
+0.5.9 wrote them), so a line reader handles them; any line it is not sure of sends the whole text to PyYAML.
 Scalars are typed by PyYAML's own implicit resolvers, so both paths give the same values.
 """
 
@@ -17,8 +17,8 @@ import yaml
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _RESOLVERS = yaml.SafeLoader.yaml_implicit_resolvers
-_LINE_RE = re.compile(r"( *)([A-Za-z0-9_.-]+):(?: (.*))?\Z")
-_LINES_RE = re.compile(r"^( *)([A-Za-z0-9_.-]+):(?: (.*))?$", re.M)
+_LINE_RE = re.compile(r"( *)(- )?([A-Za-z0-9_.-]+):(?: (.*))?\Z")
+_LINES_RE = re.compile(r"^( *)(- )?([A-Za-z0-9_.-]+):(?: (.*))?$", re.M)
 _INDICATORS = "[]{}&*!|>%@`\"#?,-"  # a plain scalar starting with one of these is not plain
 _memo: Dict[str, Any] = {}
 
@@ -54,8 +54,9 @@ def _resolve(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # another number, a bool or null
 
 
-def _rows(text: str) -> List[Tuple[str, str, str]]:
-    """(indent, key, value) of every line; one regex pass when every line is `key: value`."""
+def _rows(text: str) -> List[Tuple[str, str, str, str]]:
+    """(indent, item mark, key, value) of every line; one regex pass when every line is `key: value`
+    or `- key: value`."""
     rows = _LINES_RE.findall(text)
     if len(rows) == text.count("\n") + (not text.endswith("\n")):
         return rows
@@ -70,24 +71,40 @@ def _rows(text: str) -> List[Tuple[str, str, str]]:
 
 
 def _fast(text: str) -> Dict[Any, Any]:
+    """Block mappings and sequences of block mappings, as PyYAML dumps `param` and `stat`.
+
+    `frames` holds the open containers: a mapping with the indent of its keys, or a sequence with
+    the indent of its `- ` marks. A `key:` with nothing after it opens whatever the next line
+    holds: a deeper mapping, a sequence, or nothing (null).
+    """
     top: Dict[Any, Any] = {}
-    levels: List[Tuple[int, Dict[Any, Any]]] = [(0, top)]  # (indent of the keys, mapping)
-    pending: Optional[Tuple[Dict[Any, Any], Any, int]] = None  # a `key:` that may open a mapping
+    frames: List[Tuple[bool, int, Any]] = [(False, 0, top)]  # (is a sequence, indent, container)
+    pending: Optional[Tuple[Dict[Any, Any], Any, int]] = None
     memo = _memo
-    for spaces, key_text, value in _rows(text):
+    for spaces, item, key_text, value in _rows(text):
         indent = len(spaces)
-        key = memo[key_text] if key_text in memo else _scalar(key_text)
         if pending is not None:
             parent, parent_key, parent_indent = pending
             pending = None
-            if indent > parent_indent:
+            if item and indent >= parent_indent:
+                parent[parent_key] = []
+                frames.append((True, indent, parent[parent_key]))
+            elif not item and indent > parent_indent:
                 parent[parent_key] = {}
-                levels.append((indent, parent[parent_key]))
-        while levels[-1][0] > indent:
-            levels.pop()
-        if levels[-1][0] != indent:
+                frames.append((False, indent, parent[parent_key]))
+        while frames[-1][1] > indent or (frames[-1][0] and frames[-1][1] == indent and not item):
+            frames.pop()
+        is_sequence, level, container = frames[-1]
+        if level != indent or is_sequence != bool(item):
             raise _Unsure
-        mapping = levels[-1][1]
+        if item:
+            mapping: Dict[Any, Any] = {}
+            container.append(mapping)
+            frames.append((False, indent + 2, mapping))
+            indent += 2
+        else:
+            mapping = container
+        key = memo[key_text] if key_text in memo else _scalar(key_text)
         if not value.strip():
             mapping[key] = None
             pending = (mapping, key, indent)

@@ -47,7 +47,26 @@ def test_r5_fast_reader_equals_pyyaml_on_random_mappings():
             assert repr(records.loads(text)) == repr(yaml.safe_load(text)), text
 
 
+def _stat_like(rng: random.Random) -> dict:
+    """A `stat` as the runner writes it: statuses, then `_runs` with a list of runs per command."""
+    commands = rng.sample(["train", "test", "avg", "yes", "1"], rng.randint(1, 3))
+    stat = {c: rng.choice(["finished", "failed", "running", "interrupted"]) for c in commands}
+    stat["_runs"] = {c: [{k: _value(rng, 3) for k in rng.sample(["worker", "host", "start", "end", "status", "log",
+                                                                  "reason", "pid", "pgid"], rng.randint(0, 6))}
+                         for _ in range(rng.randint(0, 3))] for c in commands}
+    return stat
+
+
+def test_v2_fast_reader_equals_pyyaml_on_stat_files_with_run_lists():
+    rng = random.Random(11)
+    for _ in range(2000):
+        text = records.dumps(_stat_like(rng), sort_keys=False)
+        assert repr(records.loads(text)) == repr(yaml.safe_load(text)), text
+
+
 @pytest.mark.parametrize("text", [
+    "a:\n- x: 1\n  y: 2\n- x: 3\nb: 4\n", "a:\n  - x: 1\n    y:\n      z: 2\n", "a:\n- x: 1\n- 2\n",
+    "a:\n- x: 1\n y: 2\n", "- x: 1\n", "a:\n  b:\n  - x: 1\n  c: 2\n", "a:\n- x:\n  - y: 1\n",
     "", "# only a comment\n", "a: 1\nb:\n", "a:\n  b: 1\n c: 2\n", "a: [1, 2]\n", "- 1\n- 2\n",
     "a: 'it''s'\n", "a: 'open\n  quote'\n", "a: b # comment\n", "---\na: 1\n", "a: 1\na: 2\n",
     "x:\n  y:\n    z: 1\n  w: 2\nv: ~\n", "a: |\n  text\n",
