@@ -457,3 +457,39 @@ def test_slurm_flag_submits_a_file_without_slurm_settings_with_the_defaults_S1(s
     assert re.fullmatch(r"CUDA=[0-3] CPUS=1\n", log.read_text()), "defaults: one GPU, one CPU"
     code, out, err = mlrunner(slurm, ["-f", "-r", "2"], tmp_path)
     assert code == 0 and "Finished: 1" in out, "without --slurm or 'slurm:' the same file runs locally"
+
+
+def test_ctrl_c_stops_waiting_and_leaves_the_jobs_queued_S2(slurm, tmp_path):
+    runlib.write(tmp_path, """
+        template:
+          train: echo hi
+        slurm: {gpus: 1, options: [--hold]}
+        """)
+    waiter = start_mlrunner(slurm, ["--wait"], tmp_path)
+    lines = []
+    while not lines or not lines[-1].startswith("PENDING"):
+        lines.append(waiter.stdout.readline())
+        assert lines[-1], "".join(lines) + waiter.stderr.read()
+    waiter.send_signal(signal.SIGINT)
+    out, err = waiter.communicate(timeout=30)
+    assert waiter.returncode == 130
+    assert err == "mlrunner: stopped waiting; the Slurm jobs go on (--stop cancels them)\n"
+    assert list(queue(slurm).values()) == ["PENDING"]
+
+
+def test_a_record_owned_by_a_job_is_left_alone_where_slurm_cannot_be_asked_S3(tmp_path):
+    """A local run on a tree whose `running` record a Slurm job owns, where squeue is missing:
+    the job may well live, so the command is not run twice. No cluster needed."""
+    runlib.write(tmp_path, """
+        template:
+          train: echo hi
+        """)
+    directory = tmp_path / "output" / "default"
+    directory.mkdir(parents=True)
+    (directory / "stat").write_text(yaml.safe_dump(
+        {"train": "running", "_runs": {"train": [{"job": "77_0", "host": "node9", "pid": 1, "status": "running"}]}}))
+    env = {"PATH": str(tmp_path / "no-slurm-here")}
+    code, out, err = runlib.run(["-r", "0"], tmp_path, env=env)
+    assert code == 0, out + err
+    assert "BUSY    train, output/default: running in another mlrunner (host node9" in out
+    assert runlib.statuses(directory) == {"train": "running"}

@@ -108,7 +108,7 @@ def call(argv: List[str]) -> subprocess.CompletedProcess:
         return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
     except FileNotFoundError:
-        raise UserError(f"{argv[0]} is not on PATH: Slurm's commands are needed to run with Slurm") from None
+        raise SlurmError(f"{argv[0]} is not on PATH: Slurm's commands are needed to run with Slurm") from None
     except subprocess.TimeoutExpired:
         raise SlurmError(f"{argv[0]} did not answer in {timeout}s") from None
 
@@ -208,4 +208,4 @@ def job_alive(run: Dict) -> bool:
     try:
         return shared_queue.alive(job)
     except SlurmError:
-        return True  # the controller does not answer: never take a live job for a dead one
+        return True  # no answer (or no Slurm here): never take a live job for a dead one
