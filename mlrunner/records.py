@@ -19,6 +19,7 @@ _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _RESOLVERS = yaml.SafeLoader.yaml_implicit_resolvers
 _LINE_RE = re.compile(r"( *)(- )?([A-Za-z0-9_.-]+):(?: (.*))?\Z")
 _LINES_RE = re.compile(r"^( *)(- )?([A-Za-z0-9_.-]+):(?: (.*))?$", re.M)
+_DECIMAL_RE = re.compile(r"-?[0-9]+\.[0-9]+\Z")
 _INDICATORS = "[]{}&*!|>%@`\"#?,-"  # a plain scalar starting with one of these is not plain
 _memo: Dict[str, Any] = {}
 
@@ -51,6 +52,8 @@ def _resolve(text: str) -> Any:
         return text
     if text.isdigit() and (text[0] != "0" or len(text) == 1):  # YAML 1.1 reads 017 as octal
         return int(text)
+    if _DECIMAL_RE.match(text):  # `1795841675.507`: PyYAML's float() of it, without its loader
+        return float(text)
     return yaml.load(text, Loader=_Loader)  # another number, a bool or null
 
 
