@@ -19,7 +19,7 @@ import time
 from typing import Optional
 
 from . import __version__
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
 
 LOG_NAME = "mlrunner.log"
 
@@ -58,9 +58,13 @@ def _invocation() -> str:
 def detach(output: str) -> Optional[int]:
     """Fork the daemon. Returns None in the daemon (it goes on with the run), else the exit status."""
     global _ready_fd, _log
-    os.makedirs(output, exist_ok=True)
     log = os.path.join(output, LOG_NAME)
-    offset = os.path.getsize(log) if os.path.exists(log) else 0
+    try:  # opened here, so that a console file that cannot be written is one line and exit 2
+        os.makedirs(output, exist_ok=True)
+        console = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as error:
+        raise UserError(f"--detach: cannot write {log} ({error.strerror})") from None
+    offset = os.lseek(console, 0, os.SEEK_END)
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()
@@ -73,9 +77,10 @@ def detach(output: str) -> Optional[int]:
                 os._exit(0)
         except BaseException:  # never let a failed child go on as a second foreground process
             os._exit(1)
-        _become_daemon(log, write_end)
+        _become_daemon(console, write_end)
         _ready_fd, _log = write_end, log
         return None
+    os.close(console)
     os.close(write_end)
     os.waitpid(child, 0)  # the first child exits at once
     replies = b""
@@ -93,9 +98,12 @@ def detach(output: str) -> Optional[int]:
     finally:
         os.close(read_end)
     lines = replies.decode().split()
-    with open(log, encoding="utf-8", errors="replace") as stream:
-        stream.seek(offset)
-        printed = stream.read().splitlines()[1:]  # without the daemon's header line
+    try:
+        with open(log, encoding="utf-8", errors="replace") as stream:
+            stream.seek(offset)
+            printed = stream.read().splitlines()[1:]  # without the daemon's header line
+    except OSError:
+        printed = []
     if "ready" not in lines:
         print("\n".join(printed[-20:]))
         print(f"mlrunner: the detached run ended before it started (its console: {log})", file=sys.stderr)
@@ -111,15 +119,14 @@ def detach(output: str) -> Optional[int]:
     return EXIT_OK
 
 
-def _become_daemon(log: str, ready_fd: int) -> None:
-    """In the grandchild: stdio to the log, say our pid, write a header the console lines follow."""
+def _become_daemon(console: int, ready_fd: int) -> None:
+    """In the grandchild: stdio to the console file, say our pid, write the console's first line."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
-    os.close(out)
+    os.dup2(console, 1)
+    os.dup2(console, 2)
+    os.close(console)
     _close_inherited()
     # The records name their owner by pid (R6): it is ours now, not the foreground process's.
     from .state import OWNER, process_start

@@ -275,6 +275,14 @@ def test_d1_a_bad_config_fails_in_the_foreground_and_starts_nothing(tree: Path) 
     assert not (tree / "output").exists() and processes_in(tree) == []
 
 
+def test_d1_a_console_file_that_cannot_be_written_is_one_line_before_anything_starts(tree: Path) -> None:
+    (tree / "output" / "mlrunner.log").mkdir(parents=True)
+    code, out, err = run(["--detach"], tree)
+    assert code == 2 and out == ""
+    assert err == "mlrunner: --detach: cannot write output/mlrunner.log (Is a directory)\n"
+    assert sorted(p.name for p in (tree / "output").iterdir()) == ["mlrunner.log"] and processes_in(tree) == []
+
+
 def test_d1_detach_from_the_zipapp(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     sys.path.insert(0, str(REPO))
     import build_zipapp
