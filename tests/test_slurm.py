@@ -387,6 +387,9 @@ def test_a_sweep_larger_than_max_array_size_is_split_S1(slurm, tmp_path):
     first, second = submitted_jobs(out)
     assert f"as job {first} (array 0-7), {second} (array 0-1)" in out
     assert "experiments finished: 10, failed: 0" in out
+    runs = {i: stat(tmp_path / "output" / f"I_{i}")["_runs"]["train"][0] for i in range(10)}
+    assert min(runs[i]["start"] for i in (8, 9)) >= max(runs[i]["end"] for i in range(8)), \
+        "max_running holds for the sweep: the second chunk starts once the first has ended"
     for i in range(10):
         directory = tmp_path / "output" / f"I_{i}"
         (log,) = directory.glob("log.train.*")

@@ -82,6 +82,9 @@ def test_sbatch_argv_asks_requeue_usr2_and_throttle_S1_S4():
                  "--output=/o/slurm.%A_%a.log", "--open-mode=append"):
         assert flag in argv
     assert argv[-2:] == ["/o/job.sh", "100"]
+    assert not any(a.startswith("--dependency") for a in argv)
+    chained = sbatch_argv(settings, array="0-9", log="l", name="n", script="s", script_args=[], after="4711")
+    assert "--dependency=afterany:4711" in chained, "a throttled sweep's next chunk waits for the previous one"
     bare = sbatch_argv(Settings(gpus=0), array="0-3", log="l", name="n", script="s", script_args=[])
     assert not any(a.startswith(("--gres", "--partition", "--array=0-3%")) for a in bare)
 

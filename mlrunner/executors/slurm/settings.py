@@ -70,12 +70,18 @@ def parse(value: Any, path: str, line: Callable[..., Optional[int]]) -> Settings
 
 
 def sbatch_argv(settings: Settings, *, array: str, log: str, name: str, script: str,
-                script_args: List[str]) -> List[str]:
-    """The one `sbatch` call that submits an array chunk: `--array=<indices>[%max_running]`."""
+                script_args: List[str], after: Optional[str] = None) -> List[str]:
+    """The one `sbatch` call that submits an array chunk: `--array=<indices>[%max_running]`.
+
+    A throttle holds per array, so with `after` (the previous chunk's job) a chunk starts only
+    once that one has ended: never more than `max_running` tasks of one sweep at once.
+    """
     throttle = f"%{settings.max_running}" if settings.max_running else ""
     argv = ["sbatch", "--parsable", f"--array={array}{throttle}", f"--job-name={name}", f"--output={log}",
             "--open-mode=append", "--requeue", f"--signal=B:USR2@{settings.signal}",
             f"--cpus-per-task={settings.cpus}"]
+    if after:
+        argv.append(f"--dependency=afterany:{after}")
     if settings.gpus:
         argv.append(f"--gres=gpu:{settings.gpus}")
     for key in ("partition", "mem", "time", "account"):

@@ -165,9 +165,10 @@ def _write(plan: Plan, config: Config, tasks: List[Task], run_time: str, args: a
         size = queue.max_array_size()
         for offset in range(0, len(tasks), size):
             count = min(size, len(tasks) - offset)
+            after = submission.chunks[-1].job if settings.max_running and submission.chunks else None
             argv = sbatch_argv(settings, array=f"0-{count - 1}", log=os.path.join(directory, "slurm.%A_%a.log"),
                                name=f"mlrunner:{os.path.basename(os.path.abspath(args.output))}",
-                               script=script, script_args=[str(offset)])
+                               script=script, script_args=[str(offset)], after=after)
             submission.chunks.append(Chunk(_sbatch(argv), offset, count))
         submission.save()
     except BaseException:
