@@ -485,8 +485,6 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     try:
         with console, RunRecord(args.output, console):  # the record --status/--stop/--follow read (D2)
             summary = scheduler.run()
-            if scheduler.halted.is_set() or summary.no_place:
-                summary.not_run = scheduler.pool.left()
             _print_summary(console, summary, scheduler.halted.is_set())
     finally:
         for number, handler in previous.items():
