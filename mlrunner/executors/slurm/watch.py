@@ -169,7 +169,16 @@ def stop_submissions(output: str) -> bool:
     return True
 
 
+_active: Dict[str, Tuple[float, bool]] = {}  # output -> (when asked, answer)
+
+
 def active(output: str) -> bool:
-    """Is any element of a submission on `output` still pending or running? (`--follow`)"""
+    """Is any element of a submission on `output` still pending or running? `--follow` asks this
+    every fraction of a second; the queue is asked once per MLRUNNER_SLURM_POLL seconds."""
+    asked, answer = _active.get(output, (-queue.POLL, False))
+    if time.monotonic() - asked < queue.POLL:
+        return answer
     found = submissions(output) if os.path.isdir(output) else []
-    return bool(found) and any(j in _live_states(found) for s in found for _, j in s.elements())
+    answer = bool(found) and any(j in _live_states(found) for s in found for _, j in s.elements())
+    _active[output] = (time.monotonic(), answer)
+    return answer
