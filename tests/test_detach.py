@@ -20,7 +20,7 @@ import yaml
 
 import sshd
 from longrun import detach, kill_all_in, processes_in, run_records, wait_until
-from runlib import REPO, alive, environment, run, start, statuses, write
+from runlib import REPO, STAND_INS, alive, environment, run, start, statuses, write
 
 JOB = """\
 #!/bin/bash
@@ -258,6 +258,24 @@ def test_d1_a_run_that_cannot_start_in_the_background_is_reported_in_the_foregro
     assert code == 1
     assert "no workers" in out + err and "ended before it started" in err and "Traceback" not in err
     assert run_records(tree / "output") == []
+
+
+def test_d1_ctrl_c_while_the_foreground_waits_leaves_the_run_going(tree: Path) -> None:
+    # The workers take a while to come up (a hung nvidia-smi, ended after 8 s): Ctrl-C then.
+    write(tree, (CONFIG % "0").replace("resource: [0]", "resource: auto"))
+    env = {"PATH": f"{STAND_INS}:{os.environ['PATH']}", "FAKE_NVIDIA_SMI_MODE": "hang",
+           "MLRUNNER_NVIDIA_SMI_TIMEOUT": "8"}
+    foreground = start(["--detach"], tree, env)
+    log = tree / "output" / "mlrunner.log"
+    wait_until(lambda: log.exists() and "--detach" in log.read_text(), what="the daemon's first line")
+    foreground.send_signal(signal.SIGINT)
+    _, err = foreground.communicate(timeout=30)
+    assert foreground.returncode == 130 and "Traceback" not in err, err
+    assert "goes on; --stop ends it" in err  # with its pid, unless Ctrl-C came before the pid did
+    pid = int(log.read_text().split(", pid ")[1].split()[0])
+    wait_until(lambda: not alive(pid), timeout=60, what="the detached run to end")
+    for name in "abc":
+        assert statuses(tree / "output" / f"Name_{name}") == {"train": "finished"}
 
 
 @pytest.mark.parametrize("flags", [["-d"], ["--dry-run"], ["--status"], ["--examine"], ["--stop"], ["--follow"]])
