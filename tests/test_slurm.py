@@ -496,3 +496,18 @@ def test_a_record_owned_by_a_job_is_left_alone_where_slurm_cannot_be_asked_S3(tm
     assert code == 0, out + err
     assert "BUSY    train, output/default: running in another mlrunner (host node9" in out
     assert runlib.statuses(directory) == {"train": "running"}
+
+
+def test_status_says_when_the_queue_cannot_be_asked_and_goes_on_S2(tmp_path):
+    runlib.write(tmp_path, """
+        template:
+          train: echo hi
+        slurm: {gpus: 0}
+        """)
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output" / ".mlrunner-slurm.x").write_text(yaml.safe_dump(
+        {"id": "x", "directory": str(tmp_path / "output" / ".slurm" / "x"), "chunks": [["5", 0, 1]],
+         "outputs": ["output/default"]}))
+    code, out, err = runlib.run(["--status"], tmp_path, env={"PATH": str(tmp_path / "no-slurm-here")})
+    assert code == 0, err
+    assert out.startswith("Slurm jobs on output: the queue cannot be asked (squeue is not on PATH")

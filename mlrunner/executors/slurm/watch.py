@@ -128,12 +128,17 @@ def print_submissions(output: str) -> None:
     found = submissions(output) if os.path.isdir(output) else []
     if not found:
         return
-    states = _live_states(found)
+    try:
+        states = _live_states(found)
+    except queue.SlurmError as error:  # the records below still say what ran
+        print(f"Slurm jobs on {output}: the queue cannot be asked ({error})\n", flush=True)
+        return
     for submission in found:
         elements = list(submission.elements())
         live = [(p, j) for p, j in elements if j in states]
         never = [(p, j) for p, j in elements if j not in states and submission.died_early(p, j)]
-        if not live and not never:
+        if not live and not never:  # all ended, nothing to tell: the record has served
+            submission.remove()
             continue
         counts = Counter(states[j].state for _, j in live)
         what = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())) or "none queued"
