@@ -111,14 +111,16 @@ class SlurmCluster:
         self.conf.write_text("\n".join([
             "ClusterName=mlrunnertest", f"SlurmctldHost={self.node}", "AuthType=auth/none", "CredType=cred/none",
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SwitchType=switch/none",
-            "MpiDefault=none", "SlurmdParameters=config_overrides", "SlurmUser=root", f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
+            "MpiDefault=none", "SlurmdParameters=config_overrides", "SlurmUser=root",
+            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
             f"SlurmctldPidFile={root}/slurmctld.pid", f"SlurmdPidFile={root}/slurmd.pid",
             f"SlurmdSpoolDir={root}/slurmd", f"StateSaveLocation={root}/state",
             f"SlurmctldLogFile={root}/slurmctld.log", f"SlurmdLogFile={root}/slurmd.log",
             "SchedulerType=sched/backfill", "SchedulerParameters=sched_interval=2,bf_interval=2",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core", "ReturnToService=2",
             "JobCompType=jobcomp/none", "JobAcctGatherType=jobacct_gather/none", "KillWait=5",
-            "MinJobAge=600", f"MaxArraySize={self.max_array_size}", f"MaxJobCount={self.max_job_count}", "GresTypes=gpu",
+            "MinJobAge=600", f"MaxArraySize={self.max_array_size}", f"MaxJobCount={self.max_job_count}",
+            "GresTypes=gpu",
             f"NodeName={self.node} CPUs={CPUS} RealMemory=20000 Gres=gpu:{GPUS} State=UNKNOWN",
             "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
 

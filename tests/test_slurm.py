@@ -1,9 +1,10 @@
 """Slurm against a real cluster (SPEC S1-S6): slurmctld + slurmd started by tests/slurmd.py.
 
 The cluster has one node with 4 CPUs and 4 stand-in GPUs (GRES), no accounting, and
-MaxArraySize=8. Every element asks 1 CPU, so four run at a time unless `max_running` says less. Commands that must stay running
-wait for a `release` file, so the tests wait for conditions, never for fixed times.
-`MLRUNNER_SLURM_POLL` shortens the driver's queue poll for the tests.
+MaxArraySize=8. Every element asks 1 CPU, so four run at a time unless `max_running` says less.
+Commands that must stay running wait for a `release` file, so the tests wait for conditions,
+never for fixed times. `MLRUNNER_SLURM_POLL` shortens the driver's queue poll for the tests.
+A few tests need no cluster: they check what the element and the driver do with records alone.
 """
 
 from __future__ import annotations
