@@ -139,6 +139,25 @@ class SlurmCluster:
             time.sleep(0.2)
         raise RuntimeError(f"the Slurm node did not come up in {timeout}s; see {self.root}/slurmd.log")
 
+    def steps(self, job_id: Optional[str] = None) -> List[int]:
+        """Pids of this cluster's `slurmstepd`s (all, or the batch step of one job): job ids
+        restart at 1 in every cluster, so a step is ours when it has our SLURM_CONF."""
+        needle = f"slurmstepd: [{job_id}.batch]" if job_id else "slurmstepd:"
+        ours = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as stream:
+                        if not stream.read().startswith(needle.encode()):
+                            continue
+                    with open(f"/proc/{entry}/environ", "rb") as stream:
+                        if ours in stream.read().split(b"\0"):
+                            found.append(int(entry))
+                except OSError:
+                    pass
+        return found
+
     def wait_idle(self, timeout: float = 60) -> None:
         """Wait until no job is left in the queue (the tests share one cluster)."""
         deadline = time.monotonic() + timeout
@@ -152,7 +171,11 @@ class SlurmCluster:
         if self in _live:
             _live.remove(self)
         self.run("scancel", "--user=root", check=False)
+        deadline = time.monotonic() + 20  # let the jobs end while slurmd can still clean them up
+        while self.run("squeue", "--noheader", check=False).stdout.strip() and time.monotonic() < deadline:
+            time.sleep(0.1)
         pids = [pid for pid in (_pid(self.root / "slurmd.pid"), _pid(self.root / "slurmctld.pid")) if pid]
+        pids += self.steps()  # a step whose slurmd is gone would wait for it forever
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGTERM)

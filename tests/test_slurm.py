@@ -254,12 +254,18 @@ def hold_one(slurm, tmp_path, extra: str = "") -> str:
 
 
 def restart_when_pending(slurm, element: str) -> None:
-    """A requeued job waits (Reason=BeginTime) before it starts again: let it start now. Not
-    before it waits so: while its old run still completes, a start would fail on a revoked credential."""
+    """A requeued job waits (Reason=BeginTime) before it starts again: let it start now, once
+    Slurm can start it. Its old run's credential was revoked at the requeue, to the second, and
+    a start on a credential of that same second fails ("Job credential revoked"): so wait until
+    the old run's batch step is gone and the clock has passed the second after the requeue."""
     def waiting() -> bool:
-        out = slurm.run("squeue", "--noheader", "--array", f"--jobs={element}", "--format=%T %r", check=False)
-        return out.stdout.split() == ["PENDING", "BeginTime"]
+        out = slurm.run("squeue", "--noheader", "--array", f"--jobs={element}", "--format=%T %r %A", check=False)
+        return out.stdout.split()[:2] == ["PENDING", "BeginTime"]
     wait_until(waiting, f"{element} to be requeued")
+    requeued = int(time.time())
+    job_id = slurm.run("squeue", "--noheader", "--array", f"--jobs={element}", "--format=%A").stdout.strip()
+    wait_until(lambda: not slurm.steps(job_id), f"the old run of {element} to end")
+    wait_until(lambda: time.time() >= requeued + 2, "the revoked credential's second to pass")
     slurm.run("scontrol", "update", f"JobId={element}", "StartTime=now")
 
 
