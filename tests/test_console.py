@@ -113,6 +113,7 @@ def tmux(tmp_path):
                               stdout=subprocess.PIPE, text=True, timeout=30).stdout
 
     yield call
+    (tmp_path / "release").touch()  # a test that failed half-way leaves no command waiting for it
     subprocess.run(["tmux", "-S", socket, "kill-server"], stderr=subprocess.DEVNULL)
 
 
