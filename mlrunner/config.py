@@ -119,9 +119,15 @@ def _read_docs(path: str) -> List[_Doc]:
         raise UserError("file not found (create it, or name another one with -y)", path) from None
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read: {error}", path) from None
-    docs = []
     try:
-        for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
+        # libyaml's parser when PyYAML has it (a long sweep list parses ~10x faster); a file it
+        # refuses is parsed again by PyYAML's own, so that every install says the same thing.
+        try:
+            nodes = list(yaml.compose_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+        except yaml.YAMLError:
+            nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        docs = []
+        for node in nodes:
             _check_duplicate_keys(node, path)
             docs.append(_Doc(node, _construct(node, path)))
     except yaml.YAMLError as error:
