@@ -10,7 +10,7 @@ Scalars are typed by PyYAML's own implicit resolvers, so both paths give the sam
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import yaml
 
@@ -64,13 +64,38 @@ def _rows(text: str) -> List[Tuple[str, str, str, str]]:
     if len(rows) == text.count("\n") + (not text.endswith("\n")):
         return rows
     rows = []
-    for line in text.splitlines():
+    lines = iter(text.splitlines())
+    for line in lines:
         if line.strip():
             match = _LINE_RE.match(line)
             if match is None:
                 raise _Unsure
-            rows.append(match.groups(""))
+            spaces, item, key, value = match.groups("")
+            if value.startswith("'") and not _closed(value):
+                value = _fold(value, lines)
+            rows.append((spaces, item, key, value))
     return rows
+
+
+def _closed(value: str) -> bool:
+    """Is this a whole single-quoted scalar (`''` is an escaped quote, not an end)?"""
+    return len(value) >= 2 and value.endswith("'") and "'" not in value[1:-1].replace("''", "")
+
+
+def _fold(first: str, lines: Iterator[str]) -> str:
+    """A single-quoted scalar over several lines, as one line: PyYAML writes each run of k line
+    breaks in the value as k + 1 breaks and indents the rest; one break alone is a space."""
+    parts, breaks = [first], 0
+    for line in lines:
+        if not line.strip():
+            breaks += 1
+            continue
+        parts.append("\n" * breaks if breaks else " ")
+        parts.append(line.strip(" \t"))
+        breaks = 0
+        if _closed("".join(parts)):
+            return "".join(parts)
+    raise _Unsure
 
 
 def _fast(text: str) -> Dict[Any, Any]:

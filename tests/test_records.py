@@ -57,6 +57,18 @@ def _stat_like(rng: random.Random) -> dict:
     return stat
 
 
+def test_i6_fast_reader_equals_pyyaml_on_multi_line_shell_lines():
+    """A recorded shell line holds a line break (I6): PyYAML folds it into a multi-line scalar."""
+    rng = random.Random(5)
+    pieces = ["export X=0; { cmd", "\n", "\n\n", "} > 'log' 2>&1", "a''b", " ", "it's", "x" * 80, "é", "#", ":"]
+    for _ in range(3000):
+        value = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+        text = records.dumps({"_scripts": {"train": value}, "lr": 0.1}, sort_keys=False)
+        assert records.loads(text) == yaml.safe_load(text), text
+    text = records.dumps({"_scripts": {"t": "export CUDA_VISIBLE_DEVICES=0; { python t.py\n} > out/log 2>&1"}})
+    assert records._fast(text) == yaml.safe_load(text)  # read without PyYAML
+
+
 def test_v2_fast_reader_equals_pyyaml_on_stat_files_with_run_lists():
     rng = random.Random(11)
     for _ in range(2000):
