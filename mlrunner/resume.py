@@ -6,6 +6,7 @@ corrupt record aside when it claims the experiment's first command, and says so 
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -122,7 +123,16 @@ def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: 
     It only reads: the run itself sets corrupt records aside when it claims their commands.
     """
     out = []
+    try:
+        existing = set(os.listdir(root))  # one listing; a task with nothing there has nothing to read
+    except OSError:
+        existing = set()
     for task in plan.tasks:
+        present = ({record_path("", STAT, task.name, True), record_path("", PARAM, task.name, True)} & existing
+                   if no_subdir else task.name in existing)
+        if not present:
+            out.append(Review(start=0))
+            continue
         notes: List[str] = []
         problems: List[str] = []
         param = _identify(task, root, no_subdir, notes, problems)
