@@ -98,6 +98,8 @@ class Rpc:
                 self._send({"op": "ping", "id": 0}, time.monotonic() + HEARTBEAT)
             except HostLost:
                 return
+            except RequestFailed:
+                continue  # the channel takes nothing now: silence decides, at the next beat
 
     # -- writing ------------------------------------------------------------------------------------
     def _send(self, message: Dict[str, Any], deadline: float) -> None:
