@@ -3,8 +3,8 @@
 mlrunner sends this file's source to `python3 -c` over one SSH channel per host, started once
 by the user's shell as `ssh host command` would be, so commands see the environment the shell
 start-up sets (PATH, conda) without paying for a new shell per command. Requests and replies are
-JSON lines; each request is served in its own thread, so a big sync bundle never holds up a
-`start`, a `wait` or the heartbeat (SPEC H8). Standard library only, Python >= 3.6, Linux: it runs
+JSON lines; quick requests are served at once, slow ones (listing, bundles, `nvidia-smi`) each in
+a thread of its own, so a big sync never holds up a `start`, a `wait` or the heartbeat (SPEC H8). Standard library only, Python >= 3.6, Linux: it runs
 on whatever python3 the GPU server has.
 
 Nothing but JSON travels on stdout: commands get /dev/null for stdin, stdout and stderr (their

@@ -1,6 +1,6 @@
 """The host protocol on the runner's side: JSON lines over one SSH channel to the agent (SPEC H8).
 
-Requests run concurrently (each has an id; the agent serves each in its own thread) and each has
+Requests run concurrently (each has an id; the agent serves slow ones in threads of their own) and each has
 its own deadline: a request that misses it fails alone. Whether the host is still there is the
 heartbeat's call: a ping every HEARTBEAT seconds, and SILENCE seconds without a word from the agent
 (a SIGSTOPped agent, a dead link without FIN) mean the host is lost. A slow transfer on another
