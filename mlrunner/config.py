@@ -334,7 +334,7 @@ def load(path: str) -> Config:
     config.sync = check.mapping(data.get("sync") or {}, "'sync'", "sync")
     config.metrics = _parse_metrics(check, data.get("metric") or {}, templates)
     if "gpu" in data:
-        from .allocator import parse_policy
+        from .gpu_policy import parse_policy
         config.gpu = parse_policy(data["gpu"], tuple(templates), check.fail)
     if "slurm" in data:
         from .executors.slurm.settings import parse as parse_slurm

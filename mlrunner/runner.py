@@ -1,8 +1,7 @@
-"""The scheduler: one thread per worker pulls tasks from the pool in order (SPEC R1-R8, I2-I4).
+"""Run a plan: the checks, the workers, the signals and the summary (SPEC R3-R8, I2, I3).
 
-A command's life is claim+start (one locked step in `state.py`) -> wait -> record, and it ends one
-of these ways: finished, failed (exit status, timeout, or an error of ours: I4), interrupted
-(Ctrl-C, SIGTERM, SIGHUP), or lost with its host (the task goes back to the pool, H6).
+Everything that can refuse a run (a changed config, a bad host, a bad size) is checked before the
+detach point; then the executors are built, the scheduler runs, and the summary is printed.
 """
 
 from __future__ import annotations
@@ -12,369 +11,24 @@ import os
 import shutil
 import signal
 import sys
-import threading
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set
+from typing import List, Optional
 
-from .allocator import OOM_TRIES, Allocator, Grant, NoPlace, Place, check_sizes, gib, oom_in_log
+from .allocator import Allocator, Place
 from .config import Config
 from .console import Console
 from .detach import detach
 from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
-from .executors.base import Executor, HostLost, Process, wait_for
-from .pool import Pool
+from .executors.local import LocalExecutor
+from .gpu_policy import check_sizes
 from .report import format_orphans
 from .resume import Review, review
 from .runs import RunRecord
-from .state import FAILED, FINISHED, INTERRUPTED, RUN, Experiment
-from .sweep import Plan, Task
-from .template import shell_line
-from .workers import build_executors
+from .scheduler import Scheduler, Summary
+from .sweep import Plan
+from .workers import build_executors, host_specs
 
 EXIT_BY_SIGNAL = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
 LOG_TAIL_LINES = 5
-# How a command's turn ended, as `_run_command` tells `_run_task`.
-DONE, ALREADY, BUSY, FAIL, STOPPED, LOST, OOM = "done", "already", "busy", "fail", "stopped", "lost", "oom"
-
-
-@dataclass
-class Failure:
-    output: str
-    command: str
-    reason: str
-    log: Optional[str] = None
-
-
-@dataclass
-class Summary:
-    finished: int = 0
-    already: int = 0
-    skipped: int = 0
-    interrupted: int = 0
-    requeued: int = 0
-    not_run: int = 0
-    failures: List[Failure] = field(default_factory=list)
-    busy: List[str] = field(default_factory=list)
-    no_place: Optional[str] = None  # why no GPU could take the tasks left (gpu.wait: false)
-
-
-@dataclass
-class Lease:
-    """The grant a task runs under; an out-of-memory retry swaps it for a larger one (G5)."""
-
-    grant: Optional[Grant]
-
-    @property
-    def executor(self) -> Executor:
-        return self.grant.place.executor
-
-
-class Scheduler:
-    """Runs a plan on executors; `stop()` (from a signal handler) ends every running tree."""
-
-    def __init__(self, plan: Plan, config: Config, allocator: Allocator, run_time: str,
-                 args: argparse.Namespace, reviews: List[Review], console: Console):
-        self.plan = plan
-        self.config = config
-        self.allocator = allocator
-        self.run_time = run_time
-        self.args = args
-        self.reviews = reviews
-        self.console = console
-        self.summary = Summary()
-        self.stopping = threading.Event()
-        self.halted = threading.Event()  # --fail-fast after a failure: no new command starts
-        self.signal_number: Optional[int] = None
-        self._lock = threading.Lock()
-        self.pool = Pool(plan.tasks)
-        self._running: Set[Process] = set()
-        self._enders: List[threading.Thread] = []
-        self._width = max((len(c) for t in plan.tasks[:1000] for c in t.commands), default=0)
-
-    def run(self) -> Summary:
-        """One worker per remote place, bound to it (its host may come and go), and the local
-        workers, who take whichever local place the allocator hands out."""
-        bound = [p for p in self.allocator.places if p.remote]
-        threads = [threading.Thread(target=self._worker, args=(p,), daemon=True) for p in bound]
-        threads += [threading.Thread(target=self._worker, args=(None,), daemon=True)
-                    for _ in range(self.allocator.workers(bound=False))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)  # short joins keep the main thread free for signal handlers
-        for ender in list(self._enders):
-            ender.join()
-        if not self.stopping.is_set():
-            self.summary.not_run = self.pool.left()
-        return self.summary
-
-    def stop(self, number: int) -> None:
-        """End every running command's tree: SIGTERM, then SIGKILL after the grace (R8).
-
-        A second Ctrl-C kills at once. The work is done in a thread: a signal handler must not
-        wait for the console's lock, which the interrupted code may hold.
-        """
-        with self._lock:
-            again = self.stopping.is_set()
-            self.signal_number = self.signal_number or number
-            self.stopping.set()
-            self.pool.close()
-            running = list(self._running)
-            if again:
-                if number == signal.SIGINT:
-                    ender = threading.Thread(target=self._kill_now, args=(running,), daemon=True)
-                    self._enders.append(ender)
-                    ender.start()
-                return
-            announce = threading.Thread(target=self._announce, args=(number, len(running)), daemon=True)
-            self._enders.append(announce)
-            announce.start()
-            for process in running:
-                self._end_in_background(process)
-
-    def _announce(self, number: int, running: int) -> None:
-        name = signal.Signals(number).name
-        if running:
-            self.console.print(f"{name}: ending {running} running command(s): SIGTERM, then SIGKILL after "
-                               f"{self.args.grace:g}s" + ("; Ctrl-C again to kill them now" if number == signal.SIGINT
-                                                          else ""))
-        else:
-            self.console.print(f"{name}: stopping; no command is running")
-
-    def _kill_now(self, processes: List[Process]) -> None:
-        self.console.print("Ctrl-C again: killing every running command now (SIGKILL)")
-        for process in processes:
-            process.signal(signal.SIGKILL)
-
-    def _end_in_background(self, process: Process) -> None:
-        ender = threading.Thread(target=process.end, args=(self.args.grace,), daemon=True)
-        self._enders.append(ender)
-        ender.start()
-
-    # -- a worker's loop -------------------------------------------------------------------------
-    def _worker(self, bound: Optional[Place]) -> None:
-        while bound is None or bound.executor.ready(self.pool.finished):
-            task = self.pool.take()
-            if task is None:
-                return
-            lost, lease = False, Lease(None)
-            try:
-                verdict = self.reviews[task.index]
-                if verdict.start is None:  # finished before this run began: no place needed
-                    self._count("already", len(task.commands))
-                    continue
-                lease.grant = self.allocator.acquire(
-                    self.allocator.size(task.commands[verdict.start:], task.params), self.stopping, bound)
-                if lease.grant is not None:
-                    lost = self._run_task(task, lease)
-            except HostLost:
-                lost = True
-            except NoPlace as error:
-                self._no_place(task, str(error))
-            except Exception as error:  # a bug of ours must not hang the pool (I4); the task is failed
-                self._fail_untracked(task, error)
-            finally:
-                self.allocator.release(lease.grant)
-                if lost and not self.stopping.is_set():
-                    with self._lock:
-                        self.summary.requeued += 1
-                    host = bound.executor.host if bound else "localhost"
-                    self.console.print(f"REQUEUE {task.output}: host {host} lost; another worker takes it")
-                self.pool.done(task, requeue=lost)
-
-    def _run_task(self, task: Task, lease: Lease) -> bool:
-        """Run a task's commands in order; True when its host was lost under it."""
-        verdict = self.reviews[task.index]
-        experiment = Experiment(task.output, task.name, shared=self.args.no_subdir)
-        param: Optional[Dict] = None
-        lines: Dict[str, str] = {}
-        ran = self.args.force  # once a command runs, the later ones run too: their inputs changed (R6)
-        for position, command in enumerate(task.commands):
-            if position < verdict.start:
-                self._count("already", 1)
-                continue
-            later = list(task.commands[position + 1:])
-            for oom_try in range(OOM_TRIES + 1):
-                executor = lease.executor
-                try:
-                    if not lines:  # the first command to run on this place: the directory, this run's params
-                        executor.prepare(task.output)
-                        lines = task.render(self.config.templates, self.run_time, executor.resource, executor.host)
-                        scripts = {c: shell_line(lines[c], executor.resource, self._log(task, c), self.args.debug)
-                                   for c in task.commands}
-                        param = dict(task.params, _name=task.name, _output=task.output, _time=self.run_time,
-                                     _scripts=scripts)
-                    ending = self._run_command(lease, experiment, task, command, lines[command],
-                                               ran or oom_try > 0 or command in verdict.rerun, param, later,
-                                               oom_left=oom_try < OOM_TRIES)
-                except HostLost:
-                    raise
-                except Exception as error:  # I4: fail this command with the reason, and go on
-                    ending = self._fail(experiment, task, command, f"{type(error).__name__}: {error}", later)
-                if ending != OOM:
-                    break
-                param, lines = None, {}
-                if not self._regrant(lease, task, command, oom_try):
-                    return False
-            if ending == DONE:
-                param, ran = None, True
-            elif ending == ALREADY:
-                self._count("already", 1)
-            else:
-                return ending == LOST
-        return False
-
-    def _regrant(self, lease: Lease, task: Task, command: str, oom_try: int) -> bool:
-        """After an out-of-memory end: give the place back and wait for one with more room (G5)."""
-        old = lease.grant
-        size = self.allocator.oom_size(old)
-        self.console.print(f"OOM     gpu: {lease.executor.label}, {self._info_plain(command, task)} (out of GPU "
-                           f"memory with {gib(old.mib)} reserved; again with {gib(size)}, try {oom_try + 2} of "
-                           f"{OOM_TRIES + 1})")
-        self.allocator.release(old)
-        lease.grant = None
-        lease.grant = self.allocator.acquire(size, self.stopping)
-        return lease.grant is not None
-
-    def _no_place(self, task: Task, reason: str) -> None:
-        """No GPU can take this task: too large for any (a failure), or every one skipped (the run ends)."""
-        if "gpu.wait is false" in reason:
-            with self._lock:
-                first = self.summary.no_place is None
-                self.summary.no_place = reason
-            self.pool.close()
-            if first:
-                self.console.print(f"STOP    no GPU left to run on: {reason}")
-            return
-        with self._lock:
-            self.summary.failures.append(Failure(task.output, "-", reason))
-        self.console.print(f"FAIL    {task.output} ({reason})")
-
-    def _run_command(self, lease: Lease, experiment: Experiment, task: Task, command: str, line: str,
-                     rerun: bool, param: Optional[Dict], later: List[str], oom_left: bool = False) -> str:
-        """Run one command, with its retries, and record how it ended."""
-        executor = lease.executor
-        info = self._info(executor, command, task)
-        for attempt in range(self.args.retry + 1):
-            if self.stopping.is_set() or self.halted.is_set():
-                return STOPPED
-            log = self._log(task, command) + (f".retry{attempt}" if attempt else "")
-            claim = experiment.start(
-                command, rerun=rerun or attempt > 0, worker=executor.label, log=log, param=param,
-                line=lambda path: shell_line(line, executor.resource, path, self.args.debug),
-                launch=lambda script: self._launch(lease, script), grace=self.args.grace)
-            for note in claim.notes:
-                self.console.print(f"NOTE    {note}")
-            if claim.verdict == FINISHED:
-                return ALREADY
-            if claim.verdict != RUN:
-                self._note_busy(task, command, claim.verdict)
-                return BUSY
-            param = None
-            if attempt == 0:
-                self.console.print(f"START   {info}")
-            outcome = wait_for(claim.process, self.args.timeout, self.args.grace)
-            with self._lock:
-                self._running.discard(claim.process)
-            self._collect(executor, task)
-            if outcome.lost:
-                self.console.ended_command("lost", outcome.seconds)
-                self._notes(experiment.finish(command, INTERRUPTED, outcome.seconds, outcome.reason))
-                self.console.print(f"LOST    {info} ({outcome.reason})")
-                return LOST
-            if self.stopping.is_set():
-                self.console.ended_command(INTERRUPTED, outcome.seconds)
-                self._notes(experiment.finish(command, INTERRUPTED, outcome.seconds, "interrupted"))
-                self._count("interrupted", 1)
-                self.console.print(f"STOP    {info}")
-                return STOPPED
-            if outcome.code == 0:
-                self.console.ended_command(FINISHED, outcome.seconds)
-                self._notes(experiment.finish(command, FINISHED, outcome.seconds))
-                self._count("finished", 1)
-                self.console.print(f"DONE    {info}")
-                return DONE
-            self.console.ended_command(FAILED, outcome.seconds)
-            if self.allocator.policy and oom_in_log(claim.log):
-                if oom_left:
-                    self._notes(experiment.finish(command, FAILED, outcome.seconds, "out of GPU memory"))
-                    return OOM
-                outcome.reason = "out of GPU memory, every try"
-            if attempt < self.args.retry:
-                self._notes(experiment.finish(command, FAILED, outcome.seconds, outcome.reason))
-                self.console.print(f"RETRY   {info} ({outcome.reason}; attempt {attempt + 2} of "
-                                   f"{self.args.retry + 1})")
-                continue
-            return self._fail(experiment, task, command, outcome.reason or "failed", later, outcome.seconds,
-                              claim.log, info)
-        return STOPPED
-
-    def _launch(self, lease: Lease, script: str) -> Process:
-        process = lease.executor.start(script, self.args.debug)
-        self.allocator.attach(lease.grant, getattr(process, "pgid", None))
-        with self._lock:
-            self._running.add(process)
-            missed_stop = self.stopping.is_set()
-        if missed_stop:  # stop() ran before this process was in the set: end it too
-            self._end_in_background(process)
-        self.console.started_command()
-        return process
-
-    def _fail(self, experiment: Experiment, task: Task, command: str, reason: str, later: List[str],
-              seconds: Optional[float] = None, log: Optional[str] = None, info: Optional[str] = None) -> str:
-        """Record a failed command and skip the task's later ones; with --fail-fast, stop starting."""
-        try:
-            self._notes(experiment.finish(command, FAILED, seconds, reason, skipped=later))
-        except Exception as error:  # the record itself cannot be written (I4): say so, and go on
-            reason = f"{reason}; its record could not be written either: {type(error).__name__}: {error}"
-        with self._lock:
-            self.summary.failures.append(Failure(task.output, command, reason, log))
-            self.summary.skipped += len(later)
-        self.console.print(f"FAIL    {info or self._info_plain(command, task)} ({reason})")
-        if self.args.fail_fast and not self.halted.is_set():
-            self.halted.set()
-            self.pool.close()
-            self.console.print("--fail-fast: no new command starts; running ones finish")
-        return FAIL
-
-    def _fail_untracked(self, task: Task, error: Exception) -> None:
-        with self._lock:
-            self.summary.failures.append(Failure(task.output, "-", f"{type(error).__name__}: {error}"))
-        self.console.print(f"FAIL    {task.output} ({type(error).__name__}: {error})")
-
-    def _collect(self, executor: Executor, task: Task) -> None:
-        """Bring a remote command's files home, partial logs included (H5)."""
-        try:
-            executor.collect(task.output)
-        except HostLost:
-            pass  # the files stay on the host; the task runs again elsewhere
-        except Exception as error:  # a failed copy must not end the run: say it and go on
-            self.console.print(f"warning: copying {task.output} back from {executor.host} failed: {error}")
-
-    def _count(self, what: str, number: int) -> None:
-        with self._lock:
-            setattr(self.summary, what, getattr(self.summary, what) + number)
-
-    def _notes(self, notes: List[str]) -> None:
-        for note in notes:
-            self.console.print(f"NOTE    {note}")
-
-    def _log(self, task: Task, command: str) -> str:
-        return task.log(command, self.run_time, self.args.no_subdir)
-
-    def _info(self, executor: Executor, command: str, task: Task) -> str:
-        return f"gpu: {executor.label}, " + self._info_plain(command, task)
-
-    def _info_plain(self, command: str, task: Task) -> str:
-        total = len(self.plan.tasks)
-        width = max(2, len(str(total)))
-        return f"{command:<{self._width}}:{task.index + 1:{width}d}/{total:{width}d}, {task.output}"
-
-    def _note_busy(self, task: Task, command: str, verdict: str) -> None:
-        with self._lock:
-            self.summary.busy.append(f"{task.output} ({command}: {verdict})")
-        self.console.print(f"BUSY    {command}, {task.output}: {verdict}")
 
 
 def _copy_config(config: Config, output: str, title: Optional[str]) -> None:
@@ -417,6 +71,8 @@ def _print_summary(console: Console, summary: Summary, halted: bool) -> None:
         console.print("\n".join(lines))
     if summary.busy:
         console.print("Left to another mlrunner:\n" + "\n".join(f"    {b}" for b in summary.busy))
+    if summary.hosts_left_out:
+        console.print("Hosts left out (unreachable at start):\n" + "\n".join(f"    {h}" for h in summary.hosts_left_out))
 
 
 def _check_changes(plan: Plan, reviews: List[Review]) -> bool:
@@ -457,6 +113,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     if on_change == "ask" and _check_changes(plan, reviews):
         return EXIT_USAGE
     to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
+    specs = host_specs(config, args)
     # Every check is done: from here on, things start.
     if args.slurm or config.slurm is not None:  # the tasks go to Slurm's job arrays instead (S1)
         from .executors.slurm.submit import submit
@@ -464,11 +121,13 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     detached = detach(args.output) if args.detach else None
     if detached is not None:  # the foreground side of --detach: the run goes on in the daemon (D1)
         return detached
-    executors = build_executors(config, args)
+    unreachable: List[str] = []
+    executors = build_executors(config, args, specs, unreachable)
     if not executors:
         print("mlrunner: no workers: no local resource and no reachable host", file=sys.stderr)
         return EXIT_FAILED
-    places = [Place(e, [g for g in e.resource.split(",") if g], remote=e.host != "localhost") for e in executors]
+    places = [Place(e, [g for g in e.resource.split(",") if g], remote=not isinstance(e, LocalExecutor))
+              for e in executors]
     print(f"Orphan params: {format_orphans(plan.orphans, config)}")
     for verdict in reviews:
         for note in verdict.notes:
@@ -478,6 +137,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     console = Console(to_run, len(executors))
     allocator = Allocator(places, config.gpu, say=console.print)
     scheduler = Scheduler(plan, config, allocator, run_time, args, reviews, console)
+    scheduler.summary.hosts_left_out = unreachable
     handlers = {signal.SIGINT: lambda number, _frame: scheduler.stop(number),
                 signal.SIGTERM: lambda number, _frame: scheduler.stop(number),
                 signal.SIGHUP: lambda _number, _frame: _on_hangup(scheduler)}

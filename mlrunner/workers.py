@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from .config import Config
 from .errors import UserError
@@ -24,27 +24,32 @@ def resolve_resources(option: Optional[List[str]], configured: Optional[List[str
     return [str(r) for r in chosen]
 
 
-def build_executors(config: Config, args: argparse.Namespace, notes: Optional[List[str]] = None) -> List[Executor]:
+def host_specs(config: Config, args: argparse.Namespace) -> List[Any]:
+    """The hosts to use, checked before anything starts: a bad setting or a host name that does
+    not resolve is a UserError (C10, H12)."""
+    if not (args.hosts or config.hosts):
+        return []
+    from . import hosts
+    specs = hosts.select(args.hosts, hosts.parse_config(config.hosts, config.path),
+                         hosts.parse_sync(config.sync, config.path))
+    from .executors.ssh import HostError, require_paramiko, unresolvable
+    try:
+        require_paramiko()
+    except HostError as error:
+        raise UserError(str(error)) from None
+    for spec in specs:
+        why = unresolvable(spec)
+        if why:
+            raise UserError(f"--hosts: {why}" if args.hosts else f"hosts: {why}", None if args.hosts else config.path)
+    return specs
+
+
+def build_executors(config: Config, args: argparse.Namespace, specs: List[Any],
+                    notes: Optional[List[str]] = None) -> List[Executor]:
     """Local workers (unless `-r` with no value empties them) plus every reachable host's GPUs.
 
-    A host name that does not resolve is a UserError (H12); a host that cannot be reached is a
-    warning on stderr, also appended to `notes` for the summary.
+    A host that cannot be reached is a warning on stderr, also appended to `notes` for the summary.
     """
-    specs = []
-    if args.hosts or config.hosts:  # checked first: a bad host name stops the run before anything (H12)
-        from . import hosts
-        specs = hosts.select(args.hosts, hosts.parse_config(config.hosts, config.path),
-                             hosts.parse_sync(config.sync, config.path))
-        from .executors.ssh import HostError, require_paramiko, unresolvable
-        try:
-            require_paramiko()
-        except HostError as error:
-            raise UserError(str(error)) from None
-        for spec in specs:
-            why = unresolvable(spec)
-            if why:
-                raise UserError(f"--hosts: {why}" if args.hosts else f"hosts: {why}",
-                                None if args.hosts else config.path)
     local = [] if args.resource == [] else resolve_resources(args.resource, config.resources)
     executors: List[Executor] = [LocalExecutor(r) for r in local]
     if specs:

@@ -19,7 +19,8 @@ import pytest
 
 from runlib import STAND_INS, load, run, start, statuses, write
 
-from mlrunner.allocator import Claim, LockDir, oom_in_log, parse_size
+from mlrunner.allocator import Claim, LockDir
+from mlrunner.gpu_policy import oom_in_log, parse_size
 from mlrunner.gpus import parse_apps_csv, parse_memory_csv
 
 H100 = 81559  # MiB, as nvidia-smi reports an H100 80GB

@@ -205,6 +205,8 @@ def test_h6_unreachable_host_is_left_out_and_the_run_goes_on(servers, tmp_path: 
     assert code == 0
     assert "warning: host 127.0.0.1 left out: cannot reach" in err
     assert "Finished: 2, failed: 0" in out
+    summary = out[out.index("Finished: 2"):]
+    assert "Hosts left out (unreachable at start):\n    host 127.0.0.1 left out: cannot reach" in summary  # H12
 
 
 def test_h6_host_that_never_answers_is_left_out_after_the_timeout(servers, tmp_path: Path):
