@@ -6,7 +6,7 @@ import os
 import sys
 import threading
 import time
-from typing import IO, Optional
+from typing import IO, List, Optional
 
 STATUS_INTERVAL = 0.5
 CLEAR_LINE = "\r\x1b[K"
@@ -109,3 +109,17 @@ class Console:
 def _fit(text: str, columns: int) -> str:
     """Cut to one column less than the terminal: writing the last column makes some terminals wrap."""
     return text[:max(columns - 1, 1)]
+
+
+def log_tail(path: Optional[str], count: int = 5) -> List[str]:
+    """The last non-blank lines of a log (its last 8 KiB), to show with a failure."""
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            stream.seek(max(stream.tell() - 8192, 0))
+            text = stream.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-count:]

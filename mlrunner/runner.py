@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from .allocator import Allocator, Place
 from .config import Config
-from .console import Console
+from .console import Console, log_tail
 from .detach import detach
 from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 from .executors.local import LocalExecutor
@@ -39,19 +39,6 @@ def _copy_config(config: Config, output: str, title: Optional[str]) -> None:
     os.replace(temporary, target)
 
 
-def _log_tail(path: Optional[str]) -> List[str]:
-    if not path:
-        return []
-    try:
-        with open(path, "rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            stream.seek(max(stream.tell() - 8192, 0))
-            text = stream.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    return [line for line in text.splitlines() if line.strip()][-LOG_TAIL_LINES:]
-
-
 def _print_summary(console: Console, summary: Summary, halted: bool) -> None:
     console.print(f"Finished: {summary.finished}, failed: {len(summary.failures)}, skipped: {summary.skipped}, "
                   f"interrupted: {summary.interrupted}, already finished: {summary.already}")
@@ -67,7 +54,7 @@ def _print_summary(console: Console, summary: Summary, halted: bool) -> None:
             lines.append(f"    {failure.output} ({failure.command}: {failure.reason})")
             if failure.log:
                 lines.append(f"        log: {failure.log}")
-                lines.extend(f"        | {line}" for line in _log_tail(failure.log))
+                lines.extend(f"        | {line}" for line in log_tail(failure.log, LOG_TAIL_LINES))
         console.print("\n".join(lines))
     if summary.busy:
         console.print("Left to another mlrunner:\n" + "\n".join(f"    {b}" for b in summary.busy))

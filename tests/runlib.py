@@ -66,3 +66,13 @@ def wait_for_file(path: Path, lines: int = 1, timeout: float = 20) -> List[str]:
                 return content
         time.sleep(0.05)
     raise AssertionError(f"{path} did not get {lines} lines in {timeout}s")
+
+
+def wait_until(condition, timeout: float = 20) -> bool:
+    """Poll `condition` every 50 ms until it holds or `timeout` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from runlib import REPO, alive
+from runlib import REPO, alive, wait_until
 
 AGENT = REPO / "mlrunner" / "executors" / "agent.py"
 
@@ -91,17 +91,8 @@ def agent():
     started.stop()
 
 
-def wait_for(condition, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def pids_in(path: Path, count: int):
-    assert wait_for(lambda: path.exists() and len(path.read_text().split()) == count)
+    assert wait_until(lambda: path.exists() and len(path.read_text().split()) == count)
     return [int(p) for p in path.read_text().split()]
 
 
@@ -124,7 +115,7 @@ def test_h10_a_reply_that_cannot_be_written_ends_every_command(agent, tmp_path: 
     pids = pids_in(tmp_path / "pids", 2) + pids_in(tmp_path / "two" / "pids", 2)
     agent.cut()
     agent.send("list", path=str(tmp_path))  # its reply meets a closed pipe
-    assert wait_for(lambda: agent.process.poll() is not None)
+    assert wait_until(lambda: agent.process.poll() is not None)
     assert [p for p in pids if alive(p)] == []
 
 
@@ -136,7 +127,7 @@ def test_h10_the_agent_ends_its_commands_when_its_connection_closes_or_it_is_ter
         agent.process.stdin.close()
     else:
         agent.process.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGHUP)
-    assert wait_for(lambda: agent.process.poll() is not None)
+    assert wait_until(lambda: agent.process.poll() is not None)
     assert [p for p in pids if alive(p)] == []
 
 
@@ -148,7 +139,7 @@ def test_h10_a_runner_silent_too_long_is_gone_and_the_agent_ends_its_commands(tm
         pids = pids_in(tmp_path / "pids", 2)
         began = time.monotonic()
         assert [p for p in pids if alive(p)] == pids or agent.process.poll() is not None
-        assert wait_for(lambda: agent.process.poll() is not None)
+        assert wait_until(lambda: agent.process.poll() is not None)
         assert time.monotonic() - began < 10
         assert [p for p in pids if alive(p)] == []
     finally:
@@ -173,10 +164,10 @@ def test_h10_a_group_is_signalled_only_while_it_is_ours(agent, tmp_path: Path):
     assert open(f"/proc/{leader}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
     assert agent.request("alive", target=ident)["alive"] is True
     assert agent.request("signal", target=ident, signal=signal.SIGTERM)["known"] is True
-    assert wait_for(lambda: not alive(child))
+    assert wait_until(lambda: not alive(child))
     # The group is empty: the agent reaps the leader and forgets the group.
-    assert wait_for(lambda: agent.request("signal", target=ident, signal=0)["known"] is False)
-    assert wait_for(lambda: not os.path.exists(f"/proc/{leader}"))
+    assert wait_until(lambda: agent.request("signal", target=ident, signal=0)["known"] is False)
+    assert wait_until(lambda: not os.path.exists(f"/proc/{leader}"))
     # An unrelated process that gets the same pid, as its own group leader, is never signalled.
     stranger = None
     for _ in range(200):
@@ -194,7 +185,7 @@ def test_h10_a_group_is_signalled_only_while_it_is_ours(agent, tmp_path: Path):
             assert agent.request("alive", target=ident)["alive"] is False
             assert stranger.poll() is None
             agent.process.stdin.close()  # the agent's cleanup must leave it alone too
-            assert wait_for(lambda: agent.process.poll() is not None)
+            assert wait_until(lambda: agent.process.poll() is not None)
             assert stranger.poll() is None
         finally:
             stranger.kill()
@@ -208,7 +199,7 @@ def test_h10_a_command_that_exits_at_once_is_reported_and_forgotten(agent, tmp_p
         message = agent.exits.get(timeout=20)
         codes[message["id"]] = message["exit"]
     assert codes == {ident: i for i, ident in enumerate(idents)}
-    assert wait_for(lambda: all(agent.request("alive", target=i)["alive"] is False for i in idents))
+    assert wait_until(lambda: all(agent.request("alive", target=i)["alive"] is False for i in idents))
     assert all(agent.request("signal", target=i, signal=0)["known"] is False for i in idents)
 
 
@@ -217,7 +208,7 @@ def test_h9_commands_and_the_agent_write_nothing_on_its_stdio(agent, tmp_path: P
     assert agent.exits.get(timeout=20) == {"id": ident, "exit": 0}
     agent.request("ping")
     agent.process.stdin.close()
-    assert wait_for(lambda: agent.process.poll() is not None)
+    assert wait_until(lambda: agent.process.poll() is not None)
     assert agent.process.stderr.read() == b""
     assert agent.replies.empty()
 

@@ -18,7 +18,7 @@ from typing import Dict, List
 import pytest
 import yaml
 
-from runlib import environment, load, run, start, statuses, wait_for_file, write
+from runlib import environment, load, run, start, statuses, wait_for_file, wait_until, write
 
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 
@@ -72,15 +72,6 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _wait(condition, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def _group_members(pgid: int) -> List[int]:
     """Live (not zombie) processes of a process group, from the process table."""
     members = []
@@ -117,7 +108,7 @@ def test_i3_sighup_ends_every_tree_exit_129_and_rerun_never_overlaps(tmp_path: P
     runner.send_signal(signal.SIGHUP)
     out, err = runner.communicate(timeout=60)
     assert runner.returncode == 129, out + err
-    assert _wait(lambda: not any(_running(p) for p in pids)), "a command's process outlived SIGHUP"
+    assert wait_until(lambda: not any(_running(p) for p in pids)), "a command's process outlived SIGHUP"
     assert all(_group_members(g) == [] for g in groups)
     assert "interrupted: 2" in out
     for i in (1, 2):
@@ -170,7 +161,7 @@ def test_i3_sigkill_leftover_group_already_exited_is_simply_rerun(tmp_path: Path
     for pgid in groups:
         os.killpg(pgid, signal.SIGKILL)
     # Until init reaps them, zombies (the group leaders among them) keep their groups alive.
-    assert _wait(lambda: all(_gone(p) for p in [*pids, *groups]), 30), "init did not reap the killed trees"
+    assert wait_until(lambda: all(_gone(p) for p in [*pids, *groups]), 30), "init did not reap the killed trees"
     code, out, err = run([], tmp_path, {"SLEEP": "0.1"})
     assert code == 0, out + err
     assert "ended process group" not in out
@@ -189,7 +180,7 @@ def test_i3_a_leftover_group_of_zombies_only_is_not_ended(tmp_path: Path):
         groups = {os.getpgid(p) for p in pids}
         for pgid in groups:
             os.killpg(pgid, signal.SIGKILL)
-        assert _wait(lambda: not any(_running(p) for p in [*pids, *groups]))
+        assert wait_until(lambda: not any(_running(p) for p in [*pids, *groups]))
         began = time.monotonic()
         code, out, err = run(["--grace", "5s"], tmp_path, {"SLEEP": "0.1"})
         assert code == 0, out + err

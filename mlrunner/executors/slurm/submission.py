@@ -119,15 +119,3 @@ def write_manifest(path: str, data: Dict[str, Any]) -> None:
 def read_manifest(path: str) -> Dict[str, Any]:
     with open(path, encoding="utf-8") as stream:
         return json.load(stream)
-
-
-def log_tail(path: str, count: int = 5) -> List[str]:
-    """The last lines of a Slurm log, to show why an element ended before mlrunner ran (S5)."""
-    try:
-        with open(path, "rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            stream.seek(max(stream.tell() - 8192, 0))
-            text = stream.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    return [line for line in text.splitlines() if line.strip()][-count:]

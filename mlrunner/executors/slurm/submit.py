@@ -24,7 +24,8 @@ from ...state import RUNNING, last_run, owner_alive
 from ...sweep import Plan, Task
 from . import queue
 from .settings import Settings, sbatch_argv
-from .submission import DIRECTORY, Chunk, Submission, log_tail, submissions, write_manifest
+from ...console import log_tail
+from .submission import DIRECTORY, Chunk, Submission, submissions, write_manifest
 
 # The args an element needs to run its task as a local run would; the rest is the driver's.
 ELEMENT_ARGS = ("output", "title", "command", "force", "rerun_changed", "keep_changed", "fail_fast", "debug",

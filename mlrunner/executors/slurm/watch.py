@@ -18,7 +18,8 @@ from ...errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from ...state import FAILED, FINISHED, INTERRUPTED, RUNNING, SKIPPED, STAT, read_yaml, record_path, runs_of
 from ...sweep import Task
 from . import queue
-from .submission import Submission, log_tail, submissions
+from ...console import log_tail
+from .submission import Submission, submissions
 
 RECORD_POLL = 1.0
 ENDED = (FINISHED, FAILED, SKIPPED)
