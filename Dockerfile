@@ -9,11 +9,13 @@ FROM python:3.11-slim
 # pin would stop the build. hadolint ignore=DL3008 says so to the linter.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openssh-server bash git chromium strace slurm-wlm tmux procps \
+ && apt-get install -y --no-install-recommends openssh-server bash git chromium strace slurm-wlm tmux procps tini \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
 COPY . .
 RUN python3 -m pip install --no-cache-dir -e '.[test]'
 
+# An init as pid 1 reaps orphaned processes, as on a real machine; pytest as pid 1 would not.
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["bash", ".ci/run"]

@@ -75,7 +75,7 @@ def owner_alive(run: Dict[str, Any]) -> bool:
     return recorded is None or recorded == process_start(pid)
 
 
-def _group_running(pgid: int) -> bool:
+def group_running(pgid: int) -> bool:
     """Does any process of the group still run? `killpg(pgid, 0)` also counts zombies that
     nobody has reaped yet, so this reads the process table."""
     for entry in os.scandir("/proc"):
@@ -100,7 +100,7 @@ def group_alive(pgid: int, leader_start: Optional[int]) -> bool:
     started = process_start(pgid)
     if started is not None and started != leader_start:
         return False
-    return _group_running(pgid)
+    return group_running(pgid)
 
 
 def end_group(pgid: int, grace: float) -> None:
@@ -112,7 +112,7 @@ def end_group(pgid: int, grace: float) -> None:
         except (ProcessLookupError, PermissionError):
             return
         while time.monotonic() < deadline:
-            if not _group_running(pgid):
+            if not group_running(pgid):
                 return
             time.sleep(0.05)
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from typing import Optional
 
+from ..state import group_running
 from .base import Executor, Process
 
 
@@ -28,11 +29,9 @@ class LocalProcess(Process):
             pass
 
     def group_alive(self) -> bool:
-        try:
-            os.killpg(self.pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
+        # Not killpg(pgid, 0): it counts zombies, which nothing reaps where pid 1 is no init (a
+        # container), and an ended tree would then hold Ctrl-C for the whole grace.
+        return group_running(self.pgid)
 
 
 class LocalExecutor(Executor):
