@@ -271,9 +271,6 @@ class Experiment:
     def read_stat(self) -> Dict[str, Any]:
         return read_record(self.stat_path)
 
-    def read_param(self) -> Dict[str, Any]:
-        return read_record(self.param_path)
-
     def _load(self, path: str, notes: List[str]) -> Dict[str, Any]:
         """A record, or {} after setting aside one that does not parse (I5)."""
         try:
