@@ -142,7 +142,6 @@ class Grant:
     mib: int = 0
     claims: List[Claim] = field(default_factory=list)
     held: List[Tuple[int, str]] = field(default_factory=list)  # (descriptor, path) of each locked claim file
-    peak: int = 0  # the most memory its processes were seen to hold, for an OOM retry (G5)
 
 
 @dataclass(eq=False)
@@ -239,12 +238,12 @@ class Allocator:
                 LockDir.rewrite(descriptor, claim)
 
     def oom_size(self, grant: Grant) -> int:
-        """What a command that ran out of memory asks next: 1.5x its size or 1.25x the most it was
-        seen to use, whichever is more; a whole GPU when neither is known (G5)."""
+        """What a command that ran out of memory asks next: 1.5x its size, at most a whole GPU;
+        a whole GPU when it declared none (G5)."""
         snapshot = self.poller.snapshot(max_age=3600) if self.poller else Snapshot()
         totals = [g.total for i in grant.place.gpus for g in [snapshot.gpus.get(i)] if g and g.total]
         whole = min(totals) if totals else 0
-        wanted = max(grant.mib * 3 // 2, grant.peak * 5 // 4)
+        wanted = grant.mib * 3 // 2
         if wanted == 0:
             return whole
         return min(math.ceil(wanted / 256) * 256, whole) if whole else math.ceil(wanted / 256) * 256
@@ -365,14 +364,3 @@ class Allocator:
             grant.held.append(self.locks.add(claim))
         place.taken += 1
         return grant
-
-    def observe(self, grants: List[Grant]) -> None:
-        """Note the memory that running grants' processes hold (the peak, for an OOM retry)."""
-        if not self.poller:
-            return
-        snapshot = self.poller.snapshot()
-        for grant in grants:
-            for claim in grant.claims:
-                used = sum(a.used or 0 for a in snapshot.apps if a.uuid == claim.uuid and claim.sid is not None
-                           and _session(a.pid) == claim.sid)
-                grant.peak = max(grant.peak, used)
