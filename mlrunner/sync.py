@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -142,13 +143,9 @@ def _place(local_dir: str, relative: str, mtime: int, write: Callable[[str], Non
         raise
 
 
-def _copy(source: Any, path: str) -> None:
+def _copy_to(source: Any, path: str) -> None:
     with open(path, "wb") as target:
-        while True:
-            block = source.read(1 << 16)
-            if not block:
-                break
-            target.write(block)
+        shutil.copyfileobj(source, target, 1 << 16)
 
 
 def _unbundle(stream: Any, local_dir: str, wanted: Dict[str, Entry], result: Result) -> None:
@@ -160,7 +157,7 @@ def _unbundle(stream: Any, local_dir: str, wanted: Dict[str, Entry], result: Res
                 continue
             source = archive.extractfile(member)
             try:
-                _place(local_dir, member.name, wanted[member.name][2], lambda path: _copy(source, path))
+                _place(local_dir, member.name, wanted[member.name][2], lambda path: _copy_to(source, path))
             except Unsafe as error:
                 result.refused.append((member.name, str(error)))
                 continue

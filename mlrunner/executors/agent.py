@@ -20,6 +20,7 @@ agent exits.
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -224,11 +225,7 @@ def unpack(request):
             else:
                 source = archive.extractfile(member)
                 with open(staging, "xb") as stream:
-                    while True:
-                        block = source.read(1 << 16)
-                        if not block:
-                            break
-                        stream.write(block)
+                    shutil.copyfileobj(source, stream, 1 << 16)
                 os.chmod(staging, member.mode & 0o777)
             os.utime(staging, ns=(mtimes[member.name], mtimes[member.name]), follow_symlinks=False)
             os.replace(staging, target)
