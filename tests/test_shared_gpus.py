@@ -50,6 +50,22 @@ def _outsider(mib: int, gpu: int = 0):
     return process, {"pid": process.pid, "gpu": f"GPU-{gpu:04d}", "used": mib}
 
 
+def _run_until_freed(tmp_path: Path, state: Path, outsider) -> tuple:
+    """Run while another user holds memory: nothing may start for 3 s; then free it and let the run
+    finish. Returns (exit status, stdout, when the memory was freed)."""
+    runner = start([], tmp_path, _env(tmp_path, state))
+    try:
+        time.sleep(3)
+        assert runner.poll() is None and _history(state) == []  # nothing ran while it was held
+        freed = time.time()
+        outsider.kill()
+        out, _ = runner.communicate(timeout=60)
+    finally:
+        outsider.kill()
+        runner.kill()
+    return runner.returncode, out, freed
+
+
 def _no_oom(output: Path) -> None:
     for log in output.rglob("log.*"):
         assert "OutOfMemoryError" not in log.read_text(), log
@@ -102,17 +118,8 @@ def test_G2_waits_for_a_busy_gpu_and_says_why(tmp_path: Path):
     outsider, entry = _outsider(70 * 1024)
     state = _state(tmp_path / "gpus.json", totals=(H100,), processes=[entry])
     write(tmp_path, "template: {train: fake-cuda-job 1000 0.2}\nresource: [0]\ngpu: {memory: 1GiB}\n---\ni: [1, 2]\n")
-    runner = start([], tmp_path, _env(tmp_path, state))
-    try:
-        time.sleep(3)
-        assert runner.poll() is None and _history(state) == []  # nothing ran on the busy GPU
-        freed = time.time()
-        outsider.kill()
-        out, _ = runner.communicate(timeout=60)
-    finally:
-        outsider.kill()
-        runner.kill()
-    assert runner.returncode == 0 and "Finished: 2" in out
+    code, out, freed = _run_until_freed(tmp_path, state, outsider)
+    assert code == 0 and "Finished: 2" in out
     assert "WAIT    for a GPU with 1.0 GiB free: GPU 0 busy (70.0 GiB used by other processes)" in out
     assert min(entry["time"] for entry in _history(state)) > freed
 
@@ -124,17 +131,8 @@ def test_G3_a_multi_gpu_entry_needs_room_on_every_gpu(tmp_path: Path):
     state = _state(tmp_path / "gpus.json", processes=[entry])
     write(tmp_path, "template: {train: fake-cuda-job 30720 0.2}\nresource: ['0,1']\n"
                     "gpu: {memory: 30GiB, busy_above: 100GiB}\n")
-    runner = start([], tmp_path, _env(tmp_path, state))
-    try:
-        time.sleep(3)
-        assert runner.poll() is None and _history(state) == []
-        freed = time.time()
-        outsider.kill()
-        out, _ = runner.communicate(timeout=60)
-    finally:
-        outsider.kill()
-        runner.kill()
-    assert runner.returncode == 0 and "GPU 1 has 19.6 GiB free" in out
+    code, out, freed = _run_until_freed(tmp_path, state, outsider)
+    assert code == 0 and "GPU 1 has 19.6 GiB free" in out
     assert sorted(entry["gpu"] for entry in _history(state)) == [0, 1]
     assert min(entry["time"] for entry in _history(state)) > freed
 

@@ -23,7 +23,7 @@ STUBBORN = """
     """
 
 
-def test_ctrl_c_says_what_happens_and_a_second_one_kills_at_once(tmp_path: Path):
+def test_r8_ctrl_c_says_what_happens_and_a_second_one_kills_at_once(tmp_path: Path):
     write(tmp_path, STUBBORN)
     runner = start(["--grace", "60s"], tmp_path)
     pids = [int(p) for p in wait_for_file(tmp_path / "pids", 4)]
@@ -45,7 +45,7 @@ def test_ctrl_c_says_what_happens_and_a_second_one_kills_at_once(tmp_path: Path)
     assert [statuses(tmp_path / "output" / f"I_{i}") for i in (1, 2)] == [{"stubborn": "interrupted"}] * 2
 
 
-def test_a_failure_names_its_log_and_shows_its_last_lines(tmp_path: Path):
+def test_r3_a_failure_names_its_log_and_shows_its_last_lines(tmp_path: Path):
     line = "for i in 1 2 3 4 5 6 7; do echo \"line $i\"; done; echo 'Traceback: boom' >&2; exit 3"
     write(tmp_path, f"template:\n  train: {json.dumps(line)}\n  test: echo never\nresource: [0]\n")
     code, out, _ = run([], tmp_path)
@@ -57,7 +57,7 @@ def test_a_failure_names_its_log_and_shows_its_last_lines(tmp_path: Path):
     assert "line 3" not in summary
 
 
-def test_fail_fast_starts_nothing_after_the_first_failure(tmp_path: Path):
+def test_r4_fail_fast_starts_nothing_after_the_first_failure(tmp_path: Path):
     write(tmp_path, """
         template:
           t: if [ {i} = 2 ]; then exit 1; fi; sleep 1; echo {i} >> ran
@@ -73,7 +73,7 @@ def test_fail_fast_starts_nothing_after_the_first_failure(tmp_path: Path):
     assert not (tmp_path / "output" / "I_3").exists()
 
 
-def test_without_fail_fast_every_task_runs(tmp_path: Path):
+def test_r2_without_fail_fast_every_task_runs(tmp_path: Path):
     write(tmp_path, "template:\n  t: if [ {i} = 2 ]; then exit 1; fi; echo {i} >> ran\nresource: [0]\n---\ni: [1, 2, 3]\n")
     code, out, _ = run([], tmp_path)
     assert code == 1 and sorted((tmp_path / "ran").read_text().split()) == ["1", "3"]
