@@ -18,7 +18,7 @@ QUERY_FIELDS = ("index", "name", "uuid", "memory.total", "memory.used",
 QUERY_ARGS = ["nvidia-smi", "--query-gpu=" + ",".join(QUERY_FIELDS),
               "--format=csv,noheader,nounits"]
 _LIST_ARGS = ["nvidia-smi", "-L"]
-_TIMEOUT_S = float(os.environ.get("MLRUNNER_NVIDIA_SMI_TIMEOUT") or 10)  # seconds before nvidia-smi counts as hung
+TIMEOUT_S = float(os.environ.get("MLRUNNER_NVIDIA_SMI_TIMEOUT") or 10)  # seconds before nvidia-smi counts as hung
 
 _Runner = Callable[[List[str]], Tuple[int, str, str]]
 
@@ -100,15 +100,15 @@ def parse_list(text: str) -> list[str]:
     return devices
 
 
-def _run(args: list[str]) -> tuple[int, str, str]:
+def run_tool(args: List[str]) -> Tuple[int, str, str]:
     """Run a command; return code 127 when it is not on PATH (looked up at call time)."""
     try:
         proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, errors="replace", timeout=_TIMEOUT_S)
+                              text=True, errors="replace", timeout=TIMEOUT_S)
     except FileNotFoundError:
         return 127, "", f"{args[0]}: command not found"
     except subprocess.TimeoutExpired:
-        return 124, "", f"{args[0]} timed out after {_TIMEOUT_S} s"
+        return 124, "", f"{args[0]} timed out after {TIMEOUT_S} s"
     except OSError as exc:
         return 126, "", f"{args[0]}: {exc}"
     return proc.returncode, proc.stdout, proc.stderr
@@ -123,7 +123,7 @@ def _first_line(*texts: str) -> str:
     return "no message"
 
 
-def discover(run: _Runner = _run) -> tuple[list[str], Optional[str]]:
+def discover(run: _Runner = run_tool) -> tuple[list[str], Optional[str]]:
     """Return (one CUDA_VISIBLE_DEVICES string per worker, warning or None).
 
     The stable query mode decides whether there are GPUs and gives their indices;
@@ -217,11 +217,12 @@ def parse_apps_csv(text: str) -> List[GpuApp]:
 
 
 class Poller:
-    """The one reader of `nvidia-smi` for a host: callers share a snapshot at most POLL_INTERVAL old,
-    and only one of them runs the tool at a time. Failures give a warning in the snapshot, never
-    an exception: a GPU whose memory is unknown is then judged by our own bookkeeping alone."""
+    """The one reader of `nvidia-smi` for a machine (this one, or a host through its agent): callers
+    share a snapshot at most POLL_INTERVAL old, and only one of them runs the tool at a time.
+    Failures give a warning in the snapshot, never an exception: a GPU whose memory is unknown is
+    then judged by our own bookkeeping alone."""
 
-    def __init__(self, run: _Runner = _run, interval: float = POLL_INTERVAL):
+    def __init__(self, run: _Runner = run_tool, interval: float = POLL_INTERVAL):
         self._run = run
         self.interval = interval
         self._lock = threading.Lock()

@@ -14,10 +14,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set
 
-from .allocator import Allocator, Grant, NoPlace, Place
+from .allocator import Allocator, Grant, NoPlace
 from .config import Config
 from .console import Console
-from .executors.base import Executor, HostLost, Process, wait_for
+from .executors.base import Executor, HostLost, Machine, Process, wait_for
 from .gpu_policy import OOM_TRIES, gib, oom_in_log
 from .pool import Pool
 from .resume import Review
@@ -85,12 +85,10 @@ class Scheduler:
         self._width = max((len(c) for t in plan.tasks[:1000] for c in t.commands), default=0)
 
     def run(self) -> Summary:
-        """One worker per remote place, bound to it (its host may come and go), and the local
-        workers, who take whichever local place the allocator hands out."""
-        bound = [p for p in self.allocator.places if p.remote]
-        threads = [threading.Thread(target=self._worker, args=(p,), daemon=True) for p in bound]
-        threads += [threading.Thread(target=self._worker, args=(None,), daemon=True)
-                    for _ in range(self.allocator.workers(bound=False))]
+        """The workers of each machine (this one, each host): one per place, or per_gpu of them per
+        place with `gpu:`. A host's workers wait while it is away; each takes a place on its machine."""
+        threads = [threading.Thread(target=self._worker, args=(machine,), daemon=True)
+                   for machine in self.allocator.machines for _ in range(self.allocator.workers(machine))]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -146,25 +144,27 @@ class Scheduler:
         ender.start()
 
     # -- a worker's loop -------------------------------------------------------------------------
-    def _worker(self, bound: Optional[Place]) -> None:
-        while bound is None or bound.executor.ready(self.pool.finished):
+    def _worker(self, machine: Machine) -> None:
+        while machine.ready(self.pool.finished):
             task = self.pool.take()
             if task is None:
                 return
-            lost, lease = False, Lease(None)
+            lost, back, lease = False, False, Lease(None)
             try:
                 verdict = self.reviews[task.index]
                 if verdict.start is None:  # finished before this run began: no place needed
                     self._count("already", len(task.commands))
                     continue
                 lease.grant = self.allocator.acquire(
-                    self.allocator.size(task.commands[verdict.start:], task.params), self.stopping, bound)
+                    self.allocator.size(task.commands[verdict.start:], task.params), self.stopping, machine)
                 if lease.grant is not None:
                     lost = self._run_task(task, lease)
             except HostLost:
                 lost = True
             except NoPlace as error:
-                self._no_place(task, str(error))
+                back = error.elsewhere  # this machine's GPUs are all left out: other machines take it
+                if not back:
+                    self._no_place(task, str(error))
             except Exception as error:  # a bug of ours must not hang the pool (I4); the task is failed
                 self._fail_untracked(task, error)
             finally:
@@ -172,9 +172,10 @@ class Scheduler:
                 if lost and not self.stopping.is_set():
                     with self._lock:
                         self.summary.requeued += 1
-                    host = bound.executor.host if bound else "localhost"
-                    self.console.print(f"REQUEUE {task.output}: host {host} lost; another worker takes it")
-                self.pool.done(task, requeue=lost)
+                    self.console.print(f"REQUEUE {task.output}: host {machine.name} lost; another worker takes it")
+                self.pool.done(task, requeue=lost or back)
+            if back:
+                return
 
     def _run_task(self, task: Task, lease: Lease) -> bool:
         """Run a task's commands in order; True when its host was lost under it."""
@@ -227,7 +228,7 @@ class Scheduler:
                            f"{OOM_TRIES + 1})")
         self.allocator.release(old)
         lease.grant = None
-        lease.grant = self.allocator.acquire(size, self.stopping)
+        lease.grant = self.allocator.acquire(size, self.stopping, old.place.machine)
         return lease.grant is not None
 
     def _no_place(self, task: Task, reason: str) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from runlib import STAND_INS, load, run, start, statuses, write
 
-from mlrunner.allocator import Claim, LockDir
+from mlrunner.executors.claims import ClaimDir
 from mlrunner.gpu_policy import oom_in_log, parse_size
 from mlrunner.gpus import parse_apps_csv, parse_memory_csv
 
@@ -168,14 +168,14 @@ def test_G4_a_killed_runner_releases_its_claims(tmp_path: Path):
         time.sleep(0.05)
     claims = list((tmp_path / "locks").glob("*.claim"))
     assert len(claims) == 2  # two 40 GB jobs fit; both claimed
-    assert len(LockDir(str(tmp_path / "locks")).claims()) == 2
+    assert len(ClaimDir(str(tmp_path / "locks")).claims()) == 2
     runner.kill()
     runner.wait(10)
     # The kernel drops a dead process's flocks as it closes its files, a moment after it is reaped.
     deadline = time.monotonic() + 5
-    while LockDir(str(tmp_path / "locks")).claims() and time.monotonic() < deadline:
+    while ClaimDir(str(tmp_path / "locks")).claims() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert LockDir(str(tmp_path / "locks")).claims() == []
+    assert ClaimDir(str(tmp_path / "locks")).claims() == []
     assert list((tmp_path / "locks").glob("*.claim")) == []  # stale claims are removed
     for pid in [p["pid"] for p in json.loads(state.read_text())["processes"]]:
         os.kill(pid, signal.SIGKILL)  # the leftovers of the killed run (I3 ends them on its next run)
@@ -291,8 +291,12 @@ def test_G1_sizes(text: str, mib: int):
 
 
 def test_G4_claims_are_seen_by_another_lock_dir_object(tmp_path: Path):
-    one, two = LockDir(str(tmp_path)), LockDir(str(tmp_path))
-    held = one.add(Claim("GPU-1", 1000))
-    assert [(c.uuid, c.mib) for c in two.claims()] == [("GPU-1", 1000)]
-    LockDir.remove(held)
+    one, two = ClaimDir(str(tmp_path)), ClaimDir(str(tmp_path))
+    held = one.add({"uuid": "GPU-1", "mib": 1000})
+    assert two.claims() == [{"uuid": "GPU-1", "mib": 1000, "sid": None}]
+    one.attach(held, 4242)
+    assert two.claims() == [{"uuid": "GPU-1", "mib": 1000, "sid": 4242}]
+    two.remove(held)  # not two's claim: left alone
+    assert len(two.claims()) == 1
+    one.remove(held)
     assert two.claims() == []

@@ -7,6 +7,10 @@ JSON lines; quick requests are served at once, slow ones (listing, bundles, `nvi
 a thread of its own, so a big sync never holds up a `start`, a `wait` or the heartbeat (SPEC H8). Standard library only, Python >= 3.6, Linux: it runs
 on whatever python3 the GPU server has.
 
+It also serves the `gpu:` policy for its machine (SPEC G4, G6; `claims.py`): it holds the run's
+claims in the machine's shared lock directory, so a claim lives exactly as long as the agent (the
+kernel drops its flocks when it dies), and it finds the session of a GPU process where it runs.
+
 Nothing but JSON travels on stdout: commands get /dev/null for stdin, stdout and stderr (their
 shell line redirects to their log), and so does the agent's own stderr once it is up (H9).
 
@@ -29,6 +33,8 @@ import tarfile
 import tempfile
 import threading
 import time
+
+import claims  # beside this file; over SSH the runner defines it first (see ssh/host.py)
 
 GRACE = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
 # The runner pings every few seconds. This long without a word, it is gone (a dead link without
@@ -126,13 +132,17 @@ def alive(request):
 
 
 def run(request):
+    """A short command's status and output (nvidia-smi); past `timeout` seconds it is killed: 124."""
+    seconds = request.get("timeout", 30)
     try:
         done = subprocess.run(request["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=30)
+                              stderr=subprocess.PIPE, timeout=seconds)
         return {"code": done.returncode, "stdout": done.stdout.decode(errors="replace"),
                 "stderr": done.stderr.decode(errors="replace")}
     except FileNotFoundError:
         return {"code": 127, "stdout": "", "stderr": request["argv"][0] + ": not found"}
+    except subprocess.TimeoutExpired:
+        return {"code": 124, "stdout": "", "stderr": "%s timed out after %g s" % (request["argv"][0], seconds)}
 
 
 def kind(mode):
@@ -248,10 +258,11 @@ def mkdir(request):
     return {"path": os.path.abspath(path)}
 
 
-QUICK = ("start", "signal", "alive", "mkdir", "ping", "temporary", "discard")  # served inline: no thread to start
+# Served inline: no thread to start (claims.QUICK: never one that waits for a lock).
+QUICK = ("start", "signal", "alive", "mkdir", "ping", "temporary", "discard") + claims.QUICK
 HANDLERS = {"start": start, "signal": signal_command, "alive": alive, "run": run, "list": listing,
             "stat": stats, "pack": pack, "unpack": unpack, "discard": discard, "mkdir": mkdir,
-            "temporary": lambda request: {"path": temporary()}, "ping": lambda request: {}}
+            "temporary": lambda request: {"path": temporary()}, "ping": lambda request: {}, **claims.REQUESTS}
 
 
 def serve(request):

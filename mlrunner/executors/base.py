@@ -9,7 +9,12 @@ import signal
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
+
+try:
+    from typing import Protocol
+except ImportError:  # Python 3.7
+    Protocol = object  # type: ignore
 
 
 class HostLost(Exception):
@@ -45,12 +50,46 @@ class Process(ABC):
             pass  # the host's agent ends what it ran when its connection closes
 
 
+class Claims(Protocol):
+    """A machine's shared claim directory (G4): `claims.ClaimDir` here, the agent's for a remote host."""
+
+    def locked(self) -> ContextManager[None]: ...
+    def claims(self) -> List[Dict[str, Any]]: ...
+    def add(self, claim: Dict[str, Any]) -> str: ...
+    def attach(self, path: str, sid: int) -> None: ...
+    def remove(self, path: str) -> None: ...
+
+
+class Machine(ABC):
+    """Where commands run, as the `gpu:` policy sees it (G2-G6): its `nvidia-smi`, the sessions of its
+    processes, and the claim directory every mlrunner there shares. This machine, or a remote host."""
+
+    name: str  # "localhost", or the host as the user wrote it
+
+    @abstractmethod
+    def query(self, argv: List[str]) -> Tuple[int, str, str]:
+        """Run `nvidia-smi` there: (status, stdout, stderr); a failure is a status, never an exception."""
+
+    @abstractmethod
+    def sessions(self, pids: List[int]) -> Dict[int, Optional[int]]:
+        """The session of each process there; None for one that is gone. HostLost when the host is."""
+
+    @abstractmethod
+    def claim_dir(self) -> Claims:
+        """The machine's claim directory, as seen from this runner (one object per run)."""
+
+    def ready(self, finished: Callable[[], bool]) -> bool:
+        """Wait until commands can start there; False when they never will (H6)."""
+        return True
+
+
 class Executor(ABC):
     """One worker's way to run a shell line with its GPUs."""
 
     label: str  # as shown after `gpu:` in console lines, e.g. "0" or "gpu1:0"
     host: str  # what `{_host}` renders to
     resource: str  # the CUDA_VISIBLE_DEVICES string
+    machine: Machine  # where it runs
 
     @abstractmethod
     def prepare(self, directory: str) -> None:
@@ -62,10 +101,6 @@ class Executor(ABC):
 
     def collect(self, directory: str) -> None:
         """Bring the experiment's files to the local output tree after a command (H5)."""
-
-    def ready(self, finished: Callable[[], bool]) -> bool:
-        """Wait until this worker can take a task; False when it never will (H6)."""
-        return True
 
     def close(self) -> None:
         """Release what the executor holds (a remote connection) when the run ends."""

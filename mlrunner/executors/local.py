@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import Optional
+from typing import Dict, List, Optional, Tuple
 
+from ..gpus import run_tool
 from ..state import group_running
-from .base import Executor, Process
+from .base import Executor, Machine, Process
+from .claims import ClaimDir, lock_dir, session_of
 
 
 class LocalProcess(Process):
@@ -34,8 +36,27 @@ class LocalProcess(Process):
         return group_running(self.pgid)
 
 
+class LocalMachine(Machine):
+    """This machine: nvidia-smi and /proc read here, claims in its lock directory."""
+
+    name = "localhost"
+
+    def query(self, argv: List[str]) -> Tuple[int, str, str]:
+        return run_tool(argv)
+
+    def sessions(self, pids: List[int]) -> Dict[int, Optional[int]]:
+        return {pid: session_of(pid) for pid in pids}
+
+    def claim_dir(self) -> ClaimDir:
+        return ClaimDir(lock_dir())
+
+
+LOCAL = LocalMachine()
+
+
 class LocalExecutor(Executor):
     host = "localhost"
+    machine = LOCAL
 
     bash = shutil.which("bash") or "bash"  # looked up once, not along PATH at every start
 

@@ -3,6 +3,8 @@
 Every worker of a host shares one SSH connection: commands go to the host's agent (see
 `agent.py`) over one channel (`rpc.py`), files travel over an SFTP channel of the same connection.
 Each connection has its own `Rpc`; news from an old one (a late "lost") never touches a newer one.
+A host is also a `Machine` for the `gpu:` policy (G6): its nvidia-smi, its processes' sessions and
+its claim directory are reached through its agent (`claims.py` there).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from ...gpus import TIMEOUT_S
 from ...hosts import HostSpec, default_workdir
 from ...sync import pull
-from ..base import Executor, HostLost, Process
+from ..base import Executor, HostLost, Machine, Process
 from .login import CONNECT_TIMEOUT, HostError, open_client, require_paramiko
 from .rpc import Rpc
 
@@ -30,12 +34,21 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-class Host:
+def agent_source() -> str:
+    """The agent's code for `python3 -c`: `claims.py` first, as the module it imports."""
+    claims = pkgutil.get_data("mlrunner.executors", "claims.py").decode()
+    agent = pkgutil.get_data("mlrunner.executors", "agent.py").decode()
+    return (f"import sys, types\nclaims = types.ModuleType('claims')\nexec({claims!r}, claims.__dict__)\n"
+            f"sys.modules['claims'] = claims\n" + agent)
+
+
+class Host(Machine):
     """One host: its SSH connection, its agent channel, and the commands running through it."""
 
     def __init__(self, spec: HostSpec, accept_new: bool, grace: float):
         require_paramiko()
         self.spec = spec
+        self.name = spec.name
         self.accept_new = accept_new
         self.grace = grace
         self.up = False
@@ -75,7 +88,7 @@ class Host:
     def _start_agent(self, client: Any) -> Rpc:
         transport = client.get_transport()
         channel = transport.open_session(timeout=CONNECT_TIMEOUT)
-        code = pkgutil.get_data("mlrunner.executors", "agent.py").decode()
+        code = agent_source()
         # The user's shell starts the agent once, as for `ssh host command` (bash reads ~/.bashrc
         # then), so the agent and its commands get PATH, conda and the rest of that environment.
         channel.exec_command(f"exec python3 -u -c {shlex.quote(code)} {self.grace:g}")
@@ -168,6 +181,29 @@ class Host:
         reply = self.request("run", argv=argv)
         return reply["code"], reply["stdout"], reply["stderr"]
 
+    # -- the host as a Machine for the gpu: policy (G2-G6) ---------------------------------------
+    def query(self, argv: List[str]) -> Tuple[int, str, str]:
+        try:
+            reply = self.request("run", argv=argv, timeout=TIMEOUT_S)
+        except HostLost:
+            return 255, "", f"host {self.name} lost"
+        except HostError as error:
+            return 255, "", str(error)
+        return reply["code"], reply["stdout"], reply["stderr"]
+
+    def sessions(self, pids: List[int]) -> Dict[int, Optional[int]]:
+        return dict(zip(pids, self._gpu_request("sessions", pids=pids)["sessions"]))
+
+    def claim_dir(self) -> "RemoteClaims":
+        return RemoteClaims(self)
+
+    def _gpu_request(self, op: str, **fields: Any) -> Dict[str, Any]:
+        """A request of the policy's: an agent that fails it is as good as lost for the task (H6)."""
+        try:
+            return self.request(op, **fields)
+        except HostError as error:
+            raise HostLost(f"{self.name} ({error})") from None
+
     def start(self, line: str, resource: str, debug: bool) -> "RemoteProcess":
         with self._lock:
             rpc = self._rpc
@@ -176,8 +212,8 @@ class Host:
             process = RemoteProcess(self.spec.name, rpc, rpc.new_id())
             self._processes[process.ident] = process
         try:
-            rpc.request("start", ident=process.ident, line=line, cwd=self.workdir, debug=debug,
-                        env={"CUDA_VISIBLE_DEVICES": resource})
+            process.pgid = rpc.request("start", ident=process.ident, line=line, cwd=self.workdir, debug=debug,
+                                       env={"CUDA_VISIBLE_DEVICES": resource})["pid"]
         except HostLost:
             process.finish(None)
         except BaseException:
@@ -211,6 +247,43 @@ class Host:
             client.close()
 
 
+class RemoteClaims:
+    """The host's claim directory, held by its agent (G4): the claims live as long as the agent does."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self._claims: List[Dict[str, Any]] = []
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        self._claims = self.host._gpu_request("gpu_lock")["claims"]
+        try:
+            yield
+        finally:
+            try:
+                self.host.request("gpu_unlock")
+            except (HostLost, HostError):
+                pass  # a lost agent's lock went with it
+
+    def claims(self) -> List[Dict[str, Any]]:
+        return self._claims  # read under the host's lock, as it was taken
+
+    def add(self, claim: Dict[str, Any]) -> str:
+        return self.host._gpu_request("gpu_claim", claim=claim)["path"]
+
+    def attach(self, path: str, sid: int) -> None:
+        try:
+            self.host.request("gpu_attach", path=path, sid=sid)
+        except (HostLost, HostError):
+            pass  # its command is lost with the host, or runs unattached: counted as others' memory
+
+    def remove(self, path: str) -> None:
+        try:
+            self.host.request("gpu_unclaim", path=path)
+        except (HostLost, HostError):
+            pass  # a lost agent's claims went with it
+
+
 class RemoteProcess(Process):
     """A command started by one agent; signals go to that agent only, by the id it was started with."""
 
@@ -218,6 +291,7 @@ class RemoteProcess(Process):
         self.host = host
         self.rpc = rpc
         self.ident = ident
+        self.pgid: Optional[int] = None  # its process group (and session) on the host, once started
         self.code: Optional[int] = None
         self.lost = False
         self._ended = threading.Event()
@@ -249,6 +323,7 @@ class RemoteProcess(Process):
 class SshExecutor(Executor):
     def __init__(self, host: Host, resource: str):
         self.connection = host
+        self.machine = host
         self.resource = resource
         self.host = host.spec.name
         self.label = f"{self.host}:{resource or 'cpu'}"
@@ -262,9 +337,6 @@ class SshExecutor(Executor):
 
     def collect(self, directory: str) -> None:
         self.connection.pull(directory)
-
-    def ready(self, finished: Callable[[], bool]) -> bool:
-        return self.connection.ready(finished)
 
     def close(self) -> None:
         self.connection.close()
