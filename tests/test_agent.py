@@ -27,9 +27,10 @@ AGENT = REPO / "mlrunner" / "executors" / "agent.py"
 class Agent:
     """The agent started as the runner starts it, with requests and replies as JSON lines."""
 
-    def __init__(self, grace: float = 2.0, orphaned: float = 60.0):
+    def __init__(self, grace: float = 2.0, orphaned: float = 60.0, env=None):
         self.process = subprocess.Popen([sys.executable, "-u", str(AGENT), f"{grace:g}", f"{orphaned:g}"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, bufsize=0)
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, bufsize=0,
+                                        env=dict(os.environ, **(env or {})))
         self.ids = itertools.count(1)
         self.replies: "queue.Queue[dict]" = queue.Queue()
         self.exits: "queue.Queue[dict]" = queue.Queue()
@@ -235,3 +236,34 @@ def test_h13_unpack_places_files_with_nanosecond_mtimes_and_refuses_escapes(agen
     assert "not a bundle" in agent.request("unpack", root=str(root), path=str(source / "code.py"), mtimes={})["error"]
     agent.request("discard", path=str(source / "code.py"))  # not one of its bundles: left alone
     assert (source / "code.py").exists()
+
+
+def test_G4_G6_the_agent_holds_its_machines_claims_until_it_dies(tmp_path: Path):
+    """Claims made through the agent are the machine's: another runner there reads them, with the
+    session the agent found for a process, and they go when the agent goes."""
+    from mlrunner.executors.claims import ClaimDir
+    locks = tmp_path / "locks"
+    agent = Agent(env={"MLRUNNER_LOCK_DIR": str(locks)})
+    try:
+        assert agent.request("gpu_lock")["claims"] == []
+        path = agent.request("gpu_claim", claim={"uuid": "GPU-1", "mib": 20480, "sid": None})["path"]
+        assert "error" not in agent.request("gpu_unlock")
+        ident = agent.start("sleep 30", tmp_path)
+        sid = agent.request("sessions", pids=[agent.process.pid, 999999999])["sessions"]
+        assert sid == [os.getsid(agent.process.pid), None]
+        agent.request("gpu_attach", path=path, sid=1234)
+        others = ClaimDir(str(locks))
+        assert others.claims() == [{"uuid": "GPU-1", "mib": 20480, "sid": 1234}]
+        with others.locked():  # a decision elsewhere holds the machine's lock: the agent's waits for it
+            waiting = agent.send("gpu_lock")
+            time.sleep(0.3)
+            assert "error" not in agent.request("ping")  # it still serves the rest meanwhile
+            assert agent.replies.empty()
+        reply = agent.replies.get(timeout=10)
+        assert reply["id"] == waiting and reply["claims"] == [{"uuid": "GPU-1", "mib": 20480, "sid": 1234}]
+        agent.request("gpu_unlock")
+        agent.request("signal", target=ident, signal=signal.SIGKILL)
+    finally:
+        agent.stop()
+    assert wait_until(lambda: others.claims() == [])  # the kernel dropped the dead agent's flocks
+    assert list(locks.glob("*.claim")) == []
