@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .executors.base import Executor, HostLost, Machine
 from .gpu_policy import GpuPolicy, gib
@@ -59,6 +59,7 @@ class _Request:
     machine: Machine
     grant: Optional[Grant] = None
     error: Optional[Exception] = None
+    reasons: List[str] = field(default_factory=list)  # why no place took it in its machine's last round
 
 
 class NoPlace(Exception):
@@ -80,6 +81,9 @@ class _Site:
         self.claims = machine.claim_dir() if policy else None
         self.snapshot: Optional[Snapshot] = None  # read and written under the allocator's lock
         self.polling = False
+        # Something changed since this machine's last round (a snapshot, a request, a release): a
+        # round without a change would decide the same, and costs a host's agent round trips.
+        self.changed = True
 
 
 class Allocator:
@@ -124,6 +128,7 @@ class Allocator:
         request = _Request(mib, machine)
         with self._changed:
             self._queue.append(request)
+            site.changed = True
             if self.policy and not site.polling:
                 site.polling = True
                 threading.Thread(target=self._poll, args=(site,), daemon=True).start()
@@ -148,10 +153,12 @@ class Allocator:
             self._give_back(grant)
 
     def _give_back(self, grant: Grant) -> None:
+        site = self.sites[grant.place.machine]
         grant.place.taken -= 1
         for path in grant.claims:
-            self.sites[grant.place.machine].claims.remove(path)
+            site.claims.remove(path)
         grant.claims.clear()
+        site.changed = True
         self._changed.notify_all()
 
     def attach(self, grant: Grant, session: Optional[int]) -> None:
@@ -186,21 +193,21 @@ class Allocator:
                     free[0].taken += 1
                     request.grant, granted = Grant(free[0]), True
         else:
-            reasons: List[Tuple[_Request, str]] = []
             served = False
             for site in self.sites.values():
                 mine = [r for r in pending if r.machine is site.machine]
-                if mine and site.snapshot is not None:  # else the poller's first snapshot is on its way
-                    granted |= self._serve_site(site, mine, reasons)
+                if mine and site.snapshot is not None and site.changed:  # else the first snapshot is on its way
+                    site.changed = False
+                    granted |= self._serve_site(site, mine)
                     served = True
             if served:
-                self._say_waiting(pending, reasons)
+                self._say_waiting(pending)
         if granted:
             self._changed.notify_all()
 
-    def _say_waiting(self, pending: List[_Request], reasons: List[Tuple[_Request, str]]) -> None:
+    def _say_waiting(self, pending: List[_Request]) -> None:
         oldest = next((r for r in pending if r.grant is None and r.error is None), None)
-        waiting = "; ".join(dict.fromkeys(why for r, why in reasons if r is oldest)) if oldest else ""
+        waiting = "; ".join(dict.fromkeys(oldest.reasons)) if oldest else ""
         if waiting and waiting != self.waiting:
             self.say(f"WAIT    for a GPU with {gib(oldest.mib)} free: {waiting}" if oldest.mib
                      else f"WAIT    for a GPU: {waiting}")
@@ -212,7 +219,7 @@ class Allocator:
         while True:
             snapshot = site.poller.snapshot(max_age=0)
             with self._changed:
-                site.snapshot = snapshot
+                site.snapshot, site.changed = snapshot, True
                 self._changed.notify_all()
                 deadline = time.monotonic() + site.poller.interval
                 while time.monotonic() < deadline:  # releases wake this wait too: keep to the interval
@@ -221,7 +228,7 @@ class Allocator:
                         return
                     self._changed.wait(deadline - time.monotonic())
 
-    def _serve_site(self, site: _Site, pending: List[_Request], reasons: List[Tuple[_Request, str]]) -> bool:
+    def _serve_site(self, site: _Site, pending: List[_Request]) -> bool:
         """Serve one machine's requests under that machine's lock; a host lost meanwhile fails them."""
         snapshot = site.snapshot
         if snapshot.warning and (site.machine, snapshot.warning) not in self._warned:
@@ -235,7 +242,7 @@ class Allocator:
                 pids = sorted({a.pid for a in snapshot.apps if a.used})
                 sessions = site.machine.sessions(pids) if pids else {}
                 for request in pending:
-                    granted |= self._serve_request(site, request, claims, sessions, reasons)
+                    granted |= self._serve_request(site, request, claims, sessions)
         except HostLost as error:
             for request in pending:
                 if request.grant is None:
@@ -244,8 +251,9 @@ class Allocator:
         return granted
 
     def _serve_request(self, site: _Site, request: _Request, claims: List[Dict[str, Any]],
-                       sessions: Dict[int, Optional[int]], reasons: List[Tuple[_Request, str]]) -> bool:
+                       sessions: Dict[int, Optional[int]]) -> bool:
         snapshot = site.snapshot
+        request.reasons = []
         usable = [p for p in site.places if not any(p.gpu(g) in self.skipped for g in p.gpus)]
         try:
             if not usable:
@@ -259,7 +267,7 @@ class Allocator:
         for order, place in enumerate(usable):
             why = self._why_not(place, request.mib, snapshot, claims, sessions)
             if isinstance(why, str):
-                reasons.append((request, why))
+                request.reasons.append(why)
             else:
                 fits.append((why, order, place))
         if not fits:
