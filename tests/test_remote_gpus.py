@@ -101,6 +101,23 @@ def test_G2_G6_a_busy_remote_gpu_is_skipped_with_wait_false(gpu_host, tmp_path: 
                for d in (project / "output").iterdir() if d.is_dir())
 
 
+def test_G2_G6_with_wait_false_a_machine_whose_gpus_are_busy_drops_out_and_the_others_go_on(gpu_host, tmp_path: Path):
+    """The local GPU 0 is busy: the local workers hand their tasks back and stop; the host's GPU 1 runs them all."""
+    outsider, entry = _outsider(70 * 1024)
+    try:
+        state = _state(tmp_path / "gpus.json", totals=(H100, H100), processes=[entry])
+        server = gpu_host()
+        project, env = _project(tmp_path, server, "template: {train: fake-cuda-job 1000 0.2}\nresource: [0]\nHOSTS\n"
+                                "gpu: {wait: false, memory: 1GiB}\n---\ni: [1, 2, 3, 4]\n", "[1]")
+        env.update(PATH=f"{STAND_INS}:{os.environ['PATH']}", FAKE_GPU_STATE=str(state))
+        code, out, err = run([], project, env, timeout=90)
+    finally:
+        outsider.kill()
+    assert code == 0 and "Finished: 4" in out, out + err
+    assert "SKIP    GPU 0 is busy (70.0 GiB used by other processes)" in out
+    assert {entry["gpu"] for entry in _history(state)} == {1}
+
+
 def test_G2_G6_waits_for_a_busy_remote_gpu_and_says_why(gpu_host, tmp_path: Path):
     outsider, entry = _outsider(70 * 1024)
     state = _state(tmp_path / "gpus.json", processes=[entry])
