@@ -67,8 +67,52 @@ class _Doc:
         return found
 
 
-def _nodes(root: yaml.Node) -> Iterator[yaml.Node]:
-    """Every node once, in file order; an anchor can make the graph cyclic (`x: &a [*a]`)."""
+_INT_TAG = "tag:yaml.org,2002:int"
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _plain_decimal(value: str) -> bool:
+    """`7`, `100000`: what fills long sweep lists, an int to YAML 1.1 (`017` is octal, `1_0` has a `_`)."""
+    return value.isdigit() and value.isascii() and (value[0] != "0" or len(value) == 1)
+
+
+def _loader(base: type) -> type:
+    """`base` with a shortcut for plain decimals; every other scalar goes through PyYAML's resolvers."""
+
+    class Loader(base):  # type: ignore[misc, valid-type]
+        def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+            if kind is yaml.ScalarNode and implicit[0] and value.isdigit() and value.isascii() \
+                    and (value[0] != "0" or len(value) == 1):  # _plain_decimal, inlined: 10^5 calls
+                return _INT_TAG
+            return super().resolve(kind, value, implicit)
+
+    return Loader
+
+
+# libyaml's parser when PyYAML has it (a long sweep list parses ~10x faster); a file it refuses is
+# parsed again by PyYAML's own, so that every install says the same thing.
+_FAST_LOADER = _loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+_PURE_LOADER = _loader(yaml.SafeLoader)
+
+
+class _Constructor(yaml.SafeLoader):
+    """PyYAML's safe constructor, but a list's plain ints and strings are built without a call each."""
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> List[Any]:
+        out = []
+        for child in node.value:
+            if type(child) is yaml.ScalarNode and child.tag == _INT_TAG and _plain_decimal(child.value):
+                out.append(int(child.value))
+            elif type(child) is yaml.ScalarNode and child.tag == _STR_TAG:
+                out.append(child.value)
+            else:
+                out.append(self.construct_object(child, deep=deep))
+        return out
+
+
+def _nodes(root: yaml.Node, scalars: bool = True) -> Iterator[yaml.Node]:
+    """Every node once, in file order (without scalars: the containers only); an anchor can make
+    the graph cyclic (`x: &a [*a]`)."""
     seen = set()
     stack = [root]
     while stack:
@@ -80,12 +124,13 @@ def _nodes(root: yaml.Node) -> Iterator[yaml.Node]:
         if isinstance(node, yaml.MappingNode):
             stack.extend(reversed([child for pair in node.value for child in pair]))
         elif isinstance(node, yaml.SequenceNode):
-            stack.extend(reversed(node.value))
+            stack.extend(reversed(node.value if scalars else
+                                  [child for child in node.value if type(child) is not yaml.ScalarNode]))
 
 
 def _check_duplicate_keys(root: yaml.Node, path: str) -> None:
     """PyYAML keeps the last of two equal keys silently; a sweep would lose values."""
-    for node in _nodes(root):
+    for node in _nodes(root, scalars=False):
         if isinstance(node, yaml.MappingNode):
             seen = set()
             for key_node, _ in node.value:
@@ -99,7 +144,7 @@ def _check_duplicate_keys(root: yaml.Node, path: str) -> None:
 def _construct(root: yaml.Node, path: str) -> Any:
     """Build the document; PyYAML raises a bare ValueError for `2020-13-45` or `!!int abc`, with no line."""
     try:
-        return yaml.SafeLoader("").construct_document(root)
+        return _Constructor("").construct_document(root)
     except (ValueError, TypeError, OverflowError) as error:
         for node in _nodes(root):
             if isinstance(node, yaml.ScalarNode):
@@ -120,12 +165,10 @@ def _read_docs(path: str) -> List[_Doc]:
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read: {error}", path) from None
     try:
-        # libyaml's parser when PyYAML has it (a long sweep list parses ~10x faster); a file it
-        # refuses is parsed again by PyYAML's own, so that every install says the same thing.
         try:
-            nodes = list(yaml.compose_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+            nodes = list(yaml.compose_all(text, Loader=_FAST_LOADER))
         except yaml.YAMLError:
-            nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+            nodes = list(yaml.compose_all(text, Loader=_PURE_LOADER))
         docs = []
         for node in nodes:
             _check_duplicate_keys(node, path)

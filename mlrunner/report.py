@@ -63,14 +63,14 @@ def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], ru
 
 
 def _records(output: str) -> List[Tuple[str, str]]:
-    """(row name, stat path) of every experiment under `output`: its subdirectories' `stat`, and
-    the `stat.<name>` files of a --no-subdir run."""
+    """(row name, stat path) of every experiment that may be under `output`: its subdirectories'
+    `stat` (which may not exist), and the `stat.<name>` files of a --no-subdir run."""
     if not os.path.isdir(output):
         raise UserError(f"no output directory '{output}' (name another with -o)")
     found = []
     with os.scandir(output) as entries:
         for entry in entries:
-            if entry.is_dir() and os.path.exists(os.path.join(entry.path, STAT)):
+            if entry.is_dir():
                 found.append((entry.name, os.path.join(entry.path, STAT)))
             elif entry.name.startswith(STAT + ".") and ".corrupt." not in entry.name and entry.is_file():
                 found.append((entry.name[len(STAT) + 1:], entry.path))
@@ -96,6 +96,24 @@ def _changes_by_stat(args: argparse.Namespace) -> Dict[str, Review]:
             for t, r in zip(plan.tasks, reviews)}
 
 
+def _read_for_status(path: str) -> Optional[Dict]:
+    """An experiment's `stat` (None when it does not parse), with a warning for it or its `param`."""
+    param = os.path.join(os.path.dirname(path), PARAM + os.path.basename(path)[len(STAT):])
+    try:
+        read_record(param)
+    except Corrupt as error:
+        print(f"warning: {param} does not parse ({error.reason}); a run sets it aside and runs the experiment "
+              "again", file=sys.stderr)
+    except OSError:
+        pass
+    try:
+        return read_record(path)
+    except Corrupt as error:
+        print(f"warning: {path} does not parse ({error.reason}); a run sets it aside and runs it again",
+              file=sys.stderr)
+        return None
+
+
 def print_status(args: argparse.Namespace) -> int:
     """One row per experiment: each command's status and how long it ran (R9 --status); a finished
     command whose params or template changed since shows as `changed` (I2)."""
@@ -104,23 +122,17 @@ def print_status(args: argparse.Namespace) -> int:
     rows = []
     counts: Dict[str, int] = {}
     for name, path in records:
-        param = os.path.join(os.path.dirname(path), PARAM + os.path.basename(path)[len(STAT):])
-        try:
-            read_record(param)
-        except Corrupt as error:
-            print(f"warning: {param} does not parse ({error.reason}); a run sets it aside and runs the experiment "
-                  "again", file=sys.stderr)
-        except OSError:
-            pass
-        try:
-            stat = read_record(path)
-        except Corrupt as error:
-            print(f"warning: {path} does not parse ({error.reason}); a run sets it aside and runs it again",
-                  file=sys.stderr)
-            counts["unreadable"] = counts.get("unreadable", 0) + 1
-            rows.append((name, "unreadable record"))
-            continue
         verdict = changes.get(os.path.normpath(path))
+        if verdict is not None and verdict.stat and not verdict.problems:
+            stat = verdict.stat  # the review read both records (or the index vouched for them)
+        elif not os.path.exists(path):
+            continue  # a directory without a stat: not an experiment, or one not started yet
+        else:
+            stat = _read_for_status(path)
+            if stat is None:
+                counts["unreadable"] = counts.get("unreadable", 0) + 1
+                rows.append((name, "unreadable record"))
+                continue
         cells = []
         for command, status in statuses(stat).items():
             if verdict is not None and command in verdict.changed:

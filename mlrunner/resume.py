@@ -12,7 +12,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set
 
-from .state import FINISHED, PARAM, STAT, Corrupt, last_run, read_record, record_path
+from .index import Index, signature
+from .state import FINISHED, PARAM, RUNNING, RUNS, STAT, Corrupt, last_run, read_record, record_path
 from .sweep import Plan, Task, hashed_name, same_value
 from .template import Template
 
@@ -33,7 +34,8 @@ class Review:
     changes: List[str] = field(default_factory=list)  # what changed: `lr: 0.1 -> 0.01`, `template of train`
     notes: List[str] = field(default_factory=list)  # experiments moved to a hash-suffixed name (I1)
     problems: List[str] = field(default_factory=list)  # records that cannot be used (I4, I5): not run yet
-    stat: Dict[str, Any] = field(default_factory=dict)
+    stat: Dict[str, Any] = field(default_factory=dict)  # the record, or the index's summary of it
+    unreadable: bool = False  # forced, or its param is corrupt: every command runs
 
 
 class _Unreadable(dict):
@@ -120,41 +122,81 @@ def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: 
            on_change: str = "ask") -> List[Review]:
     """Per task, what a run does with it. `on_change` is `ask`, `rerun` or `keep` (I2).
 
-    It only reads: the run itself sets corrupt records aside when it claims their commands.
+    It only reads the records (and keeps what it learnt in the index): the run itself sets
+    corrupt records aside when it claims their commands.
     """
     out = []
     try:
         existing = set(os.listdir(root))  # one listing; a task with nothing there has nothing to read
     except OSError:
         existing = set()
+    index = Index(root, "review")
+    shape = Index.inputs(sorted((n, t.text) for n, t in templates.items()))
+    layouts: Dict[tuple, str] = {}  # tasks of one document share these tuples: one digest for them
+    fresh = Review(start=0)  # one for every task with no records: nothing changes a verdict once made
     for task in plan.tasks:
         present = ({record_path("", STAT, task.name, True), record_path("", PARAM, task.name, True)} & existing
                    if no_subdir else task.name in existing)
         if not present:
-            out.append(Review(start=0))
+            out.append(fresh)
             continue
-        notes: List[str] = []
-        problems: List[str] = []
-        param = _identify(task, root, no_subdir, notes, problems)
-        stat = _read(record_path(task.output, STAT, task.name, no_subdir), problems)
-        result = Review(start=None, notes=notes, problems=problems, stat=stat)
-        finished = [c for c in task.commands if stat.get(c) == FINISHED]
-        if force or isinstance(param, _Unreadable):  # an unusable param: the experiment counts as not run
-            result.start, result.rerun = 0, set(finished)
+        paths = ((record_path(task.output, PARAM, task.name, True), record_path(task.output, STAT, task.name, True))
+                 if no_subdir else (task.output + "/" + PARAM, task.output + "/" + STAT))
+        signatures = [signature(paths[0]), signature(paths[1])]
+        layout = (task.keys, task.commands, task.named_by)
+        if layout not in layouts:
+            layouts[layout] = Index.inputs(shape, *layout)
+        digest = index.digest(signatures, Index.inputs(layouts[layout], task.values))
+        known = None if force else index.get(task.name, digest)
+        if known is not None:
+            result = Review(start=None, changed=known[0], changes=known[1], stat=known[2])
+        else:
+            result = _read_and_compare(task, templates, root, no_subdir, force)
+            if not (force or result.notes or result.problems or RUNNING in result.stat.values()):
+                index.put(task.name, digest, signatures, [result.changed, result.changes, _summary(result.stat)])
+        if result.unreadable:  # an unusable param: the experiment counts as not run
+            result.start, result.rerun = 0, {c for c in task.commands if result.stat.get(c) == FINISHED}
             out.append(result)
             continue
-        if param and finished:
-            result.changes = _value_diff(_own_params(param), task.params)
-            if result.changes:
-                result.changed = finished
-            else:
-                result.changed = _template_changes(task, templates, param, stat, finished)
-                result.changes = [f"template of {c}" for c in result.changed]
         if on_change == "rerun":
             result.rerun = set(result.changed)
         for position, command in enumerate(task.commands):
-            if stat.get(command) != FINISHED or command in result.rerun:
+            if result.stat.get(command) != FINISHED or command in result.rerun:
                 result.start = position
                 break
         out.append(result)
+    index.save()
     return out
+
+
+def _summary(stat: Dict[str, Any]) -> Dict[str, Any]:
+    """What the index keeps of a `stat` (one without a running command): each command's status
+    and the seconds of its last run, which is all that a rerun and `--status` read of it."""
+    summary = {command: status for command, status in stat.items() if command != RUNS}
+    runs = {command: [{"seconds": last_run(stat, command)["seconds"]}] for command in summary
+            if "seconds" in last_run(stat, command)}
+    if runs:
+        summary[RUNS] = runs
+    return summary
+
+
+def _read_and_compare(task: Task, templates: Dict[str, Template], root: str, no_subdir: bool,
+                      force: bool) -> Review:
+    """The task's records read, checked against its params and templates (I1, I2, I5)."""
+    notes: List[str] = []
+    problems: List[str] = []
+    param = _identify(task, root, no_subdir, notes, problems)
+    stat = _read(record_path(task.output, STAT, task.name, no_subdir), problems)
+    result = Review(start=None, notes=notes, problems=problems, stat=stat)
+    finished = [c for c in task.commands if stat.get(c) == FINISHED]
+    if force or isinstance(param, _Unreadable):
+        result.unreadable = True
+        return result
+    if param and finished:
+        result.changes = _value_diff(_own_params(param), task.params)
+        if result.changes:
+            result.changed = finished
+        else:
+            result.changed = _template_changes(task, templates, param, stat, finished)
+            result.changes = [f"template of {c}" for c in result.changed]
+    return result

@@ -7,6 +7,7 @@ detach point; then the executors are built, the scheduler runs, and the summary 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import signal
@@ -121,6 +122,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
             print(f"NOTE    {note}")
     print(f"Tasks: {len(plan.tasks)}, commands to run: {to_run}", flush=True)
     _copy_config(config, args.output, args.title)
+    gc.freeze()  # the plan and the records read so far live to the end: the collector skips them
+    gc.enable()
     console = Console(to_run, len(executors))
     allocator = Allocator(places, config.gpu, say=console.print)
     scheduler = Scheduler(plan, config, allocator, run_time, args, reviews, console)

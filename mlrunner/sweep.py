@@ -85,6 +85,8 @@ _value_names: Dict[Tuple[type, Any], str] = {}
 
 def value_name(value: Any) -> str:
     """The value part of a directory name (X2); cached because paths are checked on disk."""
+    if type(value) is int or type(value) is float:  # quicker than the cache
+        return "%g" % value if abs(value) < 10**300 or type(value) is float else str(value)
     cache_key = (type(value), value)
     name = _value_names.get(cache_key)
     if name is None:
@@ -115,12 +117,11 @@ def safe_name(name: str) -> str:
     return f"{head}-{digest}"
 
 
-def experiment_name(keys: Sequence[str], values: Sequence[Any], prefixes: Optional[Sequence[str]] = None) -> str:
-    """`Key_value-Key_value`; `prefixes` (the `Key_` parts) may be given when the keys repeat."""
+def experiment_name(keys: Sequence[str], values: Sequence[Any]) -> str:
+    """`Key_value-Key_value`, or `default` for a document without params."""
     if not keys:
         return "default"
-    prefixes = prefixes or [f"{key_name(k)}_" for k in keys]
-    return safe_name("-".join(p + value_name(v) for p, v in zip(prefixes, values)))
+    return safe_name("-".join(f"{key_name(k)}_{value_name(v)}" for k, v in zip(keys, values)))
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -138,8 +139,8 @@ def hashed_name(name: str, pairs: Sequence[Tuple[str, Any]]) -> str:
     return safe_name(f"{name}-{digest}")
 
 
-def _combinations(sweep: Sweep, sample: Optional[int], rng: random.Random) -> Iterator[tuple]:
-    lists = list(sweep.params.values())
+def _combinations(lists: List[list], sample: Optional[int], rng: random.Random) -> Iterator[tuple]:
+    """The product of `lists` in order, the last varying fastest; `sample` picks that many of it."""
     if sample is None:
         yield from itertools.product(*lists)
         return
@@ -149,7 +150,7 @@ def _combinations(sweep: Sweep, sample: Optional[int], rng: random.Random) -> It
         total *= size
     for index in sorted(rng.sample(range(total), min(sample, total))):
         combo = []
-        for size, values in zip(reversed(sizes), reversed(lists)):  # the last key varies fastest
+        for size, values in zip(reversed(sizes), reversed(lists)):
             index, digit = divmod(index, size)
             combo.append(values[digit])
         yield tuple(reversed(combo))
@@ -160,11 +161,12 @@ def _canonical(values: tuple) -> tuple:
     return tuple(v if type(v) in (str, int) else (type(v).__name__, v) for v in values)
 
 
-def _identity(keys: Tuple[str, ...], values: tuple, order: Optional[List[int]] = None) -> tuple:
-    """The full param set, whatever the key order of the document it came from (X3)."""
-    if order is None:
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-    return tuple(keys[i] for i in order), _canonical(tuple(values[i] for i in order))
+def _identity(keys: Tuple[str, ...], values: tuple) -> tuple:
+    """The full param set, whatever the key order of the document it came from (X3). The types
+    are part of it: `True`, `1` and `1.0` are equal in Python but name different experiments."""
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    ordered = tuple(values[i] for i in order)
+    return tuple(keys[i] for i in order), ordered, tuple(map(type, ordered))
 
 
 class _DocLayout:
@@ -177,8 +179,11 @@ class _DocLayout:
             keys.extend(next(iter(config.aliases[key].values())) if key in config.aliases else [key])
         self.from_sweep = tuple(keys)
         self.defaults = tuple((k, v) for k, v in config.defaults.items() if k not in keys)
+        self.default_values = tuple(v for _, v in self.defaults)
         self.keys = self.from_sweep + tuple(k for k, _ in self.defaults)
-        self.order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+        order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+        self.sorted_keys = tuple(self.keys[i] for i in order)
+        self.order: Optional[List[int]] = None if order == list(range(len(order))) else order
         self.aliases = [config.aliases.get(key) for key in self.own]
         # Cases of one alias may list their params in any order; read each in the first case's order.
         self.alias_keys = [tuple(next(iter(cases.values()))) if cases else () for cases in self.aliases]
@@ -208,14 +213,21 @@ class _DocLayout:
         return values
 
     def values(self, combo: tuple) -> tuple:
+        if not any(self.aliases):
+            return combo + self.default_values
         out: List[Any] = []
         for value, cases, keys in zip(combo, self.aliases, self.alias_keys):
             if cases is None:
                 out.append(value)
             else:
                 out.extend(cases[value][key] for key in keys)
-        out.extend(v for _, v in self.defaults)
+        out.extend(self.default_values)
         return tuple(out)
+
+    def identity(self, values: tuple) -> tuple:
+        """`_identity(self.keys, values)`, with the sorting done once per document."""
+        ordered = values if self.order is None else tuple(values[i] for i in self.order)
+        return self.sorted_keys, ordered, tuple(map(type, ordered))
 
 
 def selected_commands(config: Config, sweep: Sweep, override: Optional[Sequence[str]]) -> Tuple[str, ...]:
@@ -230,29 +242,30 @@ def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Op
     """Expand the sweeps, in file order, into the ordered task pool (X1-X4)."""
     plan = Plan()
     rng = random.Random(sample_seed)
-    by_output: Dict[str, Task] = {}
+    by_name: Dict[str, Task] = {}
     seen: Set[tuple] = set()
+    prefix = os.path.join(output, "")
     for sweep in sweeps:
         layout = _DocLayout(config, sweep, selected_commands(config, sweep, commands))
-        prefixes = [f"{key_name(k)}_" for k in layout.own]
         used = set().union(*(config.templates[c].params for c in layout.commands))
         plan.orphans.update(k for k in layout.from_sweep if k not in used)
-        for combo in _combinations(sweep, sample, rng):
+        # Each value with its part of the directory name, worked out once per value, not per task.
+        lists = [[(value, prefix + value_name(value)) for value in values]
+                 for prefix, values in ((f"{key_name(k)}_", v) for k, v in sweep.params.items())]
+        for items in _combinations(lists, sample, rng):
+            combo = tuple([value for value, _ in items])
             values = layout.values(combo)
-            key = _identity(layout.keys, values, layout.order)
-            name = experiment_name(layout.own, combo, prefixes)
-            directory = output if no_subdir else os.path.join(output, name)
-            earlier = by_output.get((directory, name))
+            key = layout.identity(values)
+            name = safe_name("-".join([part for _, part in items])) if items else "default"
+            earlier = by_name.get(name)
             if earlier is not None and _identity(earlier.keys, earlier.values) != key:
                 # Other params, same name (a path basename, a cut value): keep them apart.
                 pairs = [(k, v) for k, v in zip(layout.keys, values) if k in layout.named_by]
                 name = hashed_name(name, pairs)
-                directory = output if no_subdir else os.path.join(output, name)
-                earlier = by_output.get((directory, name))
+                earlier = by_name.get(name)
                 if earlier is not None and _identity(earlier.keys, earlier.values) != key:  # alias cases cut alike
                     name = safe_name(f"{name}-{hashlib.sha1(repr(key).encode()).hexdigest()[:8]}")
-                    directory = output if no_subdir else os.path.join(output, name)
-                    earlier = by_output.get((directory, name))
+                    earlier = by_name.get(name)
             if earlier is not None:
                 # The same experiment again, perhaps with other commands: one task runs them all.
                 merged = set(earlier.commands) | set(layout.commands)
@@ -262,7 +275,8 @@ def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Op
                 plan.duplicates += 1
                 continue
             seen.add(key)
-            task = Task(len(plan.tasks), name, directory, layout.keys, values, layout.commands, layout.named_by)
-            by_output[(directory, name)] = task
+            task = Task(len(plan.tasks), name, output if no_subdir else prefix + name, layout.keys, values,
+                        layout.commands, layout.named_by)
+            by_name[name] = task
             plan.tasks.append(task)
     return plan
