@@ -9,12 +9,7 @@ import signal
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
-
-try:
-    from typing import Protocol
-except ImportError:  # Python 3.7
-    Protocol = object  # type: ignore
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Protocol, Tuple
 
 
 class HostLost(Exception):
