@@ -182,7 +182,10 @@ class Examiner:
         """Run every parser on every experiment of `output` whose directory name matches `regex`."""
         if not os.path.isdir(output):
             raise FileNotFoundError(f"no output directory '{output}'")
-        paths = experiment_dirs(output, regex)
+        self.exam_dirs(experiment_dirs(output, regex), verbose, workers)
+
+    def exam_dirs(self, paths: List[Path], verbose: bool = False, workers: int = 0) -> None:
+        """Run every parser on each of these experiment directories."""
         context = _fork_context() if workers > 0 else None
         if workers > 0 and context is None:
             print("note: parallel exam needs the 'fork' start method; examining serially")

@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Mapping, Optional, Pattern, Tuple, Union
 import yaml
 
 from .. import records, state
-from .examiner import Examiner, latest_log, varying_params
+from ..index import Index, signature
+from .examiner import Examiner, Experiment, experiment_dirs, latest_log, varying_params
 
 FORMATS = ("tsv", "csv", "markdown")
 _INT = re.compile(r"[+-]?\d+")
@@ -105,6 +106,12 @@ def compile_metrics(metrics: Mapping[str, Mapping[str, str]]) -> Dict[str, Tuple
     return compiled
 
 
+def _signatures(directory: Path) -> list:
+    """What an experiment's row is read from: the directory (a new log changes it), `param`, `stat`."""
+    path = str(directory)
+    return [signature(path), signature(path + "/param"), signature(path + "/stat")]
+
+
 def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -140,16 +147,42 @@ def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: st
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format '{fmt}' (choose from {', '.join(FORMATS)})")
     compiled = compile_metrics(metrics)
+    index = Index(output, "examine")
+    spec = Index.inputs(sorted((name, command, pattern.pattern) for name, (command, pattern) in compiled.items()))
+    seen: Dict[str, list] = {}  # directory name -> signatures of the files its row was read from
 
     def parse(directory: Path, experiment: Any, caches: dict) -> None:
+        logs = seen.setdefault(directory.name, [])
         for name, (command, pattern) in compiled.items():
-            experiment.metric[name] = read_metric(directory, command, pattern)
+            log = latest_log(command, directory)
+            logs.append([str(log), list(signature(str(log)))] if log else None)  # signed before it is read
+            experiment.metric[name] = read_metric(directory, command, pattern, log) if log else None
         experiment.cache["status"] = status_of(directory)
 
     examiner = Examiner()
     examiner.add(parse)
+    todo = []
+    before = {}
+    for path in experiment_dirs(output, regex):
+        files = _signatures(path)
+        row = index.get(path.name, Index.digest(files, spec))
+        if row is not None and all(log is None or list(signature(log[0])) == log[1] for log in row[3]):
+            examiner.experiments[path.name] = Experiment(cache={"status": row[2]}, metric=row[1], param=row[0])
+        else:
+            todo.append(path)
+            before[path.name] = files
     with contextlib.redirect_stdout(sys.stderr):
-        examiner.exam(output, regex=regex, workers=workers)
+        examiner.exam_dirs(todo, workers=workers)
+    for path in todo:
+        experiment = examiner.experiments.get(path.name)
+        status = experiment.cache.get("status") if experiment else None
+        if experiment is None or path.name not in seen or "running" in str(status):  # running: its owner is asked each time
+            continue
+        logs = [log for log in seen[path.name] if log is not None]
+        index.put(path.name, Index.digest(before[path.name], spec), before[path.name] + [tuple(sig) for _, sig in logs],
+                  [{k: v for k, v in experiment.param.items() if not str(k).startswith("_")},  # all a table shows
+                   experiment.metric, status, seen[path.name]])
+    index.save()
     names = sorted(examiner.experiments)
     experiments = [examiner.experiments[name] for name in names]
     params = varying_params(experiments)
