@@ -1,11 +1,11 @@
 """A cache of what an output tree's records said, so that a rerun, `--status` and `--examine` of
 10^5 finished experiments read one file instead of 10^5 directories (issue 15).
 
-`<output>/.mlrunner-index` is JSON: per section (`review`, `examine`), per experiment, a digest
-of the signatures of the files an entry was made from (and of what else it depends on), and what
+`<output>/.mlrunner-index.<section>` (`review`, `examine`) is JSON: per experiment, a digest of
+the signatures of the files an entry was made from (and of what else it depends on), and what
 was learnt from them. An entry is used only while every one of those files still has the same
-inode, size, mtime and ctime, so an edit
-by hand, a run elsewhere or a sync from a remote host is seen. A file whose ctime is less than
+inode, size, mtime and ctime, so an edit by hand, a run elsewhere or a sync from a remote host is
+seen. A file whose ctime is less than
 `YOUNG` seconds old is not trusted to the cache: the clock that stamps files ticks coarsely, and a
 second change within one tick would keep the signature.
 
@@ -39,22 +39,19 @@ def signature(path: str) -> Signature:
 
 
 class Index:
-    """One section of `<root>/.mlrunner-index`: name -> (digest, value). The digest covers the
+    """`<root>/.mlrunner-index.<section>`: name -> (digest, value). The digest covers the
     signatures of the files the value was read from and whatever else it depends on."""
 
     def __init__(self, root: str, section: str):
-        self.path = os.path.join(root, NAME)
-        self.section = section
-        self._all: Dict[str, Any] = {}
+        self.path = os.path.join(root, f"{NAME}.{section}")
+        self.entries: Dict[str, Any] = {}
         try:
             with open(self.path, "rb") as stream:
                 loaded = json.loads(stream.read())
-            if isinstance(loaded, dict) and loaded.get("version") == VERSION:
-                self._all = loaded
+            if isinstance(loaded, dict) and loaded.get("version") == VERSION and isinstance(loaded.get("entries"), dict):
+                self.entries = loaded["entries"]
         except (OSError, ValueError):
             pass
-        entries = self._all.get(section)
-        self.entries: Dict[str, Any] = entries if isinstance(entries, dict) else {}
         self._fresh: Dict[str, Any] = {}  # entries made by this process, kept by `save`
         self._oldest_young = (time.time() - YOUNG) * 1e9
 
@@ -93,11 +90,10 @@ class Index:
         if not self._fresh:
             return
         self.entries.update(self._fresh)
-        self._all.update(version=VERSION, **{self.section: self.entries})
         temporary = f"{self.path}.{os.getpid()}.tmp"
         try:
             with open(temporary, "w", encoding="utf-8") as stream:
-                stream.write(json.dumps(self._all, separators=(",", ":")))  # dumps: C; dump: Python
+                stream.write(json.dumps({"version": VERSION, "entries": self.entries}, separators=(",", ":")))
             os.replace(temporary, self.path)
         except OSError:
             try:

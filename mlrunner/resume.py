@@ -148,7 +148,7 @@ def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: 
             layouts[layout] = Index.inputs(shape, *layout)
         digest = index.digest(signatures, Index.inputs(layouts[layout], task.values))
         known = None if force else index.get(task.name, digest)
-        if known is not None:
+        if isinstance(known, list) and len(known) == 3 and isinstance(known[2], dict):
             result = Review(start=None, changed=known[0], changes=known[1], stat=known[2])
         else:
             result = _read_and_compare(task, templates, root, no_subdir, force)

@@ -79,7 +79,9 @@ class Scheduler:
         self.halted = threading.Event()  # --fail-fast after a failure: no new command starts
         self.signal_number: Optional[int] = None
         self._lock = threading.Lock()
-        self.pool = Pool(plan.tasks)
+        # Tasks finished before this run began need no worker: counted here, never handed out.
+        self.pool = Pool(task for task in plan.tasks if reviews[task.index].start is not None)
+        self.summary.already = sum(len(t.commands) for t in plan.tasks if reviews[t.index].start is None)
         self._running: Set[Process] = set()
         self._enders: List[threading.Thread] = []
         self._width = max((len(c) for t in plan.tasks[:1000] for c in t.commands), default=0)
@@ -151,12 +153,9 @@ class Scheduler:
                 return
             lost, back, lease = False, False, Lease(None)
             try:
-                verdict = self.reviews[task.index]
-                if verdict.start is None:  # finished before this run began: no place needed
-                    self._count("already", len(task.commands))
-                    continue
+                start = self.reviews[task.index].start
                 lease.grant = self.allocator.acquire(
-                    self.allocator.size(task.commands[verdict.start:], task.params), self.stopping, machine)
+                    self.allocator.size(task.commands[start:], task.params), self.stopping, machine)
                 if lease.grant is not None:
                     lost = self._run_task(task, lease)
             except HostLost:

@@ -39,7 +39,7 @@ def _finished_tree(tmp_path: Path, config: str = CONFIG) -> Path:
 
 
 def _entries(output: Path, section: str) -> dict:
-    return json.loads((output / NAME).read_text()).get(section, {})
+    return json.loads((output / f"{NAME}.{section}").read_text())["entries"]
 
 
 def _replace_same_size(path: Path, old: str, new: str) -> None:
@@ -70,7 +70,7 @@ def test_records_changed_in_the_last_seconds_are_not_cached(tmp_path: Path):
     write(tmp_path, CONFIG)
     assert run([], tmp_path)[0] == 0
     assert run([], tmp_path)[0] == 0
-    assert not (tmp_path / "output" / NAME).exists() or _entries(tmp_path / "output", "review") == {}
+    assert not (tmp_path / "output" / f"{NAME}.review").exists()
 
 
 def test_I2_a_param_edited_in_place_to_the_same_size_is_seen(tmp_path: Path):
@@ -101,9 +101,9 @@ def test_I2_a_changed_template_is_seen_with_a_warm_index(tmp_path: Path):
 
 def test_a_garbage_or_foreign_index_is_ignored_and_made_again(tmp_path: Path):
     output = _finished_tree(tmp_path)
-    for garbage in ("not json {", json.dumps({"version": 1, "review": {"Seed_1": ["x", [["train"], ["lr"], {}]]}}),
-                    json.dumps([1, 2]), json.dumps({"version": 99})):
-        (output / NAME).write_text(garbage)
+    for garbage in ("not json {", json.dumps({"version": 1, "entries": {"Seed_1": ["x", [["train"], ["lr"], {}]]}}),
+                    json.dumps({"version": 1, "entries": {"Seed_1": 7}}), json.dumps([1, 2]), json.dumps({"version": 99})):
+        (output / f"{NAME}.review").write_text(garbage)
         code, out, _ = run([], tmp_path)
         assert code == 0 and "already finished: 3" in out
         assert sorted(_entries(output, "review")) == ["Seed_1", "Seed_2", "Seed_3"]
