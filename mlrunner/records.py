@@ -17,8 +17,11 @@ import yaml
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _RESOLVERS = yaml.SafeLoader.yaml_implicit_resolvers
-_LINE_RE = re.compile(r"( *)(- )?([A-Za-z0-9_.-]+):(?: (.*))?\Z")
-_LINES_RE = re.compile(r"^( *)(- )?([A-Za-z0-9_.-]+):(?: (.*))?$", re.M)
+# A line `key: value` or `- key: value`; a single-quoted value may go on over indented lines
+# (and blank ones), as PyYAML writes a shell line with line breaks.
+_ROW = r"( *)(- )?([A-Za-z0-9_.-]+):(?: ('(?:[^'\n]|''|\n(?=[ \n]))*'(?=\n|\Z)|[^\n]*))?(?:\n|\Z)"
+_ROW_RE = re.compile(_ROW)
+_TEXT_RE = re.compile(rf"(?:{_ROW})*\Z")
 _DECIMAL_RE = re.compile(r"-?[0-9]+\.[0-9]+\Z")
 _INDICATORS = "[]{}&*!|>%@`\"#?,-"  # a plain scalar starting with one of these is not plain
 _memo: Dict[str, Any] = {}
@@ -58,22 +61,15 @@ def _resolve(text: str) -> Any:
 
 
 def _rows(text: str) -> List[Tuple[str, str, str, str]]:
-    """(indent, item mark, key, value) of every line; one regex pass when every line is `key: value`
-    or `- key: value`."""
-    rows = _LINES_RE.findall(text)
-    if len(rows) == text.count("\n") + (not text.endswith("\n")):
-        return rows
-    rows = []
-    lines = iter(text.splitlines())
-    for line in lines:
-        if line.strip():
-            match = _LINE_RE.match(line)
-            if match is None:
-                raise _Unsure
-            spaces, item, key, value = match.groups("")
-            if value.startswith("'") and not _closed(value):
-                value = _fold(value, lines)
-            rows.append((spaces, item, key, value))
+    """(indent, item mark, key, value) of every line, a single-quoted value over several lines
+    folded into one; two regex passes in C when the whole text has this shape."""
+    if not _TEXT_RE.match(text):
+        raise _Unsure
+    rows = _ROW_RE.findall(text)
+    for position, (spaces, item, key, value) in enumerate(rows):
+        if "\n" in value:
+            lines = value.split("\n")
+            rows[position] = (spaces, item, key, _fold(lines[0], iter(lines[1:])))
     return rows
 
 
