@@ -185,6 +185,7 @@ class _DocLayout:
         self.sorted_keys = tuple(self.keys[i] for i in order)
         self.order: Optional[List[int]] = None if order == list(range(len(order))) else order
         self.aliases = [config.aliases.get(key) for key in self.own]
+        self.plain = not any(self.aliases)
         # Cases of one alias may list their params in any order; read each in the first case's order.
         self.alias_keys = [tuple(next(iter(cases.values()))) if cases else () for cases in self.aliases]
         self.commands = commands
@@ -213,7 +214,7 @@ class _DocLayout:
         return values
 
     def values(self, combo: tuple) -> tuple:
-        if not any(self.aliases):
+        if self.plain:
             return combo + self.default_values
         out: List[Any] = []
         for value, cases, keys in zip(combo, self.aliases, self.alias_keys):
@@ -250,13 +251,19 @@ def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Op
         used = set().union(*(config.templates[c].params for c in layout.commands))
         plan.orphans.update(k for k in layout.from_sweep if k not in used)
         # Each value with its part of the directory name, worked out once per value, not per task.
-        lists = [[(value, prefix + value_name(value)) for value in values]
-                 for prefix, values in ((f"{key_name(k)}_", v) for k, v in sweep.params.items())]
-        for items in _combinations(lists, sample, rng):
-            combo = tuple([value for value, _ in items])
+        lists = list(sweep.params.values())
+        parts = [[prefix + value_name(value) for value in values]
+                 for prefix, values in ((f"{key_name(key)}_", values) for key, values in sweep.params.items())]
+        if sample is None:  # two products in step: no Python work per task to pair them
+            rows: Iterator[Tuple[tuple, tuple]] = zip(itertools.product(*lists), itertools.product(*parts))
+        else:
+            pairs = [list(zip(values, names)) for values, names in zip(lists, parts)]
+            rows = ((tuple(v for v, _ in items), tuple(p for _, p in items))
+                    for items in _combinations(pairs, sample, rng))
+        for combo, named in rows:
             values = layout.values(combo)
             key = layout.identity(values)
-            name = safe_name("-".join([part for _, part in items])) if items else "default"
+            name = safe_name("-".join(named)) if named else "default"
             earlier = by_name.get(name)
             if earlier is not None and _identity(earlier.keys, earlier.values) != key:
                 # Other params, same name (a path basename, a cut value): keep them apart.
