@@ -92,7 +92,7 @@ def _changes_by_stat(args: argparse.Namespace) -> Dict[str, Review]:
         print(f"warning: {error}: --status cannot tell which results changed", file=sys.stderr)
         return {}
     reviews = _reviews(plan, config, args)
-    return {os.path.normpath(record_path(t.output, STAT, t.name, args.no_subdir)): r
+    return {record_path(t.output, STAT, t.name, args.no_subdir): r  # the path as _records makes it
             for t, r in zip(plan.tasks, reviews)}
 
 
@@ -122,7 +122,7 @@ def print_status(args: argparse.Namespace) -> int:
     rows = []
     counts: Dict[str, int] = {}
     for name, path in records:
-        verdict = changes.get(os.path.normpath(path))
+        verdict = changes.get(path)
         if verdict is not None and verdict.stat and not verdict.problems:
             stat = verdict.stat  # the review read both records (or the index vouched for them)
         elif not os.path.exists(path):
