@@ -102,6 +102,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--zipapp", help="time this zipapp instead of the installed package")
     args = parser.parse_args()
+    if args.zipapp:
+        args.zipapp = os.path.abspath(args.zipapp)  # it runs from the benchmark's directories
     import yaml
     which = f"zipapp {args.zipapp}" if args.zipapp else f"package (PyYAML {yaml.__version__}, libyaml " \
                                                          f"{'yes' if yaml.__with_libyaml__ else 'no'})"

@@ -149,9 +149,11 @@ def _command(args: argparse.Namespace) -> int:
             raise UserError(f"-c: unknown command '{command}' (commands: {', '.join(config.templates)})", args.yaml)
     sweeps = config_module.select_sweeps(config, args.title)
     plan = expand(config, sweeps, args.output, commands=args.command, sample=args.sample,
-                  sample_seed=args.sample_seed, dedup=not args.no_dedup, no_subdir=args.no_subdir)
+                  sample_seed=args.sample_seed, dedup=not args.no_dedup, no_subdir=args.no_subdir,
+                  lazy=not (args.debug or args.dry_run))
     if args.debug:
         plan.tasks = plan.tasks[:1]
+        plan.total = len(plan.tasks)
         args.force = True
     run_time = datetime.now().strftime("%Y%m%d.%H%M%S")
     if args.dry_run:

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 from typing import List, Optional
 
 from .allocator import Allocator, Place
@@ -63,6 +64,18 @@ def _print_summary(console: Console, summary: Summary, halted: bool) -> None:
         console.print("Hosts left out (unreachable at start):\n" + "\n".join(f"    {h}" for h in summary.hosts_left_out))
 
 
+def _no_records(output: str) -> bool:
+    """Nothing under `output` that could be an experiment's records (a fresh sweep): no directory,
+    no `--no-subdir` `param.*` or `stat.*` file."""
+    try:
+        with os.scandir(output) as entries:
+            return not any(e.is_dir() or e.name.startswith(("param.", "stat.")) for e in entries)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 def _check_changes(plan: Plan, reviews: List[Review]) -> bool:
     """I2: say which finished commands' config changed; True when the run must not start."""
     changed = [(task, verdict) for task, verdict in zip(plan.tasks, reviews) if verdict.changed]
@@ -94,13 +107,20 @@ def _on_hangup(scheduler: Scheduler) -> None:
 def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> int:
     """Run the plan and return the exit status (R4)."""
     on_change = "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
-    reviews = review(plan, config.templates, args.output, no_subdir=args.no_subdir, force=args.force,
-                     on_change=on_change)
-    if config.gpu is not None:
-        check_sizes(config.gpu, plan.tasks, config.path)
-    if on_change == "ask" and _check_changes(plan, reviews):
-        return EXIT_USAGE
-    to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
+    streaming = (plan.filling and config.gpu is None and not (args.slurm or config.slurm is not None)
+                 and _no_records(args.output))
+    if streaming:  # nothing to review or to check first: the run starts while the plan fills
+        reviews = [Review(start=0)] * plan.total
+        to_run = plan.command_count
+    else:
+        plan.fill()
+        reviews = review(plan, config.templates, args.output, no_subdir=args.no_subdir, force=args.force,
+                         on_change=on_change)
+        if config.gpu is not None:
+            check_sizes(config.gpu, plan.tasks, config.path)
+        if on_change == "ask" and _check_changes(plan, reviews):
+            return EXIT_USAGE
+        to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
     specs = host_specs(config, args)
     # Every check is done: from here on, things start.
     if args.slurm or config.slurm is not None:  # the tasks go to Slurm's job arrays instead (S1)
@@ -120,7 +140,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     for verdict in reviews:
         for note in verdict.notes:
             print(f"NOTE    {note}")
-    print(f"Tasks: {len(plan.tasks)}, commands to run: {to_run}", flush=True)
+    print(f"Tasks: {plan.total}, commands to run: {to_run}", flush=True)
     _copy_config(config, args.output, args.title)
     gc.freeze()  # the plan and the records read so far live to the end: the collector skips them
     gc.enable()
@@ -128,6 +148,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     allocator = Allocator(places, config.gpu, say=console.print)
     scheduler = Scheduler(plan, config, allocator, run_time, args, reviews, console)
     scheduler.summary.hosts_left_out = unreachable
+    if streaming:
+        threading.Thread(target=plan.fill, name="plan", daemon=True).start()
     handlers = {signal.SIGINT: lambda number, _frame: scheduler.stop(number),
                 signal.SIGTERM: lambda number, _frame: scheduler.stop(number),
                 signal.SIGHUP: lambda _number, _frame: _on_hangup(scheduler)}

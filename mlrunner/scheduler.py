@@ -80,11 +80,11 @@ class Scheduler:
         self.signal_number: Optional[int] = None
         self._lock = threading.Lock()
         # Tasks finished before this run began need no worker: counted here, never handed out.
-        self.pool = Pool(task for task in plan.tasks if reviews[task.index].start is not None)
+        self.pool = Pool(task for task in plan.stream() if reviews[task.index].start is not None)
         self.summary.already = sum(len(t.commands) for t in plan.tasks if reviews[t.index].start is None)
         self._running: Set[Process] = set()
         self._enders: List[threading.Thread] = []
-        self._width = max((len(c) for t in plan.tasks[:1000] for c in t.commands), default=0)
+        self._width: Optional[int] = None  # of the command names, once the first tasks are there
 
     def run(self) -> Summary:
         """The workers of each machine (this one, each host): one per place, or per_gpu of them per
@@ -360,7 +360,9 @@ class Scheduler:
         return f"gpu: {executor.label}, " + self._info_plain(command, task)
 
     def _info_plain(self, command: str, task: Task) -> str:
-        total = len(self.plan.tasks)
+        total = self.plan.total or len(self.plan.tasks)
+        if self._width is None:
+            self._width = max((len(c) for t in self.plan.tasks[:1000] for c in t.commands), default=0)
         width = max(2, len(str(total)))
         return f"{command:<{self._width}}:{task.index + 1:{width}d}/{total:{width}d}, {task.output}"
 

@@ -7,6 +7,7 @@ import itertools
 import os
 import random
 import re
+import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .config import Config, Sweep
@@ -56,16 +57,55 @@ class Task:
 
 
 class Plan:
-    """The expanded pool plus what the console reports about it."""
+    """The expanded pool plus what the console reports about it.
+
+    A plan made with `expand(..., lazy=True)` may still be filling: `fill()` (in a thread) adds
+    its tasks while a run already takes the first ones from `stream()`. Only a plan whose size is
+    known in advance is made so (`total`); any other is whole when `expand` returns.
+    """
 
     def __init__(self) -> None:
         self.tasks: List[Task] = []
         self.duplicates = 0
         self.orphans: Set[str] = set()
+        self.total: Optional[int] = None  # the number of tasks, when known before they are all made
+        self._pending: Optional[Iterator[int]] = None
+        self._commands: Tuple[str, ...] = ()
+        self._grown = threading.Condition()
 
     @property
     def command_count(self) -> int:
+        if self._pending is not None:  # one document: its tasks all have the same commands
+            return (self.total or 0) * len(self._commands)
         return sum(len(task.commands) for task in self.tasks)
+
+    @property
+    def filling(self) -> bool:
+        return self._pending is not None
+
+    def fill(self) -> None:
+        """Make the tasks still to come; whoever waits in `stream` is woken as they arrive."""
+        if self._pending is None:
+            return
+        for made in self._pending:
+            if made % 256 == 1:  # the first task at once, then in batches: a wake-up costs
+                with self._grown:
+                    self._grown.notify_all()
+        with self._grown:
+            self._pending = None
+            self._grown.notify_all()
+
+    def stream(self) -> Iterator[Task]:
+        """The tasks in order, waiting for those still being made."""
+        position = 0
+        while True:
+            with self._grown:
+                while position >= len(self.tasks) and self._pending is not None:
+                    self._grown.wait()
+                if position >= len(self.tasks):
+                    return
+            yield self.tasks[position]
+            position += 1
 
 
 def key_name(key: str) -> str:
@@ -239,21 +279,44 @@ def selected_commands(config: Config, sweep: Sweep, override: Optional[Sequence[
 
 def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Optional[Sequence[str]] = None,
            sample: Optional[int] = None, sample_seed: Optional[int] = None, dedup: bool = True,
-           no_subdir: bool = False) -> Plan:
-    """Expand the sweeps, in file order, into the ordered task pool (X1-X4)."""
+           no_subdir: bool = False, lazy: bool = False) -> Plan:
+    """Expand the sweeps, in file order, into the ordered task pool (X1-X4).
+
+    Every document is checked first, so a mistake stops everything before a task exists. With
+    `lazy`, a plan whose size is known in advance (one document, no alias, no value twice in a
+    list: no task can be dropped or merged) is returned empty, for `Plan.fill` to make.
+    """
     plan = Plan()
-    rng = random.Random(sample_seed)
+    layouts = [_DocLayout(config, sweep, selected_commands(config, sweep, commands)) for sweep in sweeps]
+    for sweep, layout in zip(sweeps, layouts):
+        used = set().union(*(config.templates[c].params for c in layout.commands))
+        plan.orphans.update(k for k in layout.from_sweep if k not in used)
+    making = _make(plan, config, sweeps, layouts, output, sample, random.Random(sample_seed), dedup, no_subdir)
+    if lazy and len(sweeps) == 1 and layouts[0].plain and all(
+            len({(type(v), v) for v in values}) == len(values) for values in sweeps[0].params.values()):
+        total = 1
+        for values in sweeps[0].params.values():
+            total *= len(values)
+        plan.total = total if sample is None else min(sample, total)
+        plan._pending, plan._commands = making, layouts[0].commands
+    else:
+        for _ in making:
+            pass
+        plan.total = len(plan.tasks)
+    return plan
+
+
+def _make(plan: Plan, config: Config, sweeps: Sequence[Sweep], layouts: List[_DocLayout], output: str,
+          sample: Optional[int], rng: random.Random, dedup: bool, no_subdir: bool) -> Iterator[int]:
+    """Add the tasks to `plan`, yielding the count so far after each."""
     by_name: Dict[str, Task] = {}
     seen: Set[tuple] = set()
     prefix = os.path.join(output, "")
-    for sweep in sweeps:
-        layout = _DocLayout(config, sweep, selected_commands(config, sweep, commands))
-        used = set().union(*(config.templates[c].params for c in layout.commands))
-        plan.orphans.update(k for k in layout.from_sweep if k not in used)
+    for sweep, layout in zip(sweeps, layouts):
         # Each value with its part of the directory name, worked out once per value, not per task.
         lists = list(sweep.params.values())
-        parts = [[prefix + value_name(value) for value in values]
-                 for prefix, values in ((f"{key_name(key)}_", values) for key, values in sweep.params.items())]
+        parts = [[head + value_name(value) for value in values]
+                 for head, values in ((f"{key_name(key)}_", values) for key, values in sweep.params.items())]
         if sample is None:  # two products in step: no Python work per task to pair them
             rows: Iterator[Tuple[tuple, tuple]] = zip(itertools.product(*lists), itertools.product(*parts))
         else:
@@ -286,4 +349,4 @@ def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Op
                         layout.commands, layout.named_by)
             by_name[name] = task
             plan.tasks.append(task)
-    return plan
+            yield len(plan.tasks)
