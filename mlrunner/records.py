@@ -179,14 +179,37 @@ def _string(text: str, indent: int, key: bool) -> str:
         return text
     quoted = text.replace("'", "''")
     if "\n" in quoted:  # a run of k line breaks is written as k + 1, then the indent
-        quoted = re.sub(r"\n+", lambda run: run.group() + "\n" + " " * indent, quoted)
+        quoted = re.sub(r"(\n+)", r"\1\n" + " " * indent, quoted)
     return f"'{quoted}'"
+
+
+_KEYS: Dict[str, str] = {}  # `key: ` as written, for keys met before (the same few in every file)
+_VALUES: Dict[str, str] = {}  # short one-line strings as written, for values met before
+
+
+def _key_text(key: Any) -> str:
+    if type(key) is not str:
+        raise _Unsure
+    text = _KEYS.get(key)
+    if text is None:
+        text = _string(key, 0, key=True)
+        if len(_KEYS) > 10_000:
+            _KEYS.clear()
+        _KEYS[key] = text
+    return text
 
 
 def _scalar_text(value: Any, indent: int) -> str:
     kind = type(value)
     if kind is str:
-        return _string(value, indent, key=False)
+        text = _VALUES.get(value)
+        if text is None:
+            text = _string(value, indent, key=False)
+            if len(value) <= 64 and "\n" not in value:  # its text does not depend on the indent
+                if len(_VALUES) > 10_000:
+                    _VALUES.clear()
+                _VALUES[value] = text
+        return text
     if kind is bool:
         return "true" if value else "false"
     if kind is int:
@@ -207,25 +230,24 @@ def _write_mapping(mapping: Dict[Any, Any], indent: int, sort_keys: bool, out: L
         raise _Unsure  # `{}` in flow style, or an object PyYAML would write once and then alias
     seen.add(id(mapping))
     pad = " " * indent
-    for position, (key, value) in enumerate(sorted(mapping.items()) if sort_keys else mapping.items()):
-        if type(key) is not str:
-            raise _Unsure
-        out.append(first if position == 0 else pad)
-        out.append(_string(key, indent, key=True))
-        if type(value) is dict:
-            out.append(":\n")
-            _write_mapping(value, indent + 2, sort_keys, out, seen, " " * (indent + 2))
-        elif type(value) is list:
+    start = first
+    for key, value in sorted(mapping.items()) if sort_keys else mapping.items():
+        kind = type(value)
+        if kind is dict:
+            out.append(f"{start}{_key_text(key)}:\n")
+            _write_mapping(value, indent + 2, sort_keys, out, seen, pad + "  ")
+        elif kind is list:
             if not value or id(value) in seen:
                 raise _Unsure
             seen.add(id(value))
-            out.append(":\n")
+            out.append(f"{start}{_key_text(key)}:\n")
             for item in value:
                 if type(item) is not dict:
                     raise _Unsure
-                _write_mapping(item, indent + 2, sort_keys, out, seen, f"{pad}- ")
+                _write_mapping(item, indent + 2, sort_keys, out, seen, pad + "- ")
         else:
-            out.append(f": {_scalar_text(value, indent + 2)}\n")
+            out.append(f"{start}{_key_text(key)}: {_scalar_text(value, indent + 2)}\n")
+        start = pad
 
 
 def _pyyaml_dumps(data: Any, sort_keys: bool = True, dumper: Any = _Dumper) -> str:

@@ -43,11 +43,24 @@ def process_start(pid: int) -> Optional[int]:
     that was killed stays in the process table as one, and must not look alive.
     """
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stream:
-            fields = stream.read().rsplit(b")", 1)[1].split()
+        fields = _read(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
         return None if fields[0] in (b"Z", b"X") else int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def _read(path: str) -> bytes:
+    """A whole file with plain os calls: open, read to the end, close (no buffer object, no fstat)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(descriptor, 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(descriptor)
 
 
 OWNER = {"host": HOST, "pid": os.getpid(), "pid_start": process_start(os.getpid())}
@@ -129,8 +142,7 @@ class Corrupt(Exception):
 def read_record(path: str) -> Dict[str, Any]:
     """A `param` or `stat` mapping; {} when missing; Corrupt when it exists but does not parse."""
     try:
-        with open(path, "rb") as stream:
-            data = stream.read()
+        data = _read(path)
     except FileNotFoundError:
         return {}
     except IsADirectoryError:
@@ -160,12 +172,16 @@ def write_record(path: str, data: Dict[str, Any], sort_keys: bool = True, durabl
     """Replace `path` atomically; `durable` also fsyncs the file and its directory (I5)."""
     directory = os.path.dirname(path) or "."
     temporary = f"{directory}/.{os.path.basename(path)[:64]}.{os.getpid()}.{threading.get_ident()}.tmp"
+    text = records.dumps(data, sort_keys).encode("utf-8")
     try:
-        with open(temporary, "wb") as stream:
-            stream.write(records.dumps(data, sort_keys).encode("utf-8"))
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            while text:
+                text = text[os.write(descriptor, text):]
             if durable and FSYNC:
-                stream.flush()
-                os.fsync(stream.fileno())
+                os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(temporary, path)
     except BaseException:
         try:

@@ -68,7 +68,10 @@ class LocalExecutor(Executor):
         self.env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 
     def prepare(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
+        try:
+            os.mkdir(directory)  # the usual case, one call; makedirs checks its parent first
+        except OSError:
+            os.makedirs(directory, exist_ok=True)
 
     def start(self, line: str, debug: bool = False) -> Process:
         argv = [self.bash, "-o", "pipefail", "-c", line] if debug else [self.bash, "-c", line]
