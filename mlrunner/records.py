@@ -49,15 +49,16 @@ def _resolve(text: str) -> Any:
         if len(text) < 2 or not text.endswith("'") or "'" in text[1:-1].replace("''", ""):
             raise _Unsure
         return text[1:-1].replace("''", "'")
-    if (not text or text[0] in _INDICATORS or ": " in text or " #" in text or text.endswith(":")
-            or "\t" in text):
-        raise _Unsure  # substring tests: a regex alternation costs more on long shell lines
-    if not any(regexp.match(text) for _, regexp in _RESOLVERS.get(text[0], ())):
-        return text
-    if text.isdigit() and (text[0] != "0" or len(text) == 1):  # YAML 1.1 reads 017 as octal
+    digits = text[1:] if text.startswith("-") else text
+    if digits.isdigit() and digits.isascii() and (digits[0] != "0" or len(digits) == 1):  # 017 is octal
         return int(text)
     if _DECIMAL_RE.match(text):  # `1795841675.507`: PyYAML's float() of it, without its loader
         return float(text)
+    if (not text or (text[0] in _INDICATORS and not (text[0] == "-" and text[1:2] not in ("", " ")))
+            or ": " in text or " #" in text or text.endswith(":") or "\t" in text):
+        raise _Unsure  # substring tests: a regex alternation costs more on long shell lines
+    if not any(regexp.match(text) for _, regexp in _RESOLVERS.get(text[0], ())):
+        return text
     return yaml.load(text, Loader=_Loader)  # another number, a bool or null
 
 
