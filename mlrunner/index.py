@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 NAME = ".mlrunner-index"
 VERSION = 1
@@ -85,10 +85,12 @@ class Index:
             return
         self._fresh[name] = [digest, value]
 
-    def save(self) -> None:
-        """Write the index with this process's new entries, atomically; a failure is ignored."""
+    def save(self, gone: Callable[[str], bool]) -> None:
+        """Write the index with this process's new entries, less those of experiments that are
+        `gone`, atomically; a failure is ignored."""
         if not self._fresh:
             return
+        self.entries = {name: entry for name, entry in self.entries.items() if not gone(name)}
         self.entries.update(self._fresh)
         temporary = f"{self.path}.{os.getpid()}.tmp"
         try:

@@ -130,14 +130,18 @@ def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: 
         existing = set(os.listdir(root))  # one listing; a task with nothing there has nothing to read
     except OSError:
         existing = set()
+
+    def present(name: str) -> bool:  # has records to read
+        if no_subdir:
+            return bool({record_path("", STAT, name, True), record_path("", PARAM, name, True)} & existing)
+        return name in existing
+
     index = Index(root, "review")
     shape = Index.inputs(sorted((n, t.text) for n, t in templates.items()))
     layouts: Dict[tuple, str] = {}  # tasks of one document share these tuples: one digest for them
     fresh = Review(start=0)  # one for every task with no records: nothing changes a verdict once made
     for task in plan.tasks:
-        present = ({record_path("", STAT, task.name, True), record_path("", PARAM, task.name, True)} & existing
-                   if no_subdir else task.name in existing)
-        if not present:
+        if not present(task.name):
             out.append(fresh)
             continue
         paths = ((record_path(task.output, PARAM, task.name, True), record_path(task.output, STAT, task.name, True))
@@ -165,7 +169,7 @@ def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: 
                 result.start = position
                 break
         out.append(result)
-    index.save()
+    index.save(gone=lambda name: not present(name))
     return out
 
 

@@ -9,6 +9,7 @@ that keep a file's size, and check that every answer is the one a reading of the
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -131,3 +132,16 @@ def test_examine_from_the_index_sees_a_log_grow_and_a_new_log(tmp_path: Path):
     assert "Seed_2\t2\t0.25\tfinished" in run(["--examine"], tmp_path)[1]
     (output / "Seed_3" / f"{log.name}.9").write_text("score 0.99\n")  # a newer log of train
     assert "Seed_3\t3\t0.99\tfinished" in run(["--examine"], tmp_path)[1]
+
+
+def test_entries_of_deleted_experiments_leave_the_index(tmp_path: Path):
+    output = _finished_tree(tmp_path)
+    assert run([], tmp_path)[0] == 0
+    assert run(["--examine"], tmp_path)[0] == 0
+    shutil.rmtree(output / "Seed_1")
+    (output / "Seed_2" / "stat").write_text((output / "Seed_2" / "stat").read_text())  # a new entry is due
+    time.sleep(YOUNG + 0.1)
+    assert run(["--status"], tmp_path)[0] == 0
+    assert run(["--examine"], tmp_path)[0] == 0
+    assert sorted(_entries(output, "review")) == ["Seed_2", "Seed_3"]
+    assert sorted(_entries(output, "examine")) == ["Seed_2", "Seed_3"]

@@ -163,7 +163,8 @@ def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: st
     examiner.add(parse)
     todo = []
     before = {}
-    for path in experiment_dirs(output, regex):
+    directories = experiment_dirs(output, regex)
+    for path in directories:
         files = _signatures(path)
         row = index.get(path.name, Index.digest(files, spec))
         if row is not None and all(log is None or list(signature(log[0])) == log[1] for log in row[3]):
@@ -182,7 +183,8 @@ def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: st
         index.put(path.name, Index.digest(before[path.name], spec), before[path.name] + [tuple(sig) for _, sig in logs],
                   [{k: v for k, v in experiment.param.items() if not str(k).startswith("_")},  # all a table shows
                    experiment.metric, status, seen[path.name]])
-    index.save()
+    names = {path.name for path in directories}
+    index.save(gone=lambda name: name not in names and re.search(regex, name) is not None)
     names = sorted(examiner.experiments)
     experiments = [examiner.experiments[name] for name in names]
     params = varying_params(experiments)
