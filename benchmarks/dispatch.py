@@ -14,7 +14,8 @@
     8 threads, and for each task, with f-strings and raw os calls, what mlrunner does to its
     records: mkdir of the experiment directory; `param` written atomically (temporary file +
     os.replace) with the bytes mlrunner writes; the log reserved (O_CREAT|O_EXCL); the shell
-    started as mlrunner starts it (the same bash path, line, environment, own session); `stat`
+    started as mlrunner starts it (the same bash path, line, environment, own session, stdin
+    from one /dev/null opened once); `stat`
     with the `running` record (pid, pgid and their start times from /proc; temporary file +
     os.replace); wait; `stat` with the `finished` record, the file then its directory fsync'd
     before the thread takes its next task (SPEC R7, I3, I5). It takes no lock and reads no
@@ -167,6 +168,7 @@ def durable_floor(root: str, run: int, commands: int, workers: int) -> float:
     run_time = time.strftime("%Y%m%d.%H%M%S")
     host, pid, pid_start = socket.gethostname(), os.getpid(), proc_start(os.getpid())
     bash = shutil.which("bash") or "bash"
+    stdin = os.open(os.devnull, os.O_RDONLY)
     pool: "queue.Queue[int]" = queue.Queue()
     for i in range(commands):
         pool.put(i)
@@ -198,7 +200,7 @@ def durable_floor(root: str, run: int, commands: int, workers: int) -> float:
                                           f"    }} > {log} 2>&1'\n_time: '{run_time}'\ni: {i}\n")
             os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             process = subprocess.Popen([bash, "-c", f"export CUDA_VISIBLE_DEVICES={k}; {{ echo {i}\n}} > {log} 2>&1"],
-                                       env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+                                       env=env, stdin=stdin, start_new_session=True)
             began, start = time.monotonic(), round(time.time(), 3)
             head = f"  - host: {host}\n"
             tail = f"    worker: '{k}'\n    start: {start!r}\n"
@@ -224,6 +226,7 @@ def durable_floor(root: str, run: int, commands: int, workers: int) -> float:
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - started
+    os.close(stdin)
     check_same_records(output, os.path.join(root, f"mlrunner.{run}"), commands)
     return seconds
 

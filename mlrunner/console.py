@@ -9,6 +9,7 @@ import time
 from typing import IO, List, Optional
 
 STATUS_INTERVAL = 0.5
+FLUSH_INTERVAL = 0.1  # not a terminal: lines go out in batches, at most this much later
 CLEAR_LINE = "\r\x1b[K"
 
 
@@ -22,7 +23,8 @@ class Console:
 
     The status line counts commands (the event lines number tasks), and is cut to the terminal's
     width, read again at every refresh: a line that wraps could not be erased by `\\r`, and every
-    refresh would leave one more line behind.
+    refresh would leave one more line behind. Elsewhere (a file, a pipe), inside `with`, lines
+    are flushed by a thread every FLUSH_INTERVAL rather than one write(2) each.
     """
 
     def __init__(self, total: int, workers: int, stream: Optional[IO[str]] = None):
@@ -36,6 +38,7 @@ class Console:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._unflushed = False
 
     def print(self, text: str) -> None:
         with self._lock:
@@ -44,7 +47,10 @@ class Console:
             self.stream.write(text + "\n")
             if self.live and not self._stop.is_set():
                 self.stream.write(self._status())
-            self.stream.flush()
+            if self.live or self._thread is None or self._stop.is_set():
+                self.stream.flush()
+            else:
+                self._unflushed = True
 
     def started_command(self) -> None:
         with self._lock:
@@ -90,10 +96,16 @@ class Console:
                     self.stream.write(CLEAR_LINE + self._status())
                     self.stream.flush()
 
+    def _flush(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL):
+            with self._lock:
+                if self._unflushed:
+                    self._unflushed = False
+                    self.stream.flush()
+
     def __enter__(self) -> "Console":
-        if self.live:
-            self._thread = threading.Thread(target=self._refresh, daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._refresh if self.live else self._flush, daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -101,7 +113,7 @@ class Console:
             self._stop.set()
             if self.live:
                 self.stream.write(CLEAR_LINE)
-                self.stream.flush()
+            self.stream.flush()
         if self._thread:
             self._thread.join()
 

@@ -17,7 +17,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import yaml
 
@@ -43,7 +43,12 @@ def process_start(pid: int) -> Optional[int]:
     that was killed stays in the process table as one, and must not look alive.
     """
     try:
-        fields = _read(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
+        descriptor = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            text = os.read(descriptor, 4096)  # a few hundred bytes, which the kernel gives in one read
+        finally:
+            os.close(descriptor)
+        fields = text.rsplit(b")", 1)[1].split()
         return None if fields[0] in (b"Z", b"X") else int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
@@ -139,14 +144,20 @@ class Corrupt(Exception):
         self.reason = reason
 
 
-def read_record(path: str) -> Dict[str, Any]:
-    """A `param` or `stat` mapping; {} when missing; Corrupt when it exists but does not parse."""
+def read_record(path: str, known: Optional[Tuple[bytes, Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """A `param` or `stat` mapping; {} when missing; Corrupt when it exists but does not parse.
+
+    `known`: the bytes this process last wrote there and their mapping, returned without parsing
+    while the file still holds exactly those bytes.
+    """
     try:
         data = _read(path)
     except FileNotFoundError:
         return {}
     except IsADirectoryError:
         raise Corrupt(path, "a directory, not a file") from None
+    if known is not None and data == known[0]:
+        return known[1]
     try:
         value = records.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -168,16 +179,17 @@ def read_yaml(path: str) -> Dict[str, Any]:
         return {}
 
 
-def write_record(path: str, data: Dict[str, Any], sort_keys: bool = True, durable: bool = False) -> None:
-    """Replace `path` atomically; `durable` also fsyncs the file and its directory (I5)."""
+def write_record(path: str, data: Dict[str, Any], sort_keys: bool = True, durable: bool = False) -> bytes:
+    """Replace `path` atomically; `durable` also fsyncs the file and its directory (I5). Returns the bytes."""
     directory = os.path.dirname(path) or "."
     temporary = f"{directory}/.{os.path.basename(path)[:64]}.{os.getpid()}.{threading.get_ident()}.tmp"
     text = records.dumps(data, sort_keys).encode("utf-8")
     try:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
-            while text:
-                text = text[os.write(descriptor, text):]
+            written = 0
+            while written < len(text):
+                written += os.write(descriptor, text[written:])
             if durable and FSYNC:
                 os.fsync(descriptor)
         finally:
@@ -195,6 +207,7 @@ def write_record(path: str, data: Dict[str, Any], sort_keys: bool = True, durabl
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+    return text
 
 
 def set_aside(path: str) -> str:
@@ -283,6 +296,8 @@ class Experiment:
         self.name = name
         self.stat_path = record_path(directory, STAT, name, shared)
         self.param_path = record_path(directory, PARAM, name, shared)
+        # What this object last wrote to each record: read back unchanged, it needs no parsing.
+        self._written: Dict[str, Tuple[bytes, Dict[str, Any]]] = {}
 
     def read_stat(self) -> Dict[str, Any]:
         return read_record(self.stat_path)
@@ -290,7 +305,7 @@ class Experiment:
     def _load(self, path: str, notes: List[str]) -> Dict[str, Any]:
         """A record, or {} after setting aside one that does not parse (I5)."""
         try:
-            return read_record(path)
+            return read_record(path, self._written.pop(path, None))  # the caller may change what it gets
         except Corrupt as error:
             aside = set_aside(path)
             notes.append(f"{path} did not parse ({error.reason}): kept as {aside}; its commands run again")
@@ -306,7 +321,8 @@ class Experiment:
         """Commands in the order they ran, then their runs, so the file reads like the run."""
         ordered = {k: v for k, v in stat.items() if k != RUNS}
         ordered[RUNS] = stat.get(RUNS) if isinstance(stat.get(RUNS), dict) else {}
-        write_record(self.stat_path, ordered, sort_keys=False, durable=durable)
+        self._written[self.stat_path] = (write_record(self.stat_path, ordered, sort_keys=False, durable=durable),
+                                         ordered)
 
     def start(self, command: str, *, rerun: bool, worker: str, log: str, line: Callable[[str], str],
               launch: Callable[[str], Any], param: Optional[Dict[str, Any]] = None, grace: float = 10.0) -> Claim:

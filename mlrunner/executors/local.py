@@ -13,6 +13,10 @@ from .base import Executor, Machine, Process
 from .claims import ClaimDir, lock_dir, session_of
 
 
+# Every command's stdin, opened once: subprocess.DEVNULL opens and closes /dev/null at each start.
+STDIN = os.open(os.devnull, os.O_RDONLY)
+
+
 class LocalProcess(Process):
     def __init__(self, popen: "subprocess.Popen[bytes]"):
         self.popen = popen
@@ -75,4 +79,5 @@ class LocalExecutor(Executor):
 
     def start(self, line: str, debug: bool = False) -> Process:
         argv = [self.bash, "-o", "pipefail", "-c", line] if debug else [self.bash, "-c", line]
-        return LocalProcess(subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True))
+        return LocalProcess(subprocess.Popen(argv, env=self.env, stdin=STDIN, start_new_session=True))
+
