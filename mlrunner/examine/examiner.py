@@ -65,12 +65,16 @@ def read_param(directory: Path) -> Dict[str, Any]:
     return data
 
 
-def experiment_dirs(output: Union[str, Path], regex: str = ".*") -> List[Path]:
-    """The subdirectories of `output` whose names `re.search` `regex`, sorted by name."""
+def experiment_names(output: Union[str, Path], regex: str = ".*") -> List[str]:
+    """The names of the subdirectories of `output` that `re.search` `regex`, sorted."""
     pattern = re.compile(regex)
     with os.scandir(output) as entries:
-        names = [entry.name for entry in entries if entry.is_dir() and pattern.search(entry.name)]
-    return [Path(output, name) for name in sorted(names)]
+        return sorted(entry.name for entry in entries if entry.is_dir() and pattern.search(entry.name))
+
+
+def experiment_dirs(output: Union[str, Path], regex: str = ".*") -> List[Path]:
+    """The subdirectories of `output` whose names `re.search` `regex`, sorted by name."""
+    return [Path(output, name) for name in experiment_names(output, regex)]
 
 
 def _name_of(parser: Parser) -> str:

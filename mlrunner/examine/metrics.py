@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import os
 import re
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 
 from .. import records, state
 from ..index import Index, signature
-from .examiner import Examiner, Experiment, experiment_dirs, latest_log, varying_params
+from .examiner import Examiner, Experiment, experiment_names, latest_log, varying_params
 
 FORMATS = ("tsv", "csv", "markdown")
 _INT = re.compile(r"[+-]?\d+")
@@ -106,10 +107,51 @@ def compile_metrics(metrics: Mapping[str, Mapping[str, str]]) -> Dict[str, Tuple
     return compiled
 
 
-def _signatures(directory: Path) -> list:
-    """What an experiment's row is read from: the directory (a new log changes it), `param`, `stat`."""
-    path = str(directory)
-    return [signature(path), signature(path + "/param"), signature(path + "/stat")]
+class _IndexedRows:
+    """--examine's rows kept in the index (index.py): one is used while its experiment's directory
+    (a new log changes it), `param`, `stat` and the logs it read keep their signatures."""
+
+    def __init__(self, output: str, compiled: Dict[str, Tuple[str, Pattern[str]]]):
+        self.output = output
+        self.compiled = compiled
+        self.index = Index(output, "examine")
+        self.spec = Index.inputs(sorted((name, command, pattern.pattern)
+                                        for name, (command, pattern) in compiled.items()))
+        self.files: Dict[str, list] = {}  # name -> signatures taken before its files were read
+        self.logs: Dict[str, list] = {}  # name -> [log, signature] of each metric's log, or None
+
+    def _signatures(self, name: str) -> list:
+        path = os.path.join(self.output, name)
+        return [signature(path), signature(path + "/param"), signature(path + "/stat")]
+
+    def lookup(self, name: str) -> Optional[Experiment]:
+        files = self._signatures(name)
+        row = self.index.get(name, Index.digest(files, self.spec))
+        if row is not None and all(log is None or list(signature(log[0])) == log[1] for log in row[3]):
+            return Experiment(cache={"status": row[2]}, metric=row[1], param=row[0])
+        self.files[name] = files
+        return None
+
+    def parse(self, directory: Path, experiment: Any, caches: dict) -> None:
+        """The metrics and status of one experiment, each log signed before it is read."""
+        logs = self.logs.setdefault(directory.name, [])
+        for name, (command, pattern) in self.compiled.items():
+            log = latest_log(command, directory)
+            logs.append([str(log), list(signature(str(log)))] if log else None)
+            experiment.metric[name] = read_metric(directory, command, pattern, log) if log else None
+        experiment.cache["status"] = status_of(directory)
+
+    def keep(self, name: str, experiment: Optional[Experiment]) -> None:
+        status = experiment.cache.get("status") if experiment else None
+        if experiment is None or name not in self.logs or "running" in str(status):  # running: its owner is asked each time
+            return
+        logs = [tuple(log[1]) for log in self.logs[name] if log is not None]
+        self.index.put(name, Index.digest(self.files[name], self.spec), self.files[name] + logs,
+                       [{k: v for k, v in experiment.param.items() if not str(k).startswith("_")},  # all a table shows
+                        experiment.metric, status, self.logs[name]])
+
+
+_TSV = str.maketrans("\t\r\n", "   ")
 
 
 def _cell(value: Any) -> str:
@@ -127,7 +169,7 @@ def render(headers: List[str], rows: List[List[Any]], fmt: str = "tsv") -> str:
         return buffer.getvalue()
     if fmt == "tsv":
         lines = [headers] + [[_cell(value) for value in row] for row in rows]
-        return "".join("\t".join(re.sub(r"[\t\r\n]", " ", cell) for cell in line) + "\n" for line in lines)
+        return "".join("\t".join(cell.translate(_TSV) for cell in line) + "\n" for line in lines)
     if fmt == "markdown":
         lines = [[re.sub(r"[\r\n]", " ", _cell(value)).replace("|", r"\|") for value in line]
                  for line in [headers] + rows]
@@ -147,44 +189,23 @@ def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: st
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format '{fmt}' (choose from {', '.join(FORMATS)})")
     compiled = compile_metrics(metrics)
-    index = Index(output, "examine")
-    spec = Index.inputs(sorted((name, command, pattern.pattern) for name, (command, pattern) in compiled.items()))
-    seen: Dict[str, list] = {}  # directory name -> signatures of the files its row was read from
-
-    def parse(directory: Path, experiment: Any, caches: dict) -> None:
-        logs = seen.setdefault(directory.name, [])
-        for name, (command, pattern) in compiled.items():
-            log = latest_log(command, directory)
-            logs.append([str(log), list(signature(str(log)))] if log else None)  # signed before it is read
-            experiment.metric[name] = read_metric(directory, command, pattern, log) if log else None
-        experiment.cache["status"] = status_of(directory)
-
+    rows = _IndexedRows(output, compiled)
     examiner = Examiner()
-    examiner.add(parse)
+    examiner.add(rows.parse)
     todo = []
-    before = {}
-    directories = experiment_dirs(output, regex)
-    for path in directories:
-        files = _signatures(path)
-        row = index.get(path.name, Index.digest(files, spec))
-        if row is not None and all(log is None or list(signature(log[0])) == log[1] for log in row[3]):
-            examiner.experiments[path.name] = Experiment(cache={"status": row[2]}, metric=row[1], param=row[0])
+    names = experiment_names(output, regex)
+    for name in names:
+        known = rows.lookup(name)
+        if known is not None:
+            examiner.experiments[name] = known
         else:
-            todo.append(path)
-            before[path.name] = files
+            todo.append(Path(output, name))
     with contextlib.redirect_stdout(sys.stderr):
         examiner.exam_dirs(todo, workers=workers)
     for path in todo:
-        experiment = examiner.experiments.get(path.name)
-        status = experiment.cache.get("status") if experiment else None
-        if experiment is None or path.name not in seen or "running" in str(status):  # running: its owner is asked each time
-            continue
-        logs = [log for log in seen[path.name] if log is not None]
-        index.put(path.name, Index.digest(before[path.name], spec), before[path.name] + [tuple(sig) for _, sig in logs],
-                  [{k: v for k, v in experiment.param.items() if not str(k).startswith("_")},  # all a table shows
-                   experiment.metric, status, seen[path.name]])
-    names = {path.name for path in directories}
-    index.save(gone=lambda name: name not in names and re.search(regex, name) is not None)
+        rows.keep(path.name, examiner.experiments.get(path.name))
+    present = set(names)
+    rows.index.save(gone=lambda name: name not in present and re.search(regex, name) is not None)
     names = sorted(examiner.experiments)
     experiments = [examiner.experiments[name] for name in names]
     params = varying_params(experiments)
