@@ -71,7 +71,7 @@ def _records(output: str) -> List[Tuple[str, str]]:
     with os.scandir(output) as entries:
         for entry in entries:
             if entry.is_dir():
-                found.append((entry.name, os.path.join(entry.path, STAT)))
+                found.append((entry.name, entry.path + os.sep + STAT))  # os.path.join's result, quicker
             elif entry.name.startswith(STAT + ".") and ".corrupt." not in entry.name and entry.is_file():
                 found.append((entry.name[len(STAT) + 1:], entry.path))
     return sorted(found)
@@ -92,8 +92,9 @@ def _changes_by_stat(args: argparse.Namespace) -> Dict[str, Review]:
         print(f"warning: {error}: --status cannot tell which results changed", file=sys.stderr)
         return {}
     reviews = _reviews(plan, config, args)
-    return {record_path(t.output, STAT, t.name, args.no_subdir): r  # the path as _records makes it
-            for t, r in zip(plan.tasks, reviews)}
+    if args.no_subdir:
+        return {record_path(t.output, STAT, t.name, True): r for t, r in zip(plan.tasks, reviews)}
+    return {t.output + os.sep + STAT: r for t, r in zip(plan.tasks, reviews)}  # the path as _records makes it
 
 
 def _read_for_status(path: str) -> Optional[Dict]:
