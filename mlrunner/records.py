@@ -179,8 +179,10 @@ def _string(text: str, indent: int, key: bool) -> str:
     if text and _plain(text):
         return text
     quoted = text.replace("'", "''")
-    if "\n" in quoted:  # a run of k line breaks is written as k + 1, then the indent
+    if "\n\n" in quoted:  # a run of k line breaks is written as k + 1, then the indent
         quoted = re.sub(r"(\n+)", r"\1\n" + " " * indent, quoted)
+    elif "\n" in quoted:
+        quoted = quoted.replace("\n", "\n\n" + " " * indent)
     return f"'{quoted}'"
 
 
@@ -206,7 +208,7 @@ def _scalar_text(value: Any, indent: int) -> str:
         text = _VALUES.get(value)
         if text is None:
             text = _string(value, indent, key=False)
-            if len(value) <= 64 and "\n" not in value:  # its text does not depend on the indent
+            if len(value) <= 24 and "\n" not in value:  # a status, a host, a label: not a path, no indent
                 if len(_VALUES) > 10_000:
                     _VALUES.clear()
                 _VALUES[value] = text
