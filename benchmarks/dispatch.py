@@ -15,10 +15,9 @@
     records: mkdir of the experiment directory; `param` written atomically (temporary file +
     os.replace) with the bytes mlrunner writes; the log reserved (O_CREAT|O_EXCL); the shell
     started as mlrunner starts it (the same bash path, line, environment, own session, stdin
-    from one /dev/null opened once); `stat`
-    with the `running` record (pid, pgid and their start times from /proc; temporary file +
-    os.replace); wait; `stat` with the `finished` record, the file then its directory fsync'd
-    before the thread takes its next task (SPEC R7, I3, I5). It takes no lock and reads no
+    from one /dev/null opened once); `stat` with the `running` record (pid, pgid and their start
+    times from /proc; temporary file + os.replace); wait; `stat` with the `finished` record, the
+    file then its directory fsync'd before the thread takes its next task (SPEC R7, I3, I5). It takes no lock and reads no
     record back (it knows what it wrote), so it is a floor for mlrunner's work, not a rival.
     The check after it compares its `param` and `stat` bytes with mlrunner's, times and pids aside.
 
