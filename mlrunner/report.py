@@ -27,7 +27,7 @@ def format_orphans(orphans: Iterable[str], config: Optional[Config] = None) -> s
 def _reviews(plan: Plan, config: Config, args: argparse.Namespace) -> List[Review]:
     on_change = "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
     return review(plan, config.templates, args.output, no_subdir=args.no_subdir, force=args.force,
-                  on_change=on_change)
+                  on_change=on_change, write_index=False)  # they write nothing (R9): the index only helps them
 
 
 def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], run_time: str,

@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set
 
-from .index import Index, signature
+from .index import Index, Journal, Signature, signature
 from .state import FINISHED, PARAM, RUNNING, RUNS, STAT, Corrupt, last_run, read_record, record_path
 from .sweep import Plan, Task, hashed_name, same_value
 from .template import Template
@@ -119,11 +119,12 @@ def _template_changes(task: Task, templates: Dict[str, Template], param: Dict[st
 
 
 def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: bool, force: bool,
-           on_change: str = "ask") -> List[Review]:
+           on_change: str = "ask", write_index: bool = True) -> List[Review]:
     """Per task, what a run does with it. `on_change` is `ask`, `rerun` or `keep` (I2).
 
-    It only reads the records (and keeps what it learnt in the index): the run itself sets
-    corrupt records aside when it claims their commands.
+    It only reads the records, and with `write_index` writes what it learnt to the index (a run does;
+    `--dry-run` and `--status` write nothing): the run itself sets corrupt records aside when it
+    claims their commands.
     """
     out = []
     try:
@@ -137,20 +138,14 @@ def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: 
         return name in existing
 
     index = Index(root, "review")
-    shape = Index.inputs(sorted((n, t.text) for n, t in templates.items()))
-    layouts: Dict[tuple, str] = {}  # tasks of one document share these tuples: one digest for them
+    digests = _Digests(templates, no_subdir)
     fresh = Review(start=0)  # one for every task with no records: nothing changes a verdict once made
     for task in plan.tasks:
         if not present(task.name):
             out.append(fresh)
             continue
-        paths = ((record_path(task.output, PARAM, task.name, True), record_path(task.output, STAT, task.name, True))
-                 if no_subdir else (task.output + "/" + PARAM, task.output + "/" + STAT))
-        signatures = [signature(paths[0]), signature(paths[1])]
-        layout = (task.keys, task.commands, task.named_by)
-        if layout not in layouts:
-            layouts[layout] = Index.inputs(shape, *layout)
-        digest = index.digest(signatures, Index.inputs(layouts[layout], task.values))
+        signatures = digests.signatures(task)
+        digest = digests.of(task, signatures)
         known = None if force else index.get(task.name, digest)
         if isinstance(known, list) and len(known) == 3 and isinstance(known[2], dict):
             result = Review(start=None, changed=known[0], changes=known[1], stat=known[2])
@@ -169,8 +164,55 @@ def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: 
                 result.start = position
                 break
         out.append(result)
-    index.save(gone=lambda name: not present(name))
+    if write_index:
+        index.save(gone=lambda name: not present(name))
     return out
+
+
+class _Digests:
+    """The index key of a task's verdict: its records' signatures, its params, its commands and
+    the templates (tasks of one document share their tuples: one digest for those)."""
+
+    def __init__(self, templates: Dict[str, Template], no_subdir: bool):
+        self.shape = Index.inputs(sorted((n, t.text) for n, t in templates.items()))
+        self.no_subdir = no_subdir
+        self.layouts: Dict[tuple, str] = {}
+
+    def paths(self, task: Task) -> List[str]:
+        """The task's `param` and `stat`."""
+        if self.no_subdir:
+            return [record_path(task.output, kind, task.name, True) for kind in (PARAM, STAT)]
+        return [task.output + "/" + PARAM, task.output + "/" + STAT]
+
+    def signatures(self, task: Task) -> List[Signature]:
+        return [signature(path) for path in self.paths(task)]
+
+    def of(self, task: Task, signatures: List[Signature]) -> str:
+        layout = (task.keys, task.commands, task.named_by)
+        if layout not in self.layouts:
+            self.layouts[layout] = Index.inputs(self.shape, *layout)
+        return Index.digest(signatures, Index.inputs(self.layouts[layout], task.values))
+
+
+class Memory:
+    """What a run tells the next review about the tasks it ran whole (every command, to the end):
+    their verdict is known without reading their records, as long as no one changed them since
+    (index.Journal)."""
+
+    def __init__(self, templates: Dict[str, Template], root: str, no_subdir: bool):
+        self.digests = _Digests(templates, no_subdir)
+        self.journal = Journal(root, "review")
+
+    def task_done(self, task: Task, written: Dict[str, Signature], stat: Dict[str, Any]) -> None:
+        """`written`: the signature of each record right after this run last wrote it; `stat`: what it wrote."""
+        paths = self.digests.paths(task)
+        signatures = [signature(path) for path in paths]
+        if [written.get(path) for path in paths] != signatures or RUNNING in stat.values():
+            return  # changed by someone since, or another run has a command of it running
+        self.journal.add(task.name, self.digests.of(task, signatures), [[], [], _summary(stat)])
+
+    def close(self) -> None:
+        self.journal.close()
 
 
 def _summary(stat: Dict[str, Any]) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ from .console import Console
 from .executors.base import Executor, HostLost, Machine, Process, wait_for
 from .gpu_policy import OOM_TRIES, gib, oom_in_log
 from .pool import Pool
-from .resume import Review
+from .resume import Memory, Review
 from .state import FAILED, FINISHED, INTERRUPTED, RUN, Experiment
 from .sweep import Plan, Task
 from .template import shell_line
@@ -80,6 +80,7 @@ class Scheduler:
         self.signal_number: Optional[int] = None
         self._lock = threading.Lock()
         # Tasks finished before this run began need no worker: counted here, never handed out.
+        self.memory = Memory(config.templates, args.output, args.no_subdir)
         self.pool = Pool(task for task in plan.stream() if reviews[task.index].start is not None)
         self.summary.already = sum(len(t.commands) for t in plan.tasks if reviews[t.index].start is None)
         self._running: Set[Process] = set()
@@ -100,6 +101,7 @@ class Scheduler:
             ender.join()
         if not self.stopping.is_set():
             self.summary.not_run = self.pool.left()
+        self.memory.close()
         return self.summary
 
     def stop(self, number: int) -> None:
@@ -183,6 +185,7 @@ class Scheduler:
         param: Optional[Dict] = None
         lines: Dict[str, str] = {}
         ran = self.args.force  # once a command runs, the later ones run too: their inputs changed (R6)
+        whole = verdict.start == 0  # every command of the task runs in this run, to its end
         for position, command in enumerate(task.commands):
             if position < verdict.start:
                 self._count("already", 1)
@@ -214,8 +217,11 @@ class Scheduler:
                 param, ran = None, True
             elif ending == ALREADY:
                 self._count("already", 1)
+                whole = False
             else:
                 return ending == LOST
+        if whole:
+            self.memory.task_done(task, experiment.signed, experiment.stat_written)
         return False
 
     def _regrant(self, lease: Lease, task: Task, command: str, oom_try: int) -> bool:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import yaml
 
 from . import records
+from .index import Signature, signature
 from .sweep import safe_name
 
 PARAM, STAT = "param", "stat"
@@ -298,6 +299,10 @@ class Experiment:
         self.param_path = record_path(directory, PARAM, name, shared)
         # What this object last wrote to each record: read back unchanged, it needs no parsing.
         self._written: Dict[str, Tuple[bytes, Dict[str, Any]]] = {}
+        # Each record's signature right after this object last wrote it, and the last stat it wrote:
+        # what a run tells the next review (resume.Memory) about a task it ran whole.
+        self.signed: Dict[str, Signature] = {}
+        self.stat_written: Dict[str, Any] = {}
 
     def read_stat(self) -> Dict[str, Any]:
         return read_record(self.stat_path)
@@ -316,6 +321,7 @@ class Experiment:
         scripts = dict(self._load(self.param_path, notes).get("_scripts") or {})
         scripts.update(params["_scripts"])
         write_record(self.param_path, dict(params, _scripts=scripts))
+        self.signed[self.param_path] = signature(self.param_path)
 
     def _write_stat(self, stat: Dict[str, Any], durable: bool = False) -> None:
         """Commands in the order they ran, then their runs, so the file reads like the run."""
@@ -323,6 +329,8 @@ class Experiment:
         ordered[RUNS] = stat.get(RUNS) if isinstance(stat.get(RUNS), dict) else {}
         self._written[self.stat_path] = (write_record(self.stat_path, ordered, sort_keys=False, durable=durable),
                                          ordered)
+        self.signed[self.stat_path] = signature(self.stat_path)
+        self.stat_written = ordered
 
     def start(self, command: str, *, rerun: bool, worker: str, log: str, line: Callable[[str], str],
               launch: Callable[[str], Any], param: Optional[Dict[str, Any]] = None, grace: float = 10.0) -> Claim:

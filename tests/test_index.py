@@ -70,6 +70,7 @@ def test_a_rerun_keeps_its_verdicts_and_the_next_one_reads_no_record(tmp_path: P
 def test_records_changed_in_the_last_seconds_are_not_cached(tmp_path: Path):
     write(tmp_path, CONFIG)
     assert run([], tmp_path)[0] == 0
+    (tmp_path / "output" / f"{NAME}.review.journal").unlink()  # what the run itself told: not this case
     assert run([], tmp_path)[0] == 0
     assert not (tmp_path / "output" / f"{NAME}.review").exists()
 
@@ -112,7 +113,10 @@ def test_a_garbage_or_foreign_index_is_ignored_and_made_again(tmp_path: Path):
 
 def test_status_from_the_index_matches_a_reading_of_the_files(tmp_path: Path):
     output = _finished_tree(tmp_path)
+    (output / f"{NAME}.review.journal").unlink()
     cold = run(["--status"], tmp_path)
+    assert not list(output.glob(f"{NAME}*"))  # --status writes nothing (R9)
+    assert run([], tmp_path)[0] == 0  # a rerun makes the index
     warm = run(["--status"], tmp_path)
     assert cold == warm and cold[0] == 0
     assert "Experiments: 3; finished: 3" in warm[1]
@@ -139,9 +143,44 @@ def test_entries_of_deleted_experiments_leave_the_index(tmp_path: Path):
     assert run([], tmp_path)[0] == 0
     assert run(["--examine"], tmp_path)[0] == 0
     shutil.rmtree(output / "Seed_1")
+    write(tmp_path, CONFIG.replace("seed: [1, 2, 3]", "seed: [2, 3]"))
     (output / "Seed_2" / "stat").write_text((output / "Seed_2" / "stat").read_text())  # a new entry is due
     time.sleep(YOUNG + 0.1)
-    assert run(["--status"], tmp_path)[0] == 0
+    assert run([], tmp_path)[0] == 0
     assert run(["--examine"], tmp_path)[0] == 0
     assert sorted(_entries(output, "review")) == ["Seed_2", "Seed_3"]
     assert sorted(_entries(output, "examine")) == ["Seed_2", "Seed_3"]
+
+
+def test_a_run_tells_the_next_rerun_what_it_ran_and_it_reads_no_record(tmp_path: Path, monkeypatch):
+    write(tmp_path, CONFIG)
+    assert run([], tmp_path)[0] == 0  # no pause: the run's own journal, not a reading, makes the entries
+    output = tmp_path / "output"
+    assert (output / f"{NAME}.review.journal").exists()
+    reads = []
+    monkeypatch.setattr(resume, "read_record", lambda path: reads.append(path) or {})
+    config = config_module.load(str(tmp_path / "params.yaml"))
+    plan = expand(config, config.sweeps, str(output))
+    verdicts = resume.review(plan, config.templates, str(output), no_subdir=False, force=False)
+    assert reads == [] and [v.start for v in verdicts] == [None, None, None]
+    assert not (output / f"{NAME}.review.journal").exists() and len(_entries(output, "review")) == 3
+
+
+def test_a_record_changed_after_the_run_is_read_again_despite_the_journal(tmp_path: Path):
+    write(tmp_path, CONFIG)
+    assert run([], tmp_path)[0] == 0
+    _replace_same_size(tmp_path / "output" / "Seed_1" / "stat", "train: finished", "train: failed  ")
+    code, out, _ = run([], tmp_path)
+    assert code == 0 and "Finished: 1" in out and "already finished: 2" in out
+
+
+def test_a_task_not_run_whole_is_not_journaled_and_a_torn_line_is_skipped(tmp_path: Path):
+    write(tmp_path, CONFIG.replace("      train:", "      prep: 'true'\n      train:"))
+    assert run(["-c", "prep"], tmp_path)[0] == 0
+    journal = tmp_path / "output" / f"{NAME}.review.journal"
+    journal.unlink()  # those tasks ran whole, with their one command
+    assert run([], tmp_path)[0] == 0  # train runs now; prep ran before: these tasks did not run whole
+    assert not journal.exists() or journal.read_text() == ""
+    journal.write_text('["Seed_1", "abc", [[], [], {"train": "finished"}]]\n["Seed_2", "tor')
+    code, out, _ = run([], tmp_path)
+    assert code == 0 and "already finished: 6" in out
