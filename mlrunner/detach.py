@@ -129,7 +129,7 @@ def _become_daemon(console: int, ready_fd: int) -> None:
     os.close(console)
     _close_inherited()
     # The records name their owner by pid (R6): it is ours now, not the foreground process's.
-    from .state import OWNER, process_start
+    from .processes import OWNER, process_start
     OWNER.update(pid=os.getpid(), pid_start=process_start(os.getpid()))
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]

@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .errors import UserError
 from .examine.metrics import compile_metrics, read_metric
-from .state import Corrupt, owner_alive, read_record, runs_of
+from .processes import owner_alive
+from .state import Corrupt, read_record, runs_of
 
 TAIL_LINES = 20  # of each failed command's log
 NOT_FAILURES = ("finished", "skipped", "running", "interrupted", "changed", "pending")

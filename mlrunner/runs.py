@@ -22,7 +22,7 @@ import yaml
 from .console import Console, clock
 from .detach import announce_ready, console_log
 from .errors import EXIT_FAILED, EXIT_OK
-from .state import HOST, owner_alive, process_start
+from .processes import HOST, owner_alive, process_start
 
 PREFIX = ".mlrunner-run."
 UPDATE_INTERVAL = 2.0
@@ -57,7 +57,7 @@ class RunRecord:
             "pid": os.getpid(), "pid_start": process_start(os.getpid()), "host": HOST,
             "cwd": os.getcwd(), "argv": list(sys.argv), "started": round(time.time(), 3),
             "log": console_log(), "workers": console.workers}
-        from .state import OWNER
+        from .processes import OWNER
         if OWNER.get("job"):  # a Slurm element's run: the queue says whether it still lives (S2)
             self.data["job"] = OWNER["job"]
         self._stop = threading.Event()

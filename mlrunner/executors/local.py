@@ -8,7 +8,7 @@ import subprocess
 from typing import Dict, List, Optional, Tuple
 
 from ..gpus import run_tool
-from ..state import group_running
+from ..processes import group_running
 from .base import Executor, Machine, Process
 from .claims import ClaimDir, lock_dir, session_of
 

@@ -23,7 +23,8 @@ from typing import Any, Dict
 
 from ... import config as config_module
 from ...errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE
-from ...state import FAILED, HOST, INTERRUPTED, OWNER, Experiment, locked, runs_of, write_record
+from ...processes import HOST, OWNER
+from ...state import FAILED, INTERRUPTED, Experiment, locked, runs_of, write_record
 from ...sweep import Plan, Task
 from . import queue
 from .submission import read_manifest
