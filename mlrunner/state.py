@@ -276,6 +276,7 @@ class Experiment:
             self._append_run(stat, command, run)
             stat[command] = RUNNING
             self._write_stat(stat)
+            getattr(process, "release", lambda: None)()  # recorded: now it may run (I3)
         return Claim(RUN, process, reserved, notes)
 
     def finish(self, command: str, status: str, seconds: Optional[float] = None, reason: Optional[str] = None,

@@ -105,3 +105,18 @@ def test_r3_lines_to_a_file_or_pipe_go_out_in_batches_and_all_by_the_end():
     assert len(lines) == 200 and len(set(lines)) == 200
     console.print("after")  # outside `with`: at once
     assert stream.getvalue().endswith("after\n") and stream.flushes > flushed + 1
+
+
+def test_i3_a_command_never_runs_before_its_running_record_is_written(tmp_path):
+    """The shell waits at its first line until the runner has recorded the command; a runner that
+    dies in between (its end of the pipe closes) leaves a shell that exits 125, the line not run."""
+    from mlrunner.executors.local import LocalExecutor
+    executor = LocalExecutor("0")
+    held = executor.start(f"touch {tmp_path}/ran")
+    assert held.wait(0.3) is None and not (tmp_path / "ran").exists()  # waiting for the record
+    held.release()
+    assert held.wait(10) == 0 and (tmp_path / "ran").exists()
+    orphan = executor.start(f"touch {tmp_path}/orphan")
+    os.close(orphan._gate)  # what the kernel does to a SIGKILLed runner's descriptors
+    orphan._gate = None
+    assert orphan.wait(10) == 125 and not (tmp_path / "orphan").exists()

@@ -31,6 +31,10 @@ class Process(ABC):
     def group_alive(self) -> bool:
         """Is any process of the group still running (the shell may be gone, a child not)?"""
 
+    def release(self) -> None:
+        """Let the command run, now that the runner has recorded it (I3); a no-op where it already
+        runs (a host's agent ends what it started when the runner goes away)."""
+
     def end(self, grace: float) -> None:
         """SIGTERM the whole tree, then SIGKILL what is left after `grace` seconds (R8)."""
         try:

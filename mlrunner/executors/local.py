@@ -18,9 +18,26 @@ STDIN = os.open(os.devnull, os.O_RDONLY)
 
 
 class LocalProcess(Process):
-    def __init__(self, popen: "subprocess.Popen[bytes]"):
+    """A command's shell, held at its first line until `release` (see LocalExecutor.start)."""
+
+    def __init__(self, popen: "subprocess.Popen[bytes]", gate: int):
         self.popen = popen
         self.pgid = popen.pid  # start_new_session makes the shell its group's leader
+        self._gate: Optional[int] = gate
+
+    def release(self) -> None:
+        if self._gate is None:
+            return
+        try:
+            os.write(self._gate, b"\n")
+        except OSError:
+            pass  # the shell is gone already: its exit status tells
+        os.close(self._gate)
+        self._gate = None
+
+    def __del__(self) -> None:
+        if self._gate is not None:
+            os.close(self._gate)  # never released (an error of ours): the shell reads EOF and exits
 
     def wait(self, timeout: Optional[float] = None) -> Optional[int]:
         try:
@@ -78,6 +95,19 @@ class LocalExecutor(Executor):
             os.makedirs(directory, exist_ok=True)
 
     def start(self, line: str, debug: bool = False) -> Process:
-        argv = [self.bash, "-o", "pipefail", "-c", line] if debug else [self.bash, "-c", line]
-        return LocalProcess(subprocess.Popen(argv, env=self.env, stdin=STDIN, start_new_session=True))
+        """Start `line` under bash, held until `release`: its shell first reads a pipe that only
+        the runner writes to, after it has recorded the command's process group. A runner killed
+        in between closes the pipe, the shell reads EOF and exits 125 without running the line,
+        so no command ever runs without a `running` record that the next run can end (I3)."""
+        gate, held = os.pipe()
+        guarded = f"read -r _ <&{gate} || exit 125; exec {gate}<&-\n{line}"
+        argv = [self.bash, "-o", "pipefail", "-c", guarded] if debug else [self.bash, "-c", guarded]
+        try:
+            popen = subprocess.Popen(argv, env=self.env, stdin=STDIN, start_new_session=True, pass_fds=(gate,))
+        except BaseException:
+            os.close(held)
+            raise
+        finally:
+            os.close(gate)
+        return LocalProcess(popen, held)
 
