@@ -5,9 +5,9 @@
 the signatures of the files an entry was made from (and of what else it depends on), and what
 was learnt from them. An entry is used only while every one of those files still has the same
 inode, size, mtime and ctime, so an edit by hand, a run elsewhere or a sync from a remote host is
-seen. A file whose ctime is less than
-`YOUNG` seconds old is not trusted to the cache: the clock that stamps files ticks coarsely, and a
-second change within one tick would keep the signature.
+seen. A file whose ctime is less than `YOUNG` seconds old is not trusted to the cache: the clock
+that stamps files ticks coarsely, and a second change within one tick would keep the signature.
+A run adds what it wrote itself through a `Journal`, merged into the index by the next reading.
 
 It is only a cache. A missing, unreadable or foreign index is ignored and made again; writing it
 can fail (a read-only tree) without changing what any command prints.
