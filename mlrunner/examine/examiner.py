@@ -218,6 +218,7 @@ class Examiner:
         """Fork `workers` processes once; merge their results in directory order (deterministic)."""
         chunksize = max(1, len(paths) // (workers * 8))
         initargs = (self.exams, self.experiments, self.caches)
+        failure: Optional[Exception] = None  # raised once every task is back (see below)
         with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
             results = pool.imap(_work, [str(path) for path in paths], chunksize)
             while True:
@@ -226,9 +227,13 @@ class Examiner:
                 except StopIteration:
                     break
                 except multiprocessing.pool.MaybeEncodingError as error:
-                    raise RuntimeError("a parser stored a value that cannot be sent back from a worker "
-                                       f"process; store plain data or use workers=0 ({error})") from None
+                    failure = failure or RuntimeError(
+                        "a parser stored a value that cannot be sent back from a worker process; store "
+                        f"plain data or use workers=0 ({error})")
+                    continue
                 path = paths[0].parent / name
+                if failure is not None:
+                    continue
                 if outcome == "missing":
                     self._note_missing(path)
                 elif outcome == "corrupt":
@@ -236,11 +241,16 @@ class Examiner:
                 elif outcome == "failed":
                     parser, cause, text = payload
                     cause.__cause__ = _WorkerTraceback(text)
-                    raise ExamineError(path, parser, cause) from cause
+                    failure = ExamineError(path, parser, cause)
+                    failure.__cause__ = cause
                 else:
                     if verbose:
                         print(name)
                     self._merge(name, *payload)
+        # Raised only now: leaving the pool with tasks in flight terminates it, and a terminate
+        # that races its task handler can hang (seen once in the test suite).
+        if failure is not None:
+            raise failure
 
     def _merge(self, name: str, experiment: Experiment, caches: dict) -> None:
         known = self.experiments.setdefault(name, Experiment(cache={}, metric={}, param={}))
