@@ -4,10 +4,12 @@ tree where all of them finished: a rerun, `--status` and `--examine`.
 
   * first command: `mlrunner` on a fresh output root; the command writes a timestamp; the run is
     stopped (SIGTERM) once the first one is there. The wall time is launch -> that timestamp.
+  * rerun after a run: a run of --run-tasks commands of `true`, then a rerun (the run's journal).
   * rerun / --status / --examine: on a tree of 10^5 finished experiments, written the way the
     runner writes them (param and stat through mlrunner's own record functions), so that only
     the reading is timed. Each is timed without the index (`<output>/.mlrunner-index.*`
-    deleted: the first reading of a tree), then with the index the previous reading left.
+    deleted: the first reading of a tree), then with the index that a rerun (for itself and
+    --status, which writes none) or --examine left.
 
 Targets (issue 15, pip install with libyaml): first command <= 1.0 s, rerun <= 2.0 s,
 --status <= 1.5 s, --examine <= 4 s. `--zipapp dist/mlrunner.pyz` times the zipapp instead
@@ -87,6 +89,17 @@ def finished_tree(directory: Path, tasks: int) -> None:
         (path / "log.t.20261128.000000").write_text(f"score {i / tasks}\n")
 
 
+def rerun_after_run(root: Path, args: argparse.Namespace) -> List[float]:
+    """A rerun right after the run that made the tree: what the run told the index (its journal)
+    spares the rerun the reading. Smaller than --tasks: the run itself takes minutes at 10^5."""
+    directory = root / "ran"
+    directory.mkdir()
+    (directory / "params.yaml").write_text(config(args.run_tasks).replace("[ -e first ] || date +%s.%N > first",
+                                                                          "true"))
+    timed(command(args), directory)
+    return [timed(command(args), directory) for _ in range(args.repeat)]
+
+
 def timed(argv: List[str], cwd: Path) -> float:
     began = time.perf_counter()
     done = subprocess.run(argv, cwd=cwd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -101,6 +114,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--zipapp", help="time this zipapp instead of the installed package")
+    parser.add_argument("--run-tasks", type=int, default=20_000, help="tasks of the run before the last rerun")
     args = parser.parse_args()
     if args.zipapp:
         args.zipapp = os.path.abspath(args.zipapp)  # it runs from the benchmark's directories
@@ -118,14 +132,19 @@ def main() -> int:
         print(f"(a tree of {args.tasks} finished experiments written in {time.perf_counter() - began:.1f} s)",
               file=sys.stderr)
         time.sleep(YOUNG)  # records younger than this are never cached (index.py)
-        for name, extra in (("rerun, all finished", []), ("--status", ["--status"]), ("--examine", ["--examine"])):
+        # Each reading without the index (the first reading of a tree), then with the index that
+        # the command which makes it left: a rerun for itself and --status, --examine for itself.
+        for name, extra, maker in (("rerun, all finished", [], []), ("--status", ["--status"], []),
+                                   ("--examine", ["--examine"], ["--examine"])):
             cold = []
-            for _ in range(args.repeat):  # without the index: the first reading of a tree
+            for _ in range(args.repeat):
                 for index in (tree / "output").glob(".mlrunner-index.*"):
                     index.unlink()
                 cold.append(timed(command(args) + extra, tree))
             results[f"{name} (no index)"] = cold
+            timed(command(args) + maker, tree)
             results[name] = [timed(command(args) + extra, tree) for _ in range(args.repeat)]
+        results[f"rerun after a run of {args.run_tasks}"] = rerun_after_run(root, args)
     targets = {"first command": 1.0, "rerun, all finished": 2.0, "--status": 1.5, "--examine": 4.0}
     print(f"{args.tasks} tasks, {which}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; "
           f"min / median of {args.repeat}")

@@ -300,7 +300,12 @@ class Allocator:
             apps = [a for a in snapshot.apps if a.uuid == gpu.uuid and a.used]
             gone = sum(a.used for a in apps if sessions.get(a.pid) is None)  # exited since the snapshot
             held = [sum(a.used for a in apps if c["sid"] is not None and sessions.get(a.pid) == c["sid"]) for c in mine]
-            others = max(gpu.used - gone - sum(held), 0)
+            claimed = {c["sid"] for c in mine if c["sid"] is not None}
+            listed = sum(a.used for a in apps if sessions.get(a.pid) not in claimed and sessions.get(a.pid) is not None)
+            # memory.used and the process list are two nvidia-smi calls: a job of ours that allocated
+            # between them is in the list but not in `used`, and subtracting it would hide as much
+            # of another user's memory. What the list shows of others is a floor.
+            others = max(gpu.used - gone - sum(held), listed)
             if others > self.policy.busy_above:
                 if not self.policy.wait:
                     self.skipped[name] = f"GPU {name} is busy ({gib(others)} used by other processes)"

@@ -13,33 +13,15 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+import gpulib
 import sshd
+from gpulib import H100
 from runlib import STAND_INS, load, run, start, statuses, write
-
-H100 = 81559  # MiB, as nvidia-smi reports an H100 80GB
-
-
-def _state(path: Path, totals=(H100,), processes=()) -> Path:
-    gpus = [{"index": i, "uuid": f"GPU-{i:04d}", "total": total} for i, total in enumerate(totals)]
-    path.write_text(json.dumps({"gpus": gpus, "processes": list(processes)}))
-    return path
-
-
-def _history(state: Path) -> list:
-    return json.loads(state.read_text()).get("history", [])
-
-
-def _outsider(mib: int, gpu: int = 0):
-    """Another user's process holding `mib` on a GPU: a live `sleep` and its entry in the state."""
-    process = subprocess.Popen(["sleep", "300"], start_new_session=True)
-    return process, {"pid": process.pid, "gpu": f"GPU-{gpu:04d}", "used": mib}
-
 
 @pytest.fixture
 def gpu_host(tmp_path: Path, tmp_path_factory):
@@ -85,9 +67,9 @@ def test_G1_G6_without_gpu_no_nvidia_smi_is_called_on_the_host(gpu_host, tmp_pat
 
 
 def test_G2_G6_a_busy_remote_gpu_is_skipped_with_wait_false(gpu_host, tmp_path: Path):
-    outsider, entry = _outsider(70 * 1024)
+    outsider, entry = gpulib.outsider(70 * 1024)
     try:
-        state = _state(tmp_path / "gpus.json", totals=(H100, H100), processes=[entry])
+        state = gpulib.gpu_state(tmp_path / "gpus.json", totals=(H100, H100), processes=[entry])
         server = gpu_host()
         project, env = _project(tmp_path, server, "template: {train: fake-cuda-job 1000 0.2}\nHOSTS\n"
                                 "gpu: {wait: false, memory: 1GiB}\n---\ni: [1, 2, 3, 4]\n", "[0, 1]")
@@ -96,16 +78,16 @@ def test_G2_G6_a_busy_remote_gpu_is_skipped_with_wait_false(gpu_host, tmp_path: 
         outsider.kill()
     assert code == 0 and "Finished: 4" in out, out + err
     assert "SKIP    GPU gpuhost1:0 is busy (70.0 GiB used by other processes)" in out
-    assert {entry["gpu"] for entry in _history(state)} == {1}
+    assert {entry["gpu"] for entry in gpulib.history(state)} == {1}
     assert all(re.match(r"gpuhost1:1$", load(d / "stat")["_runs"]["train"][-1]["worker"])
                for d in (project / "output").iterdir() if d.is_dir())
 
 
 def test_G2_G6_with_wait_false_a_machine_whose_gpus_are_busy_drops_out_and_the_others_go_on(gpu_host, tmp_path: Path):
     """The local GPU 0 is busy: the local workers hand their tasks back and stop; the host's GPU 1 runs them all."""
-    outsider, entry = _outsider(70 * 1024)
+    outsider, entry = gpulib.outsider(70 * 1024)
     try:
-        state = _state(tmp_path / "gpus.json", totals=(H100, H100), processes=[entry])
+        state = gpulib.gpu_state(tmp_path / "gpus.json", totals=(H100, H100), processes=[entry])
         server = gpu_host()
         project, env = _project(tmp_path, server, "template: {train: fake-cuda-job 1000 0.2}\nresource: [0]\nHOSTS\n"
                                 "gpu: {wait: false, memory: 1GiB}\n---\ni: [1, 2, 3, 4]\n", "[1]")
@@ -115,19 +97,19 @@ def test_G2_G6_with_wait_false_a_machine_whose_gpus_are_busy_drops_out_and_the_o
         outsider.kill()
     assert code == 0 and "Finished: 4" in out, out + err
     assert "SKIP    GPU 0 is busy (70.0 GiB used by other processes)" in out
-    assert {entry["gpu"] for entry in _history(state)} == {1}
+    assert {entry["gpu"] for entry in gpulib.history(state)} == {1}
 
 
 def test_G2_G6_waits_for_a_busy_remote_gpu_and_says_why(gpu_host, tmp_path: Path):
-    outsider, entry = _outsider(70 * 1024)
-    state = _state(tmp_path / "gpus.json", processes=[entry])
+    outsider, entry = gpulib.outsider(70 * 1024)
+    state = gpulib.gpu_state(tmp_path / "gpus.json", processes=[entry], totals=(H100,))
     server = gpu_host()
     project, env = _project(tmp_path, server, "template: {train: fake-cuda-job 1000 0.2}\nHOSTS\n"
                             "gpu: {memory: 1GiB}\n---\ni: [1, 2]\n", "[0]")
     runner = start(["-r"], project, env)
     try:
         time.sleep(4)
-        assert runner.poll() is None and _history(state) == []  # nothing ran while it was held
+        assert runner.poll() is None and gpulib.history(state) == []  # nothing ran while it was held
         freed = time.time()
         outsider.kill()
         out, err = runner.communicate(timeout=60)
@@ -136,18 +118,18 @@ def test_G2_G6_waits_for_a_busy_remote_gpu_and_says_why(gpu_host, tmp_path: Path
         runner.kill()
     assert runner.returncode == 0 and "Finished: 2" in out, out + err
     assert "WAIT    for a GPU with 1.0 GiB free: GPU gpuhost1:0 busy (70.0 GiB used by other processes)" in out
-    assert min(entry["time"] for entry in _history(state)) > freed
+    assert min(entry["time"] for entry in gpulib.history(state)) > freed
 
 
 def test_G3_G6_eight_20GB_jobs_pack_on_one_remote_80GB_gpu(gpu_host, tmp_path: Path):
     """8 jobs of 20 GB, each allocating a second after it starts: 4 at once, never more than fit."""
-    state = _state(tmp_path / "gpus.json")
+    state = gpulib.gpu_state(tmp_path / "gpus.json", totals=(H100,))
     server = gpu_host()
     project, env = _project(tmp_path, server, "template: {train: fake-cuda-job 20000 1.5 1}\nHOSTS\n"
                             "gpu: {memory: 20000MiB}\n---\ni: [1, 2, 3, 4, 5, 6, 7, 8]\n", "[0]")
     code, out, err = run(["-r"], project, env, timeout=120)
     assert code == 0 and "Finished: 8" in out, out + err
-    history = _history(state)
+    history = gpulib.history(state)
     assert len(history) == 8
     assert max(entry["used"] for entry in history) <= H100
     assert max(entry["jobs"] for entry in history) == 4  # several at once, as many as fit
@@ -157,7 +139,7 @@ def test_G3_G6_eight_20GB_jobs_pack_on_one_remote_80GB_gpu(gpu_host, tmp_path: P
 
 def test_G4_G6_a_local_run_and_a_remote_run_on_one_machine_never_oversubscribe(gpu_host, tmp_path: Path):
     """Another user's local run and our run through the host share that machine's claim directory."""
-    state = _state(tmp_path / "gpus.json")
+    state = gpulib.gpu_state(tmp_path / "gpus.json", totals=(H100,))
     server = gpu_host()
     config = "template: {train: fake-cuda-job 30000 1 0.8}\nHOSTS\ngpu: {memory: 30000MiB}\n---\ni: [1, 2, 3, 4, 5]\n"
     remote, remote_env = _project(tmp_path, server, config, name="remote")
@@ -169,7 +151,7 @@ def test_G4_G6_a_local_run_and_a_remote_run_on_one_machine_never_oversubscribe(g
     runners = [start(["-r"], remote, remote_env), start([], local, local_env)]
     outs = [runner.communicate(timeout=180) for runner in runners]
     assert [runner.returncode for runner in runners] == [0, 0], outs
-    history = _history(state)
+    history = gpulib.history(state)
     assert len(history) == 10
     assert max(entry["used"] for entry in history) <= H100  # two 30 GB jobs at most, across both runs
     assert max(entry["jobs"] for entry in history) == 2
@@ -178,7 +160,7 @@ def test_G4_G6_a_local_run_and_a_remote_run_on_one_machine_never_oversubscribe(g
 
 
 def test_G5_G6_an_out_of_memory_remote_command_is_requeued_larger_and_finishes(gpu_host, tmp_path: Path):
-    _state(tmp_path / "gpus.json")
+    gpulib.gpu_state(tmp_path / "gpus.json", totals=(H100,))
     server = gpu_host()
     line = "if [ ! -e tried ]; then touch tried; echo 'torch.OutOfMemoryError: CUDA out of memory'; exit 1; fi"
     project, env = _project(tmp_path, server, f"template:\n  train: {json.dumps(line)}\nHOSTS\n"
@@ -195,7 +177,7 @@ def test_G5_G6_an_out_of_memory_remote_command_is_requeued_larger_and_finishes(g
 
 @pytest.mark.parametrize("mode", ["na", "no-driver", "hang"])
 def test_G6_remote_nvidia_smi_trouble_is_a_warning_never_a_crash(gpu_host, tmp_path: Path, mode: str):
-    _state(tmp_path / "gpus.json", totals=(H100, H100))
+    gpulib.gpu_state(tmp_path / "gpus.json", totals=(H100, H100))
     server = gpu_host(FAKE_NVIDIA_SMI_MODE=mode)
     project, env = _project(tmp_path, server, "template: {train: 'true'}\nHOSTS\ngpu: {memory: 1GiB}\n"
                             "---\ni: [1, 2, 3]\n", "[0, 1]")

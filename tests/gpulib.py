@@ -1,0 +1,29 @@
+"""The stand-in GPUs of the shared-GPU tests: the state file that tests/bin/nvidia-smi reads and
+tests/bin/fake-cuda-job changes (FAKE_GPU_STATE), and another user's process on it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Iterable, Sequence, Tuple
+
+H100 = 81559  # MiB, as nvidia-smi reports an H100 80GB
+
+
+def gpu_state(path: Path, totals: Sequence[int] = (H100, H100), processes: Iterable[dict] = ()) -> Path:
+    """GPUs `GPU-0000`, `GPU-0001`, ... of these total MiB, with these processes on them."""
+    gpus = [{"index": i, "uuid": f"GPU-{i:04d}", "total": total} for i, total in enumerate(totals)]
+    path.write_text(json.dumps({"gpus": gpus, "processes": list(processes)}))
+    return path
+
+
+def history(state: Path) -> list:
+    """Every allocation the stand-in jobs made, with the GPU's use after it."""
+    return json.loads(state.read_text()).get("history", [])
+
+
+def outsider(mib: int, gpu: int = 0) -> Tuple["subprocess.Popen[bytes]", dict]:
+    """Another user's process holding `mib` on a GPU: a live `sleep` and its entry in the state."""
+    process = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    return process, {"pid": process.pid, "gpu": f"GPU-{gpu:04d}", "used": mib}
