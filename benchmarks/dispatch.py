@@ -134,6 +134,17 @@ def gnu_parallel(root: str, run: int, commands: int, workers: int) -> float:
     return seconds
 
 
+def threads_timed(worker: Callable[[int], None], workers: int) -> float:
+    """Wall seconds of `workers` threads running `worker(k)`, k = 0 .. workers - 1."""
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(workers)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
 def floor(root: str, run: int, commands: int, workers: int) -> float:
     logs = os.path.join(root, f"floor.{run}")
     os.makedirs(logs)
@@ -149,13 +160,7 @@ def floor(root: str, run: int, commands: int, workers: int) -> float:
                 return
             subprocess.Popen(["bash", "-c", f"CUDA_VISIBLE_DEVICES={k} echo {i} > {logs}/log.{i} 2>&1"]).wait()
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(workers)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
+    seconds = threads_timed(worker, workers)
     check_logs(logs, commands)
     return seconds
 
@@ -218,13 +223,7 @@ def durable_floor(root: str, run: int, commands: int, workers: int) -> float:
             finally:
                 os.close(descriptor)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(workers)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
+    seconds = threads_timed(worker, workers)
     os.close(stdin)
     check_same_records(output, os.path.join(root, f"mlrunner.{run}"), commands)
     return seconds
