@@ -332,7 +332,8 @@ def _parse_sweep(path: str, doc: _Doc, templates: Dict[str, Template], aliases: 
             if not values:
                 raise check.fail(f"'{key}' has an empty list of values", key)
             for item in values:
-                check.scalar(item, f"'{key}'", key)
+                if type(item) not in SCALARS:  # the check below, without its message per value
+                    check.scalar(item, f"'{key}'", key)
                 if key in aliases and item not in aliases[key]:
                     raise check.fail(f"'{key}': {item!r} is not a case of alias '{key}' "
                                      f"(cases: {', '.join(map(str, aliases[key]))})", key)
