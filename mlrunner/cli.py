@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import gc
 import os
@@ -10,7 +11,7 @@ import re
 import tempfile
 import sys
 from datetime import datetime
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
@@ -206,20 +207,22 @@ def _check_long_run_flags(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error(f"{chosen[0]} cannot go with {', '.join((chosen[1:] + clashes))}")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    # Reading and expanding a large sweep makes 10^5-10^6 objects that live to the end and form
-    # no cycles; the collector's passes over them took a third of a rerun's time. A run turns it
-    # back on, with those objects frozen, before its first command (runner.py).
+@contextlib.contextmanager
+def _planning() -> Iterator[None]:
+    """No garbage collector while the config, the plan and the records are read: they make
+    10^5-10^6 objects that live to the end and form no cycles, and the collector's passes over
+    them took a third of a rerun's time. A run turns it back on, with those objects frozen,
+    before its first command (runner.py); --follow and --stop keep it throughout."""
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _main(argv)
+        yield
     finally:
         if collecting:
             gc.enable()
 
 
-def _main(argv: Optional[List[str]]) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_long_run_flags(parser, args)
@@ -237,10 +240,12 @@ def _main(argv: Optional[List[str]]) -> int:
             from .report import print_status
             from .runs import print_runs
             print_runs(args.output)
-            return print_status(args)
+            with _planning():
+                return print_status(args)
         if args.report is not None:
             return _report(args)
-        return _command(args)
+        with _planning():
+            return _command(args)
     except UserError as error:
         print(error if error.path else f"mlrunner: {error}", file=sys.stderr)
         return EXIT_USAGE

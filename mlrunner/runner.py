@@ -123,6 +123,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
         to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
     specs = host_specs(config, args)
     # Every check is done: from here on, things start.
+    gc.freeze()  # the plan and the records read so far live to the end: the collector skips them
+    gc.enable()  # off while planning (cli._planning); a run, a Slurm --wait, lasts hours
     if args.slurm or config.slurm is not None:  # the tasks go to Slurm's job arrays instead (S1)
         from .executors.slurm.submit import submit
         return submit(plan, config, reviews, run_time, args)
@@ -142,8 +144,6 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
             print(f"NOTE    {note}")
     print(f"Tasks: {plan.total}, commands to run: {to_run}", flush=True)
     _copy_config(config, args.output, args.title)
-    gc.freeze()  # the plan and the records read so far live to the end: the collector skips them
-    gc.enable()
     console = Console(to_run, len(executors))
     allocator = Allocator(places, config.gpu, say=console.print)
     scheduler = Scheduler(plan, config, allocator, run_time, args, reviews, console)
