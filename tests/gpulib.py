@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterable, Sequence, Tuple
 
@@ -27,3 +28,19 @@ def outsider(mib: int, gpu: int = 0) -> Tuple["subprocess.Popen[bytes]", dict]:
     """Another user's process holding `mib` on a GPU: a live `sleep` and its entry in the state."""
     process = subprocess.Popen(["sleep", "300"], start_new_session=True)
     return process, {"pid": process.pid, "gpu": f"GPU-{gpu:04d}", "used": mib}
+
+
+def run_until_freed(runner: "subprocess.Popen[str]", state: Path, outsider: "subprocess.Popen[bytes]",
+                    held: float = 3) -> Tuple[int, str, str, float]:
+    """A run while another user holds memory: nothing may start for `held` seconds; then the
+    memory is freed and the run finishes. (exit status, stdout, stderr, when it was freed)."""
+    try:
+        time.sleep(held)
+        assert runner.poll() is None and history(state) == []  # nothing ran while it was held
+        freed = time.time()
+        outsider.kill()
+        out, err = runner.communicate(timeout=60)
+    finally:
+        outsider.kill()
+        runner.kill()
+    return runner.returncode, out, err, freed

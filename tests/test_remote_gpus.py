@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -106,17 +105,8 @@ def test_G2_G6_waits_for_a_busy_remote_gpu_and_says_why(gpu_host, tmp_path: Path
     server = gpu_host()
     project, env = _project(tmp_path, server, "template: {train: fake-cuda-job 1000 0.2}\nHOSTS\n"
                             "gpu: {memory: 1GiB}\n---\ni: [1, 2]\n", "[0]")
-    runner = start(["-r"], project, env)
-    try:
-        time.sleep(4)
-        assert runner.poll() is None and gpulib.history(state) == []  # nothing ran while it was held
-        freed = time.time()
-        outsider.kill()
-        out, err = runner.communicate(timeout=60)
-    finally:
-        outsider.kill()
-        runner.kill()
-    assert runner.returncode == 0 and "Finished: 2" in out, out + err
+    code, out, err, freed = gpulib.run_until_freed(start(["-r"], project, env), state, outsider, held=4)
+    assert code == 0 and "Finished: 2" in out, out + err
     assert "WAIT    for a GPU with 1.0 GiB free: GPU gpuhost1:0 busy (70.0 GiB used by other processes)" in out
     assert min(entry["time"] for entry in gpulib.history(state)) > freed
 

@@ -33,19 +33,9 @@ def _env(tmp_path: Path, state: Path, home: str = "") -> dict:
 
 
 def _run_until_freed(tmp_path: Path, state: Path, outsider) -> tuple:
-    """Run while another user holds memory: nothing may start for 3 s; then free it and let the run
-    finish. Returns (exit status, stdout, when the memory was freed)."""
-    runner = start([], tmp_path, _env(tmp_path, state))
-    try:
-        time.sleep(3)
-        assert runner.poll() is None and gpulib.history(state) == []  # nothing ran while it was held
-        freed = time.time()
-        outsider.kill()
-        out, _ = runner.communicate(timeout=60)
-    finally:
-        outsider.kill()
-        runner.kill()
-    return runner.returncode, out, freed
+    """(exit status, stdout, when the memory was freed) of a run that must wait for it."""
+    code, out, _, freed = gpulib.run_until_freed(start([], tmp_path, _env(tmp_path, state)), state, outsider)
+    return code, out, freed
 
 
 def _no_oom(output: Path) -> None:
