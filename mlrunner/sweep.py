@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
 import random
 import re
@@ -179,16 +180,11 @@ def hashed_name(name: str, pairs: Sequence[Tuple[str, Any]]) -> str:
     return safe_name(f"{name}-{digest}")
 
 
-def _combinations(lists: List[list], sample: Optional[int], rng: random.Random) -> Iterator[tuple]:
-    """The product of `lists` in order, the last varying fastest; `sample` picks that many of it."""
-    if sample is None:
-        yield from itertools.product(*lists)
-        return
+def _sample(lists: List[list], sample: int, rng: random.Random) -> Iterator[tuple]:
+    """`sample` combinations of the product of `lists`, in the product's order (the last list
+    varying fastest)."""
     sizes = [len(values) for values in lists]
-    total = 1
-    for size in sizes:
-        total *= size
-    for index in sorted(rng.sample(range(total), min(sample, total))):
+    for index in sorted(rng.sample(range(math.prod(sizes)), min(sample, math.prod(sizes)))):
         combo = []
         for size, values in zip(reversed(sizes), reversed(lists)):
             index, digit = divmod(index, size)
@@ -294,9 +290,7 @@ def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Op
     making = _make(plan, config, sweeps, layouts, output, sample, random.Random(sample_seed), dedup, no_subdir)
     if lazy and len(sweeps) == 1 and layouts[0].plain and all(
             len({(type(v), v) for v in values}) == len(values) for values in sweeps[0].params.values()):
-        total = 1
-        for values in sweeps[0].params.values():
-            total *= len(values)
+        total = math.prod(len(values) for values in sweeps[0].params.values())
         plan.total = total if sample is None else min(sample, total)
         plan._pending, plan._commands = making, layouts[0].commands
     else:
@@ -322,7 +316,7 @@ def _make(plan: Plan, config: Config, sweeps: Sequence[Sweep], layouts: List[_Do
         else:
             pairs = [list(zip(values, names)) for values, names in zip(lists, parts)]
             rows = ((tuple(v for v, _ in items), tuple(p for _, p in items))
-                    for items in _combinations(pairs, sample, rng))
+                    for items in _sample(pairs, sample, rng))
         for combo, named in rows:
             values = layout.values(combo)
             key = layout.identity(values)
