@@ -18,7 +18,7 @@ from typing import Dict, List
 import pytest
 import yaml
 
-from runlib import environment, load, run, start, statuses, wait_for_file, wait_until, write
+from runlib import alive, environment, load, run, start, statuses, wait_for_file, wait_until, write
 
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 
@@ -59,14 +59,6 @@ def _tree_pids(directory: Path, trees: int = 2) -> List[int]:
     return [int(p) for p in wait_for_file(directory / "all.pids", 2 * trees)]
 
 
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _group_members(pgid: int) -> List[int]:
     """Live (not zombie) processes of a process group, from the process table."""
     members = []
@@ -103,7 +95,7 @@ def test_i3_sighup_ends_every_tree_exit_129_and_rerun_never_overlaps(tmp_path: P
     runner.send_signal(signal.SIGHUP)
     out, err = runner.communicate(timeout=60)
     assert runner.returncode == 129, out + err
-    assert wait_until(lambda: not any(_running(p) for p in pids)), "a command's process outlived SIGHUP"
+    assert wait_until(lambda: not any(alive(p) for p in pids)), "a command's process outlived SIGHUP"
     assert all(_group_members(g) == [] for g in groups)
     assert "interrupted: 2" in out
     for i in (1, 2):
@@ -130,7 +122,7 @@ def test_i3_sigkill_leftover_groups_are_ended_before_the_rerun(tmp_path: Path):
     _setup_tree(tmp_path)
     pids = _kill_runner_with_trees(tmp_path)
     time.sleep(0.3)  # long enough that a tree that died with its runner would be seen gone below
-    assert all(_running(p) for p in pids), "commands must outlive a SIGKILLed runner (own groups)"
+    assert all(alive(p) for p in pids), "commands must outlive a SIGKILLed runner (own groups)"
     recorded = {}
     for i in (1, 2):
         run_record = load(tmp_path / "output" / f"I_{i}" / "stat")["_runs"]["tree"][-1]
@@ -143,7 +135,7 @@ def test_i3_sigkill_leftover_groups_are_ended_before_the_rerun(tmp_path: Path):
     for pgid in recorded.values():
         assert f"NOTE    ended process group {pgid}" in out
     assert out.index("NOTE    ended process group") < out.index("DONE    gpu")
-    assert not any(_running(p) for p in pids)
+    assert not any(alive(p) for p in pids)
     assert all(_group_members(g) == [] for g in recorded.values())
     _finished_all(tmp_path)
     _no_overlaps(tmp_path)
@@ -156,7 +148,7 @@ def test_i3_sigkill_leftover_group_already_exited_is_simply_rerun(tmp_path: Path
     for pgid in groups:
         os.killpg(pgid, signal.SIGKILL)
     # Zombies may stay where nothing reaps orphans (a container's pid 1): exited is what counts here.
-    assert wait_until(lambda: not any(_running(p) for p in [*pids, *groups]), 30), "the killed trees still run"
+    assert wait_until(lambda: not any(alive(p) for p in [*pids, *groups]), 30), "the killed trees still run"
     code, out, err = run([], tmp_path, {"SLEEP": "0.1"})
     assert code == 0, out + err
     assert "ended process group" not in out
@@ -175,7 +167,7 @@ def test_i3_a_leftover_group_of_zombies_only_is_not_ended(tmp_path: Path):
         groups = {os.getpgid(p) for p in pids}
         for pgid in groups:
             os.killpg(pgid, signal.SIGKILL)
-        assert wait_until(lambda: not any(_running(p) for p in [*pids, *groups]))
+        assert wait_until(lambda: not any(alive(p) for p in [*pids, *groups]))
         began = time.monotonic()
         code, out, err = run(["--grace", "5s"], tmp_path, {"SLEEP": "0.1"})
         assert code == 0, out + err
@@ -207,7 +199,7 @@ def test_i3_a_reused_pid_of_an_unrelated_group_is_not_signalled(tmp_path: Path):
         code, out, err = run([], tmp_path)
         assert code == 0, out + err
         assert "ended process group" not in out
-        assert stranger.poll() is None and _running(stranger.pid), "an unrelated process was signalled"
+        assert stranger.poll() is None and alive(stranger.pid), "an unrelated process was signalled"
         assert (tmp_path / "ledger").read_text() == "ran\n"
         assert statuses(directory) == {"a": "finished"}
     finally:
