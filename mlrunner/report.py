@@ -24,10 +24,10 @@ def format_orphans(orphans: Iterable[str], config: Optional[Config] = None) -> s
     return text + (f" (did you mean {' or '.join(dict.fromkeys(guesses))}?)" if guesses else "")
 
 
-def _reviews(plan: Plan, config: Config, args: argparse.Namespace) -> List[Review]:
+def _reviews(plan: Plan, config: Config, args: argparse.Namespace, seconds: bool = False) -> List[Review]:
     on_change = "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
     return review(plan, config.templates, args.output, no_subdir=args.no_subdir, force=args.force,
-                  on_change=on_change, write_index=False)  # they write nothing (R9): the index only helps them
+                  on_change=on_change, write_index=False, seconds=seconds)  # they write nothing (R9)
 
 
 def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], run_time: str,
@@ -91,7 +91,7 @@ def _changes_by_stat(args: argparse.Namespace) -> Dict[str, Review]:
     except UserError as error:
         print(f"warning: {error}: --status cannot tell which results changed", file=sys.stderr)
         return {}
-    reviews = _reviews(plan, config, args)
+    reviews = _reviews(plan, config, args, seconds=True)
     if args.no_subdir:
         return {record_path(t.output, STAT, t.name, True): r for t, r in zip(plan.tasks, reviews)}
     return {t.output + os.sep + STAT: r for t, r in zip(plan.tasks, reviews)}  # the path as _records makes it
@@ -124,8 +124,9 @@ def print_status(args: argparse.Namespace) -> int:
     counts: Dict[str, int] = {}
     for name, path in records:
         verdict = changes.get(path)
+        kept = None  # the index's seconds of each command
         if verdict is not None and verdict.stat and not verdict.problems:
-            stat = verdict.stat  # the review read both records (or the index vouched for them)
+            stat, kept = verdict.stat, verdict.seconds  # the review read both records (or the index vouched for them)
         elif not os.path.exists(path):
             continue  # a directory without a stat: not an experiment, or one not started yet
         else:
@@ -135,11 +136,11 @@ def print_status(args: argparse.Namespace) -> int:
                 rows.append((name, "unreadable record"))
                 continue
         cells = []
-        for command, status in statuses(stat).items():
+        for position, (command, status) in enumerate(statuses(stat).items()):
             if verdict is not None and command in verdict.changed:
                 status = CHANGED
             counts[status] = counts.get(status, 0) + 1
-            seconds = last_run(stat, command).get("seconds")
+            seconds = kept[position] if kept else last_run(stat, command).get("seconds")
             cells.append(f"{command}: {status}" + (f" ({seconds:.1f}s)" if isinstance(seconds, (int, float)) else ""))
         if verdict is not None and verdict.changed:
             cells.append(f"changed: {'; '.join(verdict.changes)}")

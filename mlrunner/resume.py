@@ -10,7 +10,7 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from .index import Index, Journal, Signature, signature
 from .state import FINISHED, PARAM, RUNNING, RUNS, STAT, Corrupt, last_run, read_record, record_path
@@ -34,7 +34,8 @@ class Review:
     changes: List[str] = field(default_factory=list)  # what changed: `lr: 0.1 -> 0.01`, `template of train`
     notes: List[str] = field(default_factory=list)  # experiments moved to a hash-suffixed name (I1)
     problems: List[str] = field(default_factory=list)  # records that cannot be used (I4, I5): not run yet
-    stat: Dict[str, Any] = field(default_factory=dict)  # the record, or the index's summary of it
+    stat: Dict[str, Any] = field(default_factory=dict)  # the record, or the index's statuses from it
+    seconds: Optional[List[Any]] = None  # the index's seconds of each command's last run, in `stat`'s order
     unreadable: bool = False  # forced, or its param is corrupt: every command runs
 
 
@@ -119,12 +120,13 @@ def _template_changes(task: Task, templates: Dict[str, Template], param: Dict[st
 
 
 def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: bool, force: bool,
-           on_change: str = "ask", write_index: bool = True) -> List[Review]:
+           on_change: str = "ask", write_index: bool = True, seconds: bool = False) -> List[Review]:
     """Per task, what a run does with it. `on_change` is `ask`, `rerun` or `keep` (I2).
 
     It only reads the records, and with `write_index` writes what it learnt to the index (a run does;
     `--dry-run` and `--status` write nothing): the run itself sets corrupt records aside when it
-    claims their commands.
+    claims their commands. A verdict from the index has its commands' `seconds` only when asked for
+    them (`--status` shows them; a run needs the statuses alone).
     """
     out = []
     try:
@@ -132,14 +134,15 @@ def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: 
     except OSError:
         existing = set()
 
-    def present(name: str) -> bool:  # has records to read
-        if no_subdir:
-            return bool({record_path("", STAT, name, True), record_path("", PARAM, name, True)} & existing)
-        return name in existing
+    def files_there(name: str) -> bool:  # a --no-subdir run's records
+        return bool({record_path("", STAT, name, True), record_path("", PARAM, name, True)} & existing)
+
+    present = files_there if no_subdir else existing.__contains__  # has records to read
 
     index = Index(root, "review")
     digests = _Digests(templates, no_subdir)
     fresh = Review(start=0)  # one for every task with no records: nothing changes a verdict once made
+    alike: Dict[Tuple[int, Tuple[str, ...]], Optional[Review]] = {}  # one for the tasks whose entries say the same
     for task in plan.tasks:
         if not present(task.name):
             out.append(fresh)
@@ -147,26 +150,40 @@ def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: 
         signatures = digests.signatures(task)
         digest = digests.of(task, signatures)
         known = None if force else index.get(task.name, digest)
-        if isinstance(known, list) and len(known) == 3 and isinstance(known[2], dict):
-            result = Review(start=None, changed=known[0], changes=known[1], stat=known[2])
-        else:
+        result = None
+        if known is not None and not (seconds and known[1]):
+            key = (id(known[0]), task.commands)  # the index holds one object for the entries alike
+            if key not in alike:
+                alike[key] = _verdict(known[0], None, task.commands, on_change)
+            result = alike[key]
+        elif known is not None:
+            result = _verdict(*known, task.commands, on_change)
+        if result is None:
             result = _read_and_compare(task, templates, root, no_subdir, force)
             if not (force or result.notes or result.problems or RUNNING in result.stat.values()):
-                index.put(task.name, digest, signatures, [result.changed, result.changes, _summary(result.stat)])
-        if result.unreadable:  # an unusable param: the experiment counts as not run
-            result.start, result.rerun = 0, {c for c in task.commands if result.stat.get(c) == FINISHED}
-            out.append(result)
-            continue
-        if on_change == "rerun":
-            result.rerun = set(result.changed)
-        for position, command in enumerate(task.commands):
-            if result.stat.get(command) != FINISHED or command in result.rerun:
-                result.start = position
-                break
+                index.put(task.name, digest, signatures, *_summary(result.changed, result.changes, result.stat))
+            _decide(result, task.commands, on_change)
         out.append(result)
     if write_index:
         index.save(gone=lambda name: not present(name))
     return out
+
+
+def _decide(result: Review, commands: Sequence[str], on_change: str) -> None:
+    """Where the task starts, and which finished commands run again."""
+    if result.unreadable:  # an unusable param: the experiment counts as not run
+        result.start, result.rerun = 0, {c for c in commands if result.stat.get(c) == FINISHED}
+        return
+    if on_change == "rerun":
+        result.rerun = set(result.changed)
+    result.start = None
+    for position, command in enumerate(commands):
+        if result.stat.get(command) != FINISHED or command in result.rerun:
+            result.start = position
+            break
+
+
+_PARAM, _STAT = "/" + PARAM, "/" + STAT
 
 
 class _Digests:
@@ -182,16 +199,19 @@ class _Digests:
         """The task's `param` and `stat`."""
         if self.no_subdir:
             return [record_path(task.output, kind, task.name, True) for kind in (PARAM, STAT)]
-        return [task.output + "/" + PARAM, task.output + "/" + STAT]
+        return [task.output + _PARAM, task.output + _STAT]
 
     def signatures(self, task: Task) -> List[Signature]:
-        return [signature(path) for path in self.paths(task)]
+        if self.no_subdir:
+            return [signature(path) for path in self.paths(task)]
+        return [signature(task.output + _PARAM), signature(task.output + _STAT)]  # 10^5 times in a rerun
 
     def of(self, task: Task, signatures: List[Signature]) -> str:
         layout = (task.keys, task.commands, task.named_by)
-        if layout not in self.layouts:
-            self.layouts[layout] = Index.inputs(self.shape, *layout)
-        return Index.digest(signatures, Index.inputs(self.layouts[layout], task.values))
+        inputs = self.layouts.get(layout)
+        if inputs is None:
+            inputs = self.layouts[layout] = Index.inputs(self.shape, *layout)
+        return Index.digest(signatures, Index.inputs(inputs, task.values))
 
 
 class Memory:
@@ -209,21 +229,31 @@ class Memory:
         signatures = [signature(path) for path in paths]
         if [written.get(path) for path in paths] != signatures or RUNNING in stat.values():
             return  # changed by someone since, or another run has a command of it running
-        self.journal.add(task.name, self.digests.of(task, signatures), [[], [], _summary(stat)])
+        self.journal.add(task.name, self.digests.of(task, signatures), *_summary([], [], stat))
 
     def close(self) -> None:
         self.journal.close()
 
 
-def _summary(stat: Dict[str, Any]) -> Dict[str, Any]:
-    """What the index keeps of a `stat` (one without a running command): each command's status
-    and the seconds of its last run, which is all that a rerun and `--status` read of it."""
-    summary = {command: status for command, status in stat.items() if command != RUNS}
-    runs = {command: [{"seconds": last_run(stat, command)["seconds"]}] for command in summary
-            if "seconds" in last_run(stat, command)}
-    if runs:
-        summary[RUNS] = runs
-    return summary
+def _summary(changed: List[str], changes: List[str], stat: Dict[str, Any]) -> Tuple[list, Optional[list]]:
+    """What the index keeps of a verdict on a `stat` without a running command: all that a rerun
+    and `--status` read of it. Shared by many experiments: what changed and each command's status;
+    its own: the seconds of each command's last run (None where it has none)."""
+    statuses = {command: status for command, status in stat.items() if command != RUNS}
+    seconds = [last_run(stat, command).get("seconds") for command in statuses]
+    return [changed, changes, statuses], (seconds if any(s is not None for s in seconds) else None)
+
+
+def _verdict(shared: Any, seconds: Any, commands: Sequence[str], on_change: str) -> Optional[Review]:
+    """The verdict an index entry keeps (what `_summary` made); None when the entry is not one."""
+    if not (type(shared) is list and len(shared) == 3 and type(shared[2]) is dict):
+        return None
+    changed, changes, stat = shared
+    if seconds is not None and (type(seconds) is not list or len(seconds) != len(stat)):
+        return None
+    result = Review(start=None, changed=changed, changes=changes, stat=stat, seconds=seconds)
+    _decide(result, commands, on_change)
+    return result
 
 
 def _read_and_compare(task: Task, templates: Dict[str, Template], root: str, no_subdir: bool,

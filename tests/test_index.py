@@ -39,8 +39,9 @@ def _finished_tree(tmp_path: Path, config: str = CONFIG) -> Path:
     return tmp_path / "output"
 
 
-def _entries(output: Path, section: str) -> dict:
-    return json.loads((output / f"{NAME}.{section}").read_text())["entries"]
+def _entries(output: Path, section: str) -> list:
+    """The names of the experiments the index has an entry for."""
+    return json.loads((output / f"{NAME}.{section}").read_text())["names"]
 
 
 def _replace_same_size(path: Path, old: str, new: str) -> None:
@@ -103,11 +104,18 @@ def test_I2_a_changed_template_is_seen_with_a_warm_index(tmp_path: Path):
 
 def test_a_garbage_or_foreign_index_is_ignored_and_made_again(tmp_path: Path):
     output = _finished_tree(tmp_path)
-    for garbage in ("not json {", json.dumps({"version": 1, "entries": {"Seed_1": ["x", [["train"], ["lr"], {}]]}}),
-                    json.dumps({"version": 1, "entries": {"Seed_1": 7}}), json.dumps([1, 2]), json.dumps({"version": 99})):
+    assert run([], tmp_path)[0] == 0
+    valid = json.loads((output / f"{NAME}.review").read_text())  # its digests match: only the garbage differs
+    names = valid["names"]
+    assert sorted(names) == ["Seed_1", "Seed_2", "Seed_3"] and len(valid["shared"]) == 1  # one verdict, kept once
+    broken = [dict(valid, kinds=[9] * 3), dict(valid, kinds=["0"] * 3), dict(valid, names=[[n] for n in names]),
+              dict(valid, own=[]), dict(valid, shared=[7]), dict(valid, shared=[[[], [], "finished"]]),
+              dict(valid, own=[[1.0, 2.0]] * 3), dict(valid, own=["0.5"] * 3), dict(valid, digests=[None] * 3)]
+    for garbage in ["not json {", json.dumps({"version": 1, "entries": {"Seed_1": ["x", [["train"], ["lr"], {}]]}}),
+                    json.dumps([1, 2]), json.dumps({"version": 99})] + [json.dumps(b) for b in broken]:
         (output / f"{NAME}.review").write_text(garbage)
-        code, out, _ = run([], tmp_path)
-        assert code == 0 and "already finished: 3" in out
+        code, out, err = run([], tmp_path)
+        assert code == 0 and "already finished: 3" in out, garbage + err
         assert sorted(_entries(output, "review")) == ["Seed_1", "Seed_2", "Seed_3"]
 
 
@@ -181,6 +189,6 @@ def test_a_task_not_run_whole_is_not_journaled_and_a_torn_line_is_skipped(tmp_pa
     journal.unlink()  # those tasks ran whole, with their one command
     assert run([], tmp_path)[0] == 0  # train runs now; prep ran before: these tasks did not run whole
     assert not journal.exists() or journal.read_text() == ""
-    journal.write_text('["Seed_1", "abc", [[], [], {"train": "finished"}]]\n["Seed_2", "tor')
+    journal.write_text('["Seed_1", "abc", [[], [], {"train": "finished"}], null]\n["Seed_2", "tor')
     code, out, _ = run([], tmp_path)
     assert code == 0 and "already finished: 6" in out

@@ -126,7 +126,8 @@ class _IndexedRows:
 
     def lookup(self, name: str) -> Optional[Experiment]:
         files = self._signatures(name)
-        row = self.index.get(name, Index.digest(files, self.spec))
+        entry = self.index.get(name, Index.digest(files, self.spec))
+        row = entry[1] if entry else None  # a row is all its experiment's own: nothing shared
         if row is not None and all(log is None or list(signature(log[0])) == log[1] for log in row[3]):
             return Experiment(cache={"status": row[2]}, metric=row[1], param=row[0])
         self.files[name] = files
@@ -146,7 +147,7 @@ class _IndexedRows:
         if experiment is None or name not in self.logs or "running" in str(status):  # running: its owner is asked each time
             return
         logs = [tuple(log[1]) for log in self.logs[name] if log is not None]
-        self.index.put(name, Index.digest(self.files[name], self.spec), self.files[name] + logs,
+        self.index.put(name, Index.digest(self.files[name], self.spec), self.files[name] + logs, None,
                        [{k: v for k, v in experiment.param.items() if not str(k).startswith("_")},  # all a table shows
                         experiment.metric, status, self.logs[name]])
 
