@@ -57,7 +57,7 @@ class Index:
         try:
             with open(self.path, "rb") as stream:
                 self._load(json.loads(stream.read()))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: `[[[[…` nested past the limit
             pass
         self._journal = self.path + ".journal"
         self._fresh: Dict[str, Entry] = _journal_entries(self._journal)  # kept by `save`
@@ -174,7 +174,7 @@ def _journal_entries(path: str) -> Dict[str, Entry]:
     for line in lines:
         try:
             name, digest, shared, own = json.loads(line)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             continue
         if isinstance(name, str) and isinstance(digest, str):
             entries[name] = (digest, shared, own)

@@ -246,9 +246,12 @@ def _summary(changed: List[str], changes: List[str], stat: Dict[str, Any]) -> Tu
 
 def _verdict(shared: Any, seconds: Any, commands: Sequence[str], on_change: str) -> Optional[Review]:
     """The verdict an index entry keeps (what `_summary` made); None when the entry is not one."""
-    if not (type(shared) is list and len(shared) == 3 and type(shared[2]) is dict):
+    if not (type(shared) is list and len(shared) == 3 and type(shared[0]) is list and type(shared[1]) is list
+            and type(shared[2]) is dict):
         return None
     changed, changes, stat = shared
+    if not all(type(text) is str for text in [*changed, *changes, *stat.values()]):
+        return None
     if seconds is not None and (type(seconds) is not list or len(seconds) != len(stat)):
         return None
     result = Review(start=None, changed=changed, changes=changes, stat=stat, seconds=seconds)

@@ -110,9 +110,11 @@ def test_a_garbage_or_foreign_index_is_ignored_and_made_again(tmp_path: Path):
     assert sorted(names) == ["Seed_1", "Seed_2", "Seed_3"] and len(valid["shared"]) == 1  # one verdict, kept once
     broken = [dict(valid, kinds=[9] * 3), dict(valid, kinds=["0"] * 3), dict(valid, names=[[n] for n in names]),
               dict(valid, own=[]), dict(valid, shared=[7]), dict(valid, shared=[[[], [], "finished"]]),
-              dict(valid, own=[[1.0, 2.0]] * 3), dict(valid, own=["0.5"] * 3), dict(valid, digests=[None] * 3)]
+              dict(valid, own=[[1.0, 2.0]] * 3), dict(valid, own=["0.5"] * 3), dict(valid, digests=[None] * 3),
+              dict(valid, shared=[[7, [], {"train": "finished"}]]), dict(valid, shared=[[[3], [], {"train": "finished"}]]),
+              dict(valid, shared=[[[], [], {"train": ["finished"]}]])]
     for garbage in ["not json {", json.dumps({"version": 1, "entries": {"Seed_1": ["x", [["train"], ["lr"], {}]]}}),
-                    json.dumps([1, 2]), json.dumps({"version": 99})] + [json.dumps(b) for b in broken]:
+                    json.dumps([1, 2]), json.dumps({"version": 99}), "[" * 100_000] + [json.dumps(b) for b in broken]:
         (output / f"{NAME}.review").write_text(garbage)
         code, out, err = run([], tmp_path)
         assert code == 0 and "already finished: 3" in out, garbage + err
@@ -144,6 +146,17 @@ def test_examine_from_the_index_sees_a_log_grow_and_a_new_log(tmp_path: Path):
     assert "Seed_2\t2\t0.25\tfinished" in run(["--examine"], tmp_path)[1]
     (output / "Seed_3" / f"{log.name}.9").write_text("score 0.99\n")  # a newer log of train
     assert "Seed_3\t3\t0.99\tfinished" in run(["--examine"], tmp_path)[1]
+
+
+def test_examine_ignores_a_malformed_row_under_a_matching_digest(tmp_path: Path):
+    output = _finished_tree(tmp_path)
+    cold = run(["--examine"], tmp_path)
+    valid = json.loads((output / f"{NAME}.examine").read_text())
+    row = valid["own"][0]
+    for broken in (7, row[:3], [row[0], row[1], row[2], 7], [row[0], row[1], row[2], [[3, []]]],
+                   [row[0], row[1], row[2], ["log"]], [[1], row[1], row[2], row[3]]):
+        (output / f"{NAME}.examine").write_text(json.dumps(dict(valid, own=[broken] * len(valid["own"]))))
+        assert run(["--examine"], tmp_path) == cold, broken
 
 
 def test_entries_of_deleted_experiments_leave_the_index(tmp_path: Path):

@@ -128,7 +128,7 @@ class _IndexedRows:
         files = self._signatures(name)
         entry = self.index.get(name, Index.digest(files, self.spec))
         row = entry[1] if entry else None  # a row is all its experiment's own: nothing shared
-        if row is not None and all(log is None or list(signature(log[0])) == log[1] for log in row[3]):
+        if _row(row) and all(log is None or list(signature(log[0])) == log[1] for log in row[3]):
             return Experiment(cache={"status": row[2]}, metric=row[1], param=row[0])
         self.files[name] = files
         return None
@@ -150,6 +150,13 @@ class _IndexedRows:
         self.index.put(name, Index.digest(self.files[name], self.spec), self.files[name] + logs, None,
                        [{k: v for k, v in experiment.param.items() if not str(k).startswith("_")},  # all a table shows
                         experiment.metric, status, self.logs[name]])
+
+
+def _row(row: Any) -> bool:
+    """Whether an index entry is what `_IndexedRows.keep` makes: [params, metrics, status, logs]."""
+    return (type(row) is list and len(row) == 4 and type(row[0]) is dict and type(row[1]) is dict
+            and type(row[3]) is list and all(log is None or (type(log) is list and len(log) == 2
+                                                             and type(log[0]) is str) for log in row[3]))
 
 
 _TSV = str.maketrans("\t\r\n", "   ")
