@@ -134,10 +134,10 @@ def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: 
     except OSError:
         existing = set()
 
-    def files_there(name: str) -> bool:  # a --no-subdir run's records
-        return bool({record_path("", STAT, name, True), record_path("", PARAM, name, True)} & existing)
-
-    present = files_there if no_subdir else existing.__contains__  # has records to read
+    def present(name: str) -> bool:  # has records to read
+        if no_subdir:
+            return bool({record_path("", STAT, name, True), record_path("", PARAM, name, True)} & existing)
+        return name in existing
 
     index = Index(root, "review")
     digests = _Digests(templates, no_subdir)
@@ -151,13 +151,15 @@ def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: 
         digest = digests.of(task, signatures)
         known = None if force else index.get(task.name, digest)
         result = None
-        if known is not None and not (seconds and known[1]):
-            key = (id(known[0]), task.commands)  # the index holds one object for the entries alike
-            if key not in alike:
-                alike[key] = _verdict(known[0], None, task.commands, on_change)
-            result = alike[key]
-        elif known is not None:
-            result = _verdict(*known, task.commands, on_change)
+        if known is not None:
+            shared, own = known[0], known[1] if seconds else None
+            if own is None:  # the index holds one object for the entries alike: one verdict for them
+                key = (id(shared), task.commands)
+                if key not in alike:
+                    alike[key] = _verdict(shared, None, task.commands, on_change)
+                result = alike[key]
+            else:
+                result = _verdict(shared, own, task.commands, on_change)
         if result is None:
             result = _read_and_compare(task, templates, root, no_subdir, force)
             if not (force or result.notes or result.problems or RUNNING in result.stat.values()):
@@ -183,9 +185,6 @@ def _decide(result: Review, commands: Sequence[str], on_change: str) -> None:
             break
 
 
-_PARAM, _STAT = "/" + PARAM, "/" + STAT
-
-
 class _Digests:
     """The index key of a task's verdict: its records' signatures, its params, its commands and
     the templates (tasks of one document share their tuples: one digest for those)."""
@@ -199,19 +198,16 @@ class _Digests:
         """The task's `param` and `stat`."""
         if self.no_subdir:
             return [record_path(task.output, kind, task.name, True) for kind in (PARAM, STAT)]
-        return [task.output + _PARAM, task.output + _STAT]
+        return [task.output + "/" + PARAM, task.output + "/" + STAT]
 
     def signatures(self, task: Task) -> List[Signature]:
-        if self.no_subdir:
-            return [signature(path) for path in self.paths(task)]
-        return [signature(task.output + _PARAM), signature(task.output + _STAT)]  # 10^5 times in a rerun
+        return [signature(path) for path in self.paths(task)]
 
     def of(self, task: Task, signatures: List[Signature]) -> str:
         layout = (task.keys, task.commands, task.named_by)
-        inputs = self.layouts.get(layout)
-        if inputs is None:
-            inputs = self.layouts[layout] = Index.inputs(self.shape, *layout)
-        return Index.digest(signatures, Index.inputs(inputs, task.values))
+        if layout not in self.layouts:
+            self.layouts[layout] = Index.inputs(self.shape, *layout)
+        return Index.digest(signatures, Index.inputs(self.layouts[layout], task.values))
 
 
 class Memory:
