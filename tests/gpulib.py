@@ -3,11 +3,12 @@ tests/bin/fake-cuda-job changes (FAKE_GPU_STATE), and another user's process on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterable, Sequence, Tuple
+from typing import Iterable, Iterator, Sequence, Tuple
 
 H100 = 81559  # MiB, as nvidia-smi reports an H100 80GB
 
@@ -28,6 +29,16 @@ def outsider(mib: int, gpu: int = 0) -> Tuple["subprocess.Popen[bytes]", dict]:
     """Another user's process holding `mib` on a GPU: a live `sleep` and its entry in the state."""
     process = subprocess.Popen(["sleep", "300"], start_new_session=True)
     return process, {"pid": process.pid, "gpu": f"GPU-{gpu:04d}", "used": mib}
+
+
+@contextlib.contextmanager
+def busy(path: Path, mib: int) -> Iterator[Path]:
+    """The state file of two GPUs, another user holding `mib` on GPU 0 while it is open."""
+    process, entry = outsider(mib)
+    try:
+        yield gpu_state(path, processes=[entry])
+    finally:
+        process.kill()
 
 
 def run_until_freed(runner: "subprocess.Popen[str]", state: Path, outsider: "subprocess.Popen[bytes]",

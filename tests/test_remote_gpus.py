@@ -66,15 +66,11 @@ def test_G1_G6_without_gpu_no_nvidia_smi_is_called_on_the_host(gpu_host, tmp_pat
 
 
 def test_G2_G6_a_busy_remote_gpu_is_skipped_with_wait_false(gpu_host, tmp_path: Path):
-    outsider, entry = gpulib.outsider(70 * 1024)
-    try:
-        state = gpulib.gpu_state(tmp_path / "gpus.json", totals=(H100, H100), processes=[entry])
+    with gpulib.busy(tmp_path / "gpus.json", 70 * 1024) as state:
         server = gpu_host()
         project, env = _project(tmp_path, server, "template: {train: fake-cuda-job 1000 0.2}\nHOSTS\n"
                                 "gpu: {wait: false, memory: 1GiB}\n---\ni: [1, 2, 3, 4]\n", "[0, 1]")
         code, out, err = run(["-r"], project, env, timeout=90)
-    finally:
-        outsider.kill()
     assert code == 0 and "Finished: 4" in out, out + err
     assert "SKIP    GPU gpuhost1:0 is busy (70.0 GiB used by other processes)" in out
     assert {entry["gpu"] for entry in gpulib.history(state)} == {1}
@@ -84,16 +80,12 @@ def test_G2_G6_a_busy_remote_gpu_is_skipped_with_wait_false(gpu_host, tmp_path: 
 
 def test_G2_G6_with_wait_false_a_machine_whose_gpus_are_busy_drops_out_and_the_others_go_on(gpu_host, tmp_path: Path):
     """The local GPU 0 is busy: the local workers hand their tasks back and stop; the host's GPU 1 runs them all."""
-    outsider, entry = gpulib.outsider(70 * 1024)
-    try:
-        state = gpulib.gpu_state(tmp_path / "gpus.json", totals=(H100, H100), processes=[entry])
+    with gpulib.busy(tmp_path / "gpus.json", 70 * 1024) as state:
         server = gpu_host()
         project, env = _project(tmp_path, server, "template: {train: fake-cuda-job 1000 0.2}\nresource: [0]\nHOSTS\n"
                                 "gpu: {wait: false, memory: 1GiB}\n---\ni: [1, 2, 3, 4]\n", "[1]")
         env.update(PATH=f"{STAND_INS}:{os.environ['PATH']}", FAKE_GPU_STATE=str(state))
         code, out, err = run([], project, env, timeout=90)
-    finally:
-        outsider.kill()
     assert code == 0 and "Finished: 4" in out, out + err
     assert "SKIP    GPU 0 is busy (70.0 GiB used by other processes)" in out
     assert {entry["gpu"] for entry in gpulib.history(state)} == {1}

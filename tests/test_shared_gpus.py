@@ -73,14 +73,10 @@ def test_G3_jobs_packed_by_memory_never_more_than_fit(tmp_path: Path, policy: st
 
 
 def test_G2_a_busy_gpu_is_skipped_with_wait_false(tmp_path: Path):
-    outsider, entry = gpulib.outsider(70 * 1024)
-    try:
-        state = gpulib.gpu_state(tmp_path / "gpus.json", processes=[entry])
+    with gpulib.busy(tmp_path / "gpus.json", 70 * 1024) as state:
         write(tmp_path, "template: {train: fake-cuda-job 1000 0.2}\nresource: [0, 1]\n"
                         "gpu: {wait: false, memory: 1GiB}\n---\ni: [1, 2, 3, 4]\n")
         code, out, _ = run([], tmp_path, _env(tmp_path, state), timeout=60)
-    finally:
-        outsider.kill()
     assert code == 0 and "Finished: 4" in out
     assert "SKIP    GPU 0 is busy (70.0 GiB used by other processes)" in out
     assert {entry["gpu"] for entry in gpulib.history(state)} == {1}
