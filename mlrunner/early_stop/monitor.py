@@ -29,6 +29,7 @@ class Monitor:
         self.series: Dict[str, Series] = {}
         self.decisions: Dict[str, Decision] = {}
         self._watched: Dict[str, Tuple[LogWatch, Any]] = {}
+        self._enders: Dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="early_stop", daemon=True)
@@ -49,14 +50,18 @@ class Monitor:
             self._watched[key] = (LogWatch(log, self.settings.step_re, self.settings.value_re), process)
 
     def forget(self, key: str) -> Optional[Decision]:
-        """The command ended: read its log to the end (for its peers) and return the stop decision, if any."""
+        """The command's shell ended: read its log to the end (for its peers) and return the stop
+        decision, if any, once the whole group the rule stopped is gone (the grace, then SIGKILL)."""
         with self._lock:
             watched = self._watched.pop(key, None)
             decision = self.decisions.get(key)
+            ender = self._enders.pop(key, None)
             if watched is not None and decision is None:
                 for step, value in watched[0].poll(final=True):
                     self.series[key][step] = value
-            return decision
+        if ender is not None:
+            ender.join()
+        return decision
 
     def peers(self, key: str) -> List[Series]:
         return [series for other, series in self.series.items() if other != key]
@@ -78,7 +83,8 @@ class Monitor:
             decision = self.rule.decide(series, self.peers(key))
             if decision.stop:
                 self.decisions[key] = decision
-                threading.Thread(target=self.end, args=(process,), daemon=True).start()
+                ender = self._enders[key] = threading.Thread(target=self.end, args=(process,), daemon=True)
+                ender.start()
                 return
 
     def _loop(self) -> None:
