@@ -8,7 +8,6 @@ independent computation here says which experiments stop, and where.
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import time
@@ -90,7 +89,7 @@ def _expected_asha(after: int, eta: int, min_peers: int) -> Dict[float, Optional
             others = [min(peer[:rung]) for peer in seen if len(peer) >= rung]
             if len(others) < min_peers:
                 continue
-            keep = math.ceil((len(others) + 1) / eta)
+            keep = max(1, (len(others) + 1) // eta)  # the top 1/eta, at least one
             if sum(1 for other in others if other < min(values[:rung])) >= keep:
                 stopped[final] = rung
                 values = values[:rung]

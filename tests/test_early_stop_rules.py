@@ -53,12 +53,14 @@ def test_A1_asha_rungs_and_top_fraction():
     rule = Asha(_settings(rule="asha", after=1, eta=3, min_peers=2))
     assert [rung_of(s, 1, 3) for s in (1, 2, 3, 8, 9, 27)] == [1, 1, 3, 3, 9, 27]
     peers = [{1: 0.1}, {1: 0.2}, {1: 0.3}, {1: 0.4}, {1: 0.5}]
-    # six at rung 1: ceil(6/3) = 2 go on: 0.15 is second, 0.25 third
+    # six at rung 1: 6 // 3 = 2 go on: 0.15 is second, 0.25 third
     assert not rule.decide({1: 0.15}, peers).stop
     stopped = rule.decide({1: 0.25}, peers)
     assert stopped.stop and stopped.why["keep"] == 2 and stopped.why["reached"] == 6 and stopped.why["cutoff"] == 0.2
     # steps between rungs are never decided
     assert not rule.decide({1: 0.0, 2: 9.0}, peers).stop
+    # five at rung 1: only the best goes on (5 / 3 < 2)
+    assert rule.decide({1: 0.25}, peers[1:]).stop and not rule.decide({1: 0.15}, peers[1:]).stop
     # too few peers at a rung: promoted
     assert not rule.decide({1: 9.0}, peers[:1]).stop
 

@@ -3,7 +3,7 @@
 Rungs are at steps `after`, `after*eta`, `after*eta^2`, ... An experiment's value at a rung is
 its best value up to the first step it reported at or past the rung (its peers' likewise). When an
 experiment reaches a rung it is compared with every experiment that has reached that rung so
-far: it goes on when it is among the best ceil(n/eta) of those n (ties in its favour). With
+far: it goes on when it is among the best n // eta of those n (at least one; ties in its favour). With
 fewer than `min_peers` others at the rung it goes on: early arrivals are promoted, as in ASHA,
 rather than judged against too few values.
 """
@@ -68,7 +68,7 @@ class Asha:
         if mine is None or len(others) < s.min_peers:
             return Decision(False, step)
         reached = len(others) + 1
-        keep = math.ceil(reached / s.eta)
+        keep = max(1, reached // s.eta)
         ahead = sum(1 for other in others if s.better(other, mine))
         ranked = sorted(others + [mine], reverse=s.mode == "max")
         return Decision(ahead >= keep, step, {"rule": "asha", "rung": rung, "value": mine, "keep": keep,
