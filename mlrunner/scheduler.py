@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Set
 from .allocator import Allocator, Grant, NoPlace
 from .config import Config
 from .console import Console
+from .early_stop.monitor import Monitor
 from .executors.base import Executor, HostLost, Machine, Process, wait_for
 from .gpu_policy import OOM_TRIES, gib, oom_in_log
 from .pool import Pool
@@ -88,10 +89,8 @@ class Scheduler:
         self._running: Set[Process] = set()
         self._enders: List[threading.Thread] = []
         self._width: Optional[int] = None  # of the command names, once the first tasks are there
-        self.early = None  # watches the logs and ends the experiments the early_stop rule stops (A2)
-        if config.early_stop is not None:
-            from .early_stop.monitor import Monitor
-            self.early = Monitor(config.early_stop, lambda process: process.end(args.grace))
+        # Watches the logs and ends the experiments the early_stop rule stops (A2).
+        self.early = Monitor(config.early_stop, args.grace) if config.early_stop is not None else None
 
     def run(self) -> Summary:
         """The workers of each machine (this one, each host): one per place, or per_gpu of them per
@@ -99,7 +98,7 @@ class Scheduler:
         threads = [threading.Thread(target=self._worker, args=(machine,), daemon=True)
                    for machine in self.allocator.machines for _ in range(self.allocator.workers(machine))]
         if self.early is not None:
-            self.early.start()
+            self.early.start(list(self.plan.tasks), lambda task: self.reviews[task.index].stat, self.args.no_subdir)
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -283,9 +282,7 @@ class Scheduler:
             param = None
             if attempt == 0:
                 self.console.print(f"START   {info}")
-            watched = self.early is not None and command == self.early.settings.command
-            if watched:
-                self.early.watch(task.output, claim.log, claim.process)
+            watched = self.early is not None and self.early.watch(command, task.output, claim.log, claim.process)
             outcome = wait_for(claim.process, self.args.timeout, self.args.grace)
             decision = self.early.forget(task.output) if watched else None
             with self._lock:
@@ -357,9 +354,7 @@ class Scheduler:
                        later: List[str], info: str) -> str:
         """Record a command the early_stop rule ended, with what decided it; its task is done (A2)."""
         self.console.ended_command(STOPPED_EARLY, seconds)
-        details = {"early_stop": dict(decision.why, step=decision.step)}
-        self._notes(experiment.finish(command, STOPPED_EARLY, seconds, decision.reason(), skipped=later,
-                                      details=details))
+        self._notes(experiment.finish(command, STOPPED_EARLY, seconds, decision.reason(), later, decision.record()))
         with self._lock:
             self.summary.stopped += 1
             self.summary.skipped += len(later)

@@ -208,3 +208,24 @@ def test_A1_bad_config_and_refused_backends_are_one_line_exit_2(tmp_path):
     assert not (tmp_path / "output").exists()
     rc, out, err = run(["--dry-run"], tmp_path)
     assert rc == 0 and "early_stop: val_loss (min, command train, step 'epoch (\\d+)'): median of >= 4 peers" in out
+
+
+def test_A1_a_resumed_sweep_is_judged_against_the_experiments_of_earlier_runs(tmp_path):
+    """Four experiments finish in one run; a fifth, added later, is stopped against them."""
+    (tmp_path / "train.sh").write_text(SCRIPT)
+    config = """
+        template: {train: "bash train.sh {q}"}
+        resource: [""]
+        metric: {val_loss: {command: train, regex: 'val_loss ([\\\\d.]+)'}}
+        early_stop: {metric: val_loss, step: 'epoch (\\\\d+)', after: 3, min_peers: 4}
+        ---
+        q: [1, 2, 3, 4%s]
+        """
+    write(tmp_path, config % "")
+    assert run([], tmp_path)[0] == 0
+    write(tmp_path, config % ", 9")
+    rc, out, err = run(["--grace", "0.5"], tmp_path, timeout=60)
+    assert rc == 0, err
+    assert "commands to run: 1" in out and "STOPPED" in out
+    record = load(tmp_path / "output" / "Q_9" / "stat")["_runs"]["train"][-1]
+    assert record["early_stop"] == {"rule": "median", "value": 9, "median": 2.5, "peers": 4, "step": 3}

@@ -24,6 +24,10 @@ class Decision:
     step: float
     why: Dict[str, Any] = field(default_factory=dict)
 
+    def record(self) -> Dict[str, Any]:
+        """What the stopped command's run keeps in `stat` (A2)."""
+        return {"early_stop": dict(self.why, step=self.step)}
+
     def reason(self) -> str:
         """One line for the console and the record's `reason`."""
         why = self.why
