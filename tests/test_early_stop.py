@@ -216,8 +216,8 @@ def test_A1_a_resumed_sweep_is_judged_against_the_experiments_of_earlier_runs(tm
     config = """
         template: {train: "bash train.sh {q}"}
         resource: [""]
-        metric: {val_loss: {command: train, regex: 'val_loss ([\\\\d.]+)'}}
-        early_stop: {metric: val_loss, step: 'epoch (\\\\d+)', after: 3, min_peers: 4}
+        metric: {val_loss: {command: train, regex: 'val_loss ([\\d.]+)'}}
+        early_stop: {metric: val_loss, step: 'epoch (\\d+)', after: 3, min_peers: 4}
         ---
         q: [1, 2, 3, 4%s]
         """
