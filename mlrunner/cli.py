@@ -147,8 +147,7 @@ def _command(args: argparse.Namespace) -> int:
         return print_examine(config, args.output, args.format)
     if config.early_stop is not None:  # A1: refused where no rule can see the peers' values
         from .early_stop.settings import refuse_backend
-        refusal = refuse_backend(config.early_stop, args.slurm or config.slurm is not None,
-                                 bool(args.hosts or config.hosts))
+        refusal = refuse_backend(config.early_stop, args.slurm or config.slurm is not None)
         if refusal:
             raise UserError(refusal, args.yaml)
     if args.wait and not (args.slurm or config.slurm is not None):

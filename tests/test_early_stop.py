@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import yaml
-
+import sshd
 from runlib import alive, load, run, write
 
 STEPS = 6
@@ -203,8 +202,6 @@ def test_A1_bad_config_and_refused_backends_are_one_line_exit_2(tmp_path):
     _write(tmp_path, "{metric: val_loss, step: 'epoch (\\d+)'}")
     rc, out, err = run(["--slurm"], tmp_path)
     assert rc == 2 and err.count("\n") == 1 and "not available with Slurm" in err
-    rc, out, err = run(["--hosts", "gpu1"], tmp_path)
-    assert rc == 2 and err.count("\n") == 1 and "local workers only" in err
     assert not (tmp_path / "output").exists()
     rc, out, err = run(["--dry-run"], tmp_path)
     assert rc == 0 and "early_stop: val_loss (min, command train, step 'epoch (\\d+)'): median of >= 4 peers" in out
@@ -229,3 +226,38 @@ def test_A1_a_resumed_sweep_is_judged_against_the_experiments_of_earlier_runs(tm
     assert "commands to run: 1" in out and "STOPPED" in out
     record = load(tmp_path / "output" / "Q_9" / "stat")["_runs"]["train"][-1]
     assert record["early_stop"] == {"rule": "median", "value": 9, "median": 2.5, "peers": 4, "step": 3}
+
+
+def test_A2_on_a_remote_host_the_agent_reads_the_log_and_the_rule_stops_there(tmp_path, tmp_path_factory):
+    """A real sshd: the runner learns the values from the host's agent, ends the losing command's
+    group there after the grace, and the next task starts at once (H4, R8)."""
+    sshd.require_sshd()
+    sshd.require_paramiko()
+    server, = sshd.start_servers(1, tmp_path_factory, prefix="early")
+    try:
+        home = sshd.make_home(tmp_path / "home", [server])
+        (server.workdir / "train.sh").write_text(SCRIPT)
+        project = tmp_path / "project"
+        project.mkdir()
+        write(project, f"""
+            template: {{train: "bash train.sh {{q}}"}}
+            resource: []
+            hosts: {{{server.alias}: {{workdir: {server.workdir}, resource: [0]}}}}
+            metric: {{val_loss: {{command: train, regex: 'val_loss ([\\d.]+)'}}}}
+            early_stop: {{metric: val_loss, step: 'epoch (\\d+)', after: 3, min_peers: 4}}
+            ---
+            q: [1, 2, 3, 4, 9, 5]
+            """)
+        rc, out, err = run(["--grace", "0.5"], project, env={"HOME": str(home)}, timeout=120)
+        assert rc == 0, out + err
+        assert f"STOPPED gpu: {server.alias}:0, train:" in out
+        bad = load(project / "output" / "Q_9" / "stat")
+        assert bad["train"] == "stopped"
+        record = bad["_runs"]["train"][-1]
+        assert record["early_stop"] == {"rule": "median", "value": 9, "median": 2.5, "peers": 4, "step": 3}
+        nxt = load(project / "output" / "Q_5" / "stat")["_runs"]["train"][-1]
+        assert nxt["start"] - record["end"] < 1.0
+        assert not alive(int((server.workdir / "child.9").read_text()))  # its group on the host, ended
+        assert (project / "output" / "Q_9" / "stat").exists() and list((project / "output" / "Q_9").glob("log.train.*"))
+    finally:
+        sshd.stop_servers([server])

@@ -30,7 +30,7 @@ class Monitor:
         self.grace = grace
         self.series: Dict[str, Series] = {}
         self.decisions: Dict[str, Decision] = {}
-        self._watched: Dict[str, Tuple[LogWatch, Any]] = {}
+        self._watched: Dict[str, Tuple[Any, Any]] = {}  # key -> (LogWatch or a host's feed, process)
         self._enders: Dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -54,10 +54,12 @@ class Monitor:
         earlier series, if any, is replaced); whether it is."""
         if command != self.settings.command:
             return False
+        s = self.settings
+        source = process.follow_log(log, s.step_re, s.value_re) or LogWatch(log, s.step_re, s.value_re)
         with self._lock:
             self.series[key] = {}
             self.decisions.pop(key, None)
-            self._watched[key] = (LogWatch(log, self.settings.step_re, self.settings.value_re), process)
+            self._watched[key] = (source, process)
         return True
 
     def forget(self, key: str) -> Optional[Decision]:
@@ -84,7 +86,7 @@ class Monitor:
                 if key not in self.decisions:
                     self._read(key, watch, process)
 
-    def _read(self, key: str, watch: LogWatch, process: Any) -> None:
+    def _read(self, key: str, watch: Any, process: Any) -> None:
         series = self.series[key]
         for step, value in watch.poll():
             new = step not in series

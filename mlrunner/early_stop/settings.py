@@ -93,16 +93,10 @@ def parse(raw: Any, metrics: Dict[str, Dict[str, str]], fail: Callable[..., Exce
                     eta=_integer(raw, "eta", 3, 2, fail), every=_integer(raw, "every", 1, 1, fail))
 
 
-def refuse_backend(settings: Optional[Settings], slurm: bool, hosts: bool) -> Optional[str]:
-    """Why a run cannot apply `early_stop:` on these workers (None when it can).
-
-    Slurm elements cannot see each other's values; remote hosts are not watched yet.
-    """
-    if settings is None:
-        return None
-    if slurm:
+def refuse_backend(settings: Optional[Settings], slurm: bool) -> Optional[str]:
+    """Why a run cannot apply `early_stop:` (None when it can): Slurm's array elements cannot see
+    each other's values."""
+    if settings is not None and slurm:
         return ("early_stop: not available with Slurm (array elements cannot see each other's values); "
                 "remove 'early_stop:' or run without --slurm")
-    if hosts:
-        return ("early_stop: works with local workers only for now; remove 'early_stop:' or run without hosts")
     return None

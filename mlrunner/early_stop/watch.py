@@ -1,11 +1,12 @@
 """Read a growing log incrementally into (step, value) pairs (SPEC A1).
 
+It also runs on a remote host, inside the agent (executors/agent.py), to read a log where it is
+written: Python >= 3.6, standard library only, no relative import.
+
 Only new bytes are read at each poll; a line is cut at `LINE_LIMIT` bytes, so memory stays bounded
 whatever the command prints; `\\r` ends a line as `\\n` does, so a progress bar rewritten in
 place is read as each of its states.
 """
-
-from __future__ import annotations
 
 import os
 from typing import List, Optional, Pattern, Tuple
