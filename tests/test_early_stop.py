@@ -134,6 +134,11 @@ def test_A1_A2_median_stops_exactly_the_experiments_the_rule_says(tmp_path):
         assert row[4] == ("stopped" if step else "finished")
         assert (step <= int(row[3]) < STEPS + 1) if step else int(row[3]) == STEPS
 
+    # --report marks their bars (A2)
+    assert run(["--report"], tmp_path)[0] == 0
+    html = (tmp_path / "output" / "report.html").read_text()
+    assert html.count('class="bar s-stopped"') == sum(1 for step in expected.values() if step)
+
     # a rerun leaves the stopped ones stopped; --rerun-stopped runs them again (A2)
     rc, out, _ = run([], tmp_path)
     assert rc == 0 and "commands to run: 0" in out

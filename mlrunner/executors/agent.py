@@ -36,7 +36,6 @@ import threading
 import time
 
 import claims  # beside this file; over SSH the runner defines it first (see ssh/host.py)
-import logwatch  # mlrunner/early_stop/watch.py, defined first likewise
 
 GRACE = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
 # The runner pings every few seconds. This long without a word, it is gone (a dead link without
@@ -141,6 +140,7 @@ def signal_command(request):
 def follow(request):
     """Read a command's log here, where it is written, for an early_stop rule (A2): its new (step,
     value) pairs go to the runner as events, nothing else of the log crosses the link."""
+    import logwatch  # mlrunner/early_stop/watch.py: over SSH the runner defines it first, as claims
     path = os.path.join(os.path.expanduser(request["cwd"]), request["log"])
     reader = logwatch.LogWatch(path, re.compile(request["step"]), re.compile(request["value"]))
     with _follow_lock:
