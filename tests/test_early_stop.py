@@ -9,10 +9,9 @@ independent computation here says which experiments stop, and where.
 from __future__ import annotations
 
 import random
-import re
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import sshd
 from runlib import alive, load, run, write

@@ -10,7 +10,6 @@ rather than judged against too few values.
 
 from __future__ import annotations
 
-import math
 from typing import List, Optional
 
 from .rules import Decision, Series, best_until
