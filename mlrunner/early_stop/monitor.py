@@ -55,7 +55,9 @@ class Monitor:
         if command != self.settings.command:
             return False
         s = self.settings
-        source = process.follow_log(log, s.step_re, s.value_re) or LogWatch(log, s.step_re, s.value_re)
+        source = process.follow_log(log, s.step_re, s.value_re)  # a remote host's agent reads it there
+        if source is None:
+            source = LogWatch(log, s.step_re, s.value_re)
         with self._lock:
             self.series[key] = {}
             self.decisions.pop(key, None)
