@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="rerun finished commands whose params or template changed (and their tasks' later ones)")
     changed.add_argument("--keep-changed", action="store_true",
                          help="keep the results of finished commands whose params or template changed")
+    parser.add_argument("--rerun-stopped", action="store_true",
+                        help="rerun experiments that the early_stop rule stopped (a rerun leaves them stopped)")
     parser.add_argument("--fail-fast", action="store_true",
                         help="after the first failure start no new command; running ones finish (exit 1)")
     parser.add_argument("-d", "--debug", action="store_true",
@@ -143,6 +145,11 @@ def _command(args: argparse.Namespace) -> int:
     if args.examine:
         from .report import print_examine
         return print_examine(config, args.output, args.format)
+    if config.early_stop is not None:  # A1: refused where no rule can see the peers' values
+        from .early_stop.settings import refuse_backend
+        refusal = refuse_backend(config.early_stop, args.slurm or config.slurm is not None)
+        if refusal:
+            raise UserError(refusal, args.yaml)
     if args.wait and not (args.slurm or config.slurm is not None):
         raise UserError("--wait follows Slurm jobs: it needs --slurm or 'slurm:' in the file (a local run waits anyway)")
     for command in args.command or []:

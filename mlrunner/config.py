@@ -11,7 +11,7 @@ from .errors import UserError
 from .template import Template
 from .yamldocs import Doc, read_docs
 
-ALLOWED_KEYS = ("template", "default", "resource", "alias", "hosts", "sync", "metric", "slurm", "gpu")
+ALLOWED_KEYS = ("template", "default", "resource", "alias", "hosts", "sync", "metric", "slurm", "gpu", "early_stop")
 SWEEP_RESERVED = ("_title", "_cmd")
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
 SHELL_VAR_RE = re.compile(r"\$\{([A-Za-z0-9_-]+)\}")
@@ -40,6 +40,7 @@ class Config:
     metrics: Dict[str, Dict[str, str]] = field(default_factory=dict)
     slurm: Any = None  # executors.slurm.settings.Settings when document 1 has `slurm:` (S1)
     gpu: Any = None  # allocator.GpuPolicy when document 1 has `gpu:` (G1)
+    early_stop: Any = None  # early_stop.settings.Settings when document 1 has `early_stop:` (A1)
     sweeps: List[Sweep] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)  # printed by the CLI; nothing stops for them
 
@@ -221,6 +222,10 @@ def load(path: str) -> Config:
     config.hosts = check.mapping(data.get("hosts") or {}, "'hosts'", "hosts")
     config.sync = check.mapping(data.get("sync") or {}, "'sync'", "sync")
     config.metrics = _parse_metrics(check, data.get("metric") or {}, templates)
+    if "early_stop" in data:
+        from .early_stop.settings import parse as parse_early_stop
+        config.early_stop = parse_early_stop(data["early_stop"], config.metrics,
+                                             lambda message, *keys: check.fail(message, "early_stop", *keys))
     if "gpu" in data:
         from .gpu_policy import parse_policy
         config.gpu = parse_policy(data["gpu"], tuple(templates), check.fail)

@@ -64,6 +64,8 @@ class Console:
             if status == "finished":
                 self.done += 1
                 self.seconds += seconds
+            elif status == "stopped":  # by the early_stop rule (A2): ended as planned
+                self.done += 1
             elif status in ("interrupted", "lost"):
                 self.interrupted += 1
             else:

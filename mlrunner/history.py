@@ -17,7 +17,7 @@ from .processes import owner_alive
 from .state import Corrupt, read_record, runs_of
 
 TAIL_LINES = 20  # of each failed command's log
-NOT_FAILURES = ("finished", "skipped", "running", "interrupted", "changed", "pending")
+NOT_FAILURES = ("finished", "skipped", "running", "interrupted", "changed", "pending", "stopped")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from .history import Row, Run, collect, number, tail
 
 MAX_FAILURES = 100  # shown in full; the rest are counted
 COLOURS = {"finished": "#3a9a4a", "failed": "#d0453a", "interrupted": "#e69a2e", "running": "#3a78c8",
-           "timeout": "#8e4fc1", "skipped": "#9aa0a6"}
+           "timeout": "#8e4fc1", "skipped": "#9aa0a6", "stopped": "#b5651d"}  # stopped: by early_stop (A2)
 OTHER_COLOUR = "#6b6f75"
 
 

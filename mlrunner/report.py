@@ -10,7 +10,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from .config import Config, close_placeholder
 from .errors import EXIT_OK, UserError
 from .resume import Review, review
-from .state import CHANGED, PARAM, STAT, Corrupt, last_run, read_record, statuses
+from .state import CHANGED, PARAM, STAT, STOPPED, Corrupt, last_run, read_record, statuses
 from .sweep import Plan
 from .template import shell_line
 
@@ -27,7 +27,8 @@ def format_orphans(orphans: Iterable[str], config: Optional[Config] = None) -> s
 def _reviews(plan: Plan, config: Config, args: argparse.Namespace, seconds: bool = False) -> List[Review]:
     on_change = "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
     return review(plan, config.templates, args.output, no_subdir=args.no_subdir, force=args.force,
-                  on_change=on_change, write_index=False, seconds=seconds)  # they write nothing (R9)
+                  on_change=on_change, write_index=False, seconds=seconds,  # they write nothing (R9)
+                  rerun_stopped=getattr(args, "rerun_stopped", False))
 
 
 def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], run_time: str,
@@ -44,6 +45,8 @@ def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], ru
     reviews = _reviews(plan, config, args)
     write = sys.stdout.write
     print(f"Orphan params: {format_orphans(plan.orphans, config)}")
+    if config.early_stop is not None:
+        print(config.early_stop.describe())
     for task, verdict in zip(plan.tasks, reviews):
         resource = resources[task.index % len(resources)]
         header = f"# {task.index + 1}/{len(plan.tasks)} {task.output} (gpu: {resource or 'cpu'})"
@@ -141,6 +144,10 @@ def print_status(args: argparse.Namespace) -> int:
                 status = CHANGED
             counts[status] = counts.get(status, 0) + 1
             seconds = kept[position] if kept else last_run(stat, command).get("seconds")
+            if status == STOPPED:  # early_stop (A2): where the rule stopped it
+                run = last_run(stat, command) or last_run(_read_for_status(path) or {}, command)
+                step = (run.get("early_stop") or {}).get("step")
+                status += f" at step {step:g}" if isinstance(step, (int, float)) else ""
             cells.append(f"{command}: {status}" + (f" ({seconds:.1f}s)" if isinstance(seconds, (int, float)) else ""))
         if verdict is not None and verdict.changed:
             cells.append(f"changed: {'; '.join(verdict.changes)}")
@@ -158,5 +165,8 @@ def print_examine(config: Config, output: str, fmt: str) -> int:
     from .examine.metrics import examine_table
     if not os.path.isdir(output):
         raise UserError(f"no output directory '{output}' (name another with -o)")
-    print(examine_table(output, config.metrics, fmt), end="")
+    metrics = config.metrics
+    if config.early_stop is not None and "step" not in metrics:  # A2: the last step each experiment printed
+        metrics = dict(metrics, step={"command": config.early_stop.command, "regex": config.early_stop.step_re.pattern})
+    print(examine_table(output, metrics, fmt), end="")
     return EXIT_OK

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from .index import Index, Journal, Signature, signature
-from .state import FINISHED, PARAM, RUNNING, RUNS, STAT, Corrupt, last_run, read_record, record_path
+from .state import FINISHED, PARAM, RUNNING, RUNS, STAT, STOPPED, Corrupt, last_run, read_record, record_path
 from .sweep import Plan, Task, hashed_name, same_value
 from .template import Template
 
@@ -120,8 +120,10 @@ def _template_changes(task: Task, templates: Dict[str, Template], param: Dict[st
 
 
 def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: bool, force: bool,
-           on_change: str = "ask", write_index: bool = True, seconds: bool = False) -> List[Review]:
-    """Per task, what a run does with it. `on_change` is `ask`, `rerun` or `keep` (I2).
+           on_change: str = "ask", write_index: bool = True, seconds: bool = False,
+           rerun_stopped: bool = False) -> List[Review]:
+    """Per task, what a run does with it. `on_change` is `ask`, `rerun` or `keep` (I2); a task an
+    early_stop rule stopped is done unless `rerun_stopped` (A2).
 
     It only reads the records, and with `write_index` writes what it learnt to the index (a run does;
     `--dry-run` and `--status` write nothing): the run itself sets corrupt records aside when it
@@ -156,25 +158,28 @@ def review(plan: Plan, templates: Dict[str, Template], root: str, *, no_subdir: 
             if own is None:  # the index holds one object for the entries alike: one verdict for them
                 key = (id(shared), task.commands)
                 if key not in alike:
-                    alike[key] = _verdict(shared, None, task.commands, on_change)
+                    alike[key] = _verdict(shared, None, task.commands, on_change, rerun_stopped)
                 result = alike[key]
             else:
-                result = _verdict(shared, own, task.commands, on_change)
+                result = _verdict(shared, own, task.commands, on_change, rerun_stopped)
         if result is None:
             result = _read_and_compare(task, templates, root, no_subdir, force)
             if not (force or result.notes or result.problems or RUNNING in result.stat.values()):
                 index.put(task.name, digest, signatures, *_summary(result.changed, result.changes, result.stat))
-            _decide(result, task.commands, on_change)
+            _decide(result, task.commands, on_change, rerun_stopped)
         out.append(result)
     if write_index:
         index.save(gone=lambda name: not present(name))
     return out
 
 
-def _decide(result: Review, commands: Sequence[str], on_change: str) -> None:
+def _decide(result: Review, commands: Sequence[str], on_change: str, rerun_stopped: bool = False) -> None:
     """Where the task starts, and which finished commands run again."""
     if result.unreadable:  # an unusable param: the experiment counts as not run
         result.start, result.rerun = 0, {c for c in commands if result.stat.get(c) == FINISHED}
+        return
+    if not rerun_stopped and any(result.stat.get(c) == STOPPED for c in commands):
+        result.start = None  # stopped early: the rule's decision stands (A2)
         return
     if on_change == "rerun":
         result.rerun = set(result.changed)
@@ -240,7 +245,8 @@ def _summary(changed: List[str], changes: List[str], stat: Dict[str, Any]) -> Tu
     return [changed, changes, statuses], (seconds if any(s is not None for s in seconds) else None)
 
 
-def _verdict(shared: Any, seconds: Any, commands: Sequence[str], on_change: str) -> Optional[Review]:
+def _verdict(shared: Any, seconds: Any, commands: Sequence[str], on_change: str,
+             rerun_stopped: bool = False) -> Optional[Review]:
     """The verdict an index entry keeps (what `_summary` made); None when the entry is not one."""
     if not (type(shared) is list and len(shared) == 3 and type(shared[0]) is list and type(shared[1]) is list
             and type(shared[2]) is dict):
@@ -251,7 +257,7 @@ def _verdict(shared: Any, seconds: Any, commands: Sequence[str], on_change: str)
     if seconds is not None and (type(seconds) is not list or len(seconds) != len(stat)):
         return None
     result = Review(start=None, changed=changed, changes=changes, stat=stat, seconds=seconds)
-    _decide(result, commands, on_change)
+    _decide(result, commands, on_change, rerun_stopped)
     return result
 
 

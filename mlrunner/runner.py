@@ -44,6 +44,8 @@ def _copy_config(config: Config, output: str, title: Optional[str]) -> None:
 def _print_summary(console: Console, summary: Summary, halted: bool) -> None:
     console.print(f"Finished: {summary.finished}, failed: {len(summary.failures)}, skipped: {summary.skipped}, "
                   f"interrupted: {summary.interrupted}, already finished: {summary.already}")
+    if summary.stopped:
+        console.print(f"Stopped early (early_stop): {summary.stopped}")
     if summary.requeued:
         console.print(f"Tasks moved to another worker after a host was lost: {summary.requeued}")
     if summary.not_run:
@@ -115,7 +117,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     else:
         plan.fill()
         reviews = review(plan, config.templates, args.output, no_subdir=args.no_subdir, force=args.force,
-                         on_change=on_change)
+                         on_change=on_change, rerun_stopped=args.rerun_stopped)
         if config.gpu is not None:
             check_sizes(config.gpu, plan.tasks, config.path)
         if on_change == "ask" and _check_changes(plan, reviews):
@@ -142,6 +144,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     for verdict in reviews:
         for note in verdict.notes:
             print(f"NOTE    {note}")
+    if config.early_stop is not None:
+        print(config.early_stop.describe())
     print(f"Tasks: {plan.total}, commands to run: {to_run}", flush=True)
     _copy_config(config, args.output, args.title)
     console = Console(to_run, len(executors))

@@ -17,16 +17,18 @@ from typing import Dict, List, Optional, Set
 from .allocator import Allocator, Grant, NoPlace
 from .config import Config
 from .console import Console
+from .early_stop.monitor import Monitor
 from .executors.base import Executor, HostLost, Machine, Process, wait_for
 from .gpu_policy import OOM_TRIES, gib, oom_in_log
 from .pool import Pool
 from .resume import Memory, Review
-from .state import FAILED, FINISHED, INTERRUPTED, RUN, Experiment
+from .state import FAILED, FINISHED, INTERRUPTED, RUN, STOPPED as STOPPED_EARLY, Experiment
 from .sweep import Plan, Task
 from .template import shell_line
 
 # How a command's turn ended, as `_run_command` tells `_run_task`.
 DONE, ALREADY, BUSY, FAIL, STOPPED, LOST, OOM = "done", "already", "busy", "fail", "stopped", "lost", "oom"
+EARLY = "early"  # ended by the early_stop rule (A2)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Summary:
     already: int = 0
     skipped: int = 0
     interrupted: int = 0
+    stopped: int = 0  # by the early_stop rule (A2)
     requeued: int = 0
     not_run: int = 0
     failures: List[Failure] = field(default_factory=list)
@@ -86,17 +89,23 @@ class Scheduler:
         self._running: Set[Process] = set()
         self._enders: List[threading.Thread] = []
         self._width: Optional[int] = None  # of the command names, once the first tasks are there
+        # Watches the logs and ends the experiments the early_stop rule stops (A2).
+        self.early = Monitor(config.early_stop, args.grace) if config.early_stop is not None else None
 
     def run(self) -> Summary:
         """The workers of each machine (this one, each host): one per place, or per_gpu of them per
         place with `gpu:`. A host's workers wait while it is away; each takes a place on its machine."""
         threads = [threading.Thread(target=self._worker, args=(machine,), daemon=True)
                    for machine in self.allocator.machines for _ in range(self.allocator.workers(machine))]
+        if self.early is not None:
+            self.early.start(list(self.plan.tasks), lambda task: self.reviews[task.index].stat, self.args.no_subdir)
         for thread in threads:
             thread.start()
         for thread in threads:
             while thread.is_alive():
                 thread.join(0.2)  # short joins keep the main thread free for signal handlers
+        if self.early is not None:
+            self.early.close()
         for ender in list(self._enders):
             ender.join()
         if not self.stopping.is_set():
@@ -273,7 +282,9 @@ class Scheduler:
             param = None
             if attempt == 0:
                 self.console.print(f"START   {info}")
+            watched = self.early is not None and self.early.watch(command, task.output, claim.log, claim.process)
             outcome = wait_for(claim.process, self.args.timeout, self.args.grace)
+            decision = self.early.forget(task.output) if watched else None
             with self._lock:
                 self._running.discard(claim.process)
             self._collect(executor, task)
@@ -288,6 +299,8 @@ class Scheduler:
                 self._count("interrupted", 1)
                 self.console.print(f"STOP    {info}")
                 return STOPPED
+            if decision is not None and outcome.code != 0:
+                return self._stopped_early(experiment, task, command, decision, outcome.seconds, later, info)
             if outcome.code == 0:
                 self.console.ended_command(FINISHED, outcome.seconds)
                 self._notes(experiment.finish(command, FINISHED, outcome.seconds))
@@ -336,6 +349,17 @@ class Scheduler:
             self.pool.close()
             self.console.print("--fail-fast: no new command starts; running ones finish")
         return FAIL
+
+    def _stopped_early(self, experiment: Experiment, task: Task, command: str, decision, seconds: float,
+                       later: List[str], info: str) -> str:
+        """Record a command the early_stop rule ended, with what decided it; its task is done (A2)."""
+        self.console.ended_command(STOPPED_EARLY, seconds)
+        self._notes(experiment.finish(command, STOPPED_EARLY, seconds, decision.reason(), later, decision.record()))
+        with self._lock:
+            self.summary.stopped += 1
+            self.summary.skipped += len(later)
+        self.console.print(f"STOPPED {info} ({decision.reason()})")
+        return EARLY
 
     def _fail_untracked(self, task: Task, error: Exception) -> None:
         with self._lock:

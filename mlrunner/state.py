@@ -27,10 +27,11 @@ from .sweep import safe_name
 PARAM, STAT = "param", "stat"
 RUNS = "_runs"  # stat's per-command history: every run, its worker, times, status and owner
 FINISHED, FAILED, RUNNING, INTERRUPTED, SKIPPED = "finished", "failed", "running", "interrupted", "skipped"
+STOPPED = "stopped"  # ended by an early_stop rule (A2): done, as a rerun sees it, unless --rerun-stopped
 CHANGED = "changed"  # shown by --dry-run and --status for a finished command whose config changed (I2)
 RUN = "run"  # the verdict of a claim that started its command
 MAX_RUNS = 20  # runs of one command kept in `_runs`, the newest
-ENDED = (FINISHED, FAILED)  # records that must survive a reset before the task goes on (I5)
+ENDED = (FINISHED, FAILED, STOPPED)  # records that must survive a reset before the task goes on (I5)
 FSYNC = os.environ.get("MLRUNNER_FSYNC", "1") != "0"  # 0: no fsync, for benchmarks and scratch runs
 
 def _read(path: str) -> bytes:
@@ -280,8 +281,9 @@ class Experiment:
         return Claim(RUN, process, reserved, notes)
 
     def finish(self, command: str, status: str, seconds: Optional[float] = None, reason: Optional[str] = None,
-               skipped: Optional[List[str]] = None) -> List[str]:
-        """Record how a command ended (and mark the task's later ones skipped); returns notes."""
+               skipped: Optional[List[str]] = None, details: Optional[Dict[str, Any]] = None) -> List[str]:
+        """Record how a command ended (and mark the task's later ones skipped); returns notes.
+        `details` go into the run's record (an early stop's decision: A2)."""
         notes: List[str] = []
         with locked(self.directory):
             stat = self._load(self.stat_path, notes)
@@ -297,6 +299,8 @@ class Experiment:
                 run["seconds"] = round(seconds, 3)
             if reason:
                 run["reason"] = reason
+            if details:
+                run.update(details)
             stat[command] = status
             for later in skipped or []:
                 stat[later] = SKIPPED

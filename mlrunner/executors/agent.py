@@ -24,6 +24,7 @@ agent exits.
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -46,6 +47,11 @@ _lock = threading.Lock()  # guards _groups and _temporary
 _groups = {}  # request id -> Popen of a command whose group may still have processes
 _temporary = set()  # bundle files this agent made: the only paths `discard` removes
 _ending = threading.Event()
+FOLLOW_EVERY = 0.2  # seconds between two reads of the logs an early_stop rule follows (A2)
+_follow_lock = threading.Lock()  # guards the three below; never held while taking _lock
+_follows = {}  # request id -> logwatch.LogWatch of that command's log
+_exited = set()  # request ids whose exit was reported: a late `follow` reads the log to its end at once
+_follower = []  # [True] while the thread that polls _follows runs
 
 
 def send(message):
@@ -81,6 +87,12 @@ def watch(ident, process):
     """Report the exit at once; reap the leader (and forget the group) only when the group is empty."""
     info = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
     code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+    with _follow_lock:  # the log's last values before the exit, so the runner has them all when it ends
+        _exited.add(ident)
+        reader = _follows.pop(ident, None)
+        pairs = reader.poll(final=True) if reader is not None else []
+        if pairs:
+            send({"id": ident, "metric": pairs})
     send({"id": ident, "exit": code})
     while members(process.pid):  # a /proc scan: a few ms, so not too often
         time.sleep(0.5)
@@ -123,6 +135,36 @@ def signal_command(request):
         except (ProcessLookupError, PermissionError):
             pass
     return {"known": True}
+
+
+def follow(request):
+    """Read a command's log here, where it is written, for an early_stop rule (A2): its new (step,
+    value) pairs go to the runner as events, nothing else of the log crosses the link."""
+    import logwatch  # mlrunner/early_stop/watch.py: over SSH the runner defines it first, as claims
+    path = os.path.join(os.path.expanduser(request["cwd"]), request["log"])
+    reader = logwatch.LogWatch(path, re.compile(request["step"]), re.compile(request["value"]))
+    with _follow_lock:
+        if request["target"] in _exited:
+            return {"pairs": reader.poll(final=True)}
+        _follows[request["target"]] = reader
+        if not _follower:
+            _follower.append(True)
+            threading.Thread(target=follower, daemon=True).start()
+    return {"pairs": []}
+
+
+def follower():
+    """Poll the followed logs until none is left."""
+    while True:
+        time.sleep(FOLLOW_EVERY)
+        with _follow_lock:
+            if not _follows:
+                _follower.clear()
+                return
+            for ident, reader in list(_follows.items()):
+                pairs = reader.poll()
+                if pairs:
+                    send({"id": ident, "metric": pairs})
 
 
 def alive(request):
@@ -259,8 +301,8 @@ def mkdir(request):
 
 
 # Served inline: no thread to start (claims.QUICK: never one that waits for a lock).
-QUICK = ("start", "signal", "alive", "mkdir", "ping", "temporary", "discard") + claims.QUICK
-HANDLERS = {"start": start, "signal": signal_command, "alive": alive, "run": run, "list": listing,
+QUICK = ("start", "signal", "alive", "follow", "mkdir", "ping", "temporary", "discard") + claims.QUICK
+HANDLERS = {"start": start, "signal": signal_command, "alive": alive, "follow": follow, "run": run, "list": listing,
             "stat": stats, "pack": pack, "unpack": unpack, "discard": discard, "mkdir": mkdir,
             "temporary": lambda request: {"path": temporary()}, "ping": lambda request: {}, **claims.REQUESTS}
 

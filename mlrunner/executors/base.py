@@ -31,6 +31,11 @@ class Process(ABC):
     def group_alive(self) -> bool:
         """Is any process of the group still running (the shell may be gone, a child not)?"""
 
+    def follow_log(self, log: str, step_re: Any, value_re: Any) -> Any:
+        """Where the log is written on another machine: an object whose `poll(final)` gives the new
+        (step, value) pairs its host reads there (A2); None: the log is here, read it here."""
+        return None
+
     def release(self) -> None:
         """Let the command run, now that the runner has recorded it (I3); a no-op where it already
         runs (a host's agent ends what it started when the runner goes away)."""

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Pattern, Tuple
 
 from ...gpus import TIMEOUT_S
 from ...hosts import HostSpec, default_workdir
@@ -37,9 +37,11 @@ def warn(message: str) -> None:
 def agent_source() -> str:
     """The agent's code for `python3 -c`: `claims.py` first, as the module it imports."""
     claims = pkgutil.get_data("mlrunner.executors", "claims.py").decode()
+    logwatch = pkgutil.get_data("mlrunner.early_stop", "watch.py").decode()  # early_stop's log reader (A2)
     agent = pkgutil.get_data("mlrunner.executors", "agent.py").decode()
     return (f"import sys, types\nclaims = types.ModuleType('claims')\nexec({claims!r}, claims.__dict__)\n"
-            f"sys.modules['claims'] = claims\n" + agent)
+            f"sys.modules['claims'] = claims\nlogwatch = types.ModuleType('logwatch')\n"
+            f"exec({logwatch!r}, logwatch.__dict__)\nsys.modules['logwatch'] = logwatch\n" + agent)
 
 
 class Host(Machine):
@@ -149,6 +151,12 @@ class Host(Machine):
 
     # -- news from the agent --------------------------------------------------------------------
     def _on_event(self, message: Dict[str, Any]) -> None:
+        if "metric" in message:  # values an early_stop rule asked for, read on the host (A2)
+            with self._lock:
+                process = self._processes.get(message["id"])
+            if process:
+                process.take(message["metric"])
+            return
         with self._lock:
             process = self._processes.pop(message["id"], None)
         if process:
@@ -209,7 +217,7 @@ class Host(Machine):
             rpc = self._rpc
             if rpc is None:
                 raise HostLost(self.spec.name)
-            process = RemoteProcess(self.spec.name, rpc, rpc.new_id())
+            process = RemoteProcess(self.spec.name, rpc, rpc.new_id(), self.workdir)
             self._processes[process.ident] = process
         try:
             process.pgid = rpc.request("start", ident=process.ident, line=line, cwd=self.workdir, debug=debug,
@@ -287,10 +295,13 @@ class RemoteClaims:
 class RemoteProcess(Process):
     """A command started by one agent; signals go to that agent only, by the id it was started with."""
 
-    def __init__(self, host: str, rpc: Rpc, ident: int):
+    def __init__(self, host: str, rpc: Rpc, ident: int, workdir: str = ""):
         self.host = host
         self.rpc = rpc
         self.ident = ident
+        self.workdir = workdir
+        self._pairs: List[Tuple[float, float]] = []  # (step, value) the agent read from the log (A2)
+        self._pairs_lock = threading.Lock()
         self.pgid: Optional[int] = None  # its process group (and session) on the host, once started
         self.code: Optional[int] = None
         self.lost = False
@@ -318,6 +329,26 @@ class RemoteProcess(Process):
             return bool(self.rpc.request("alive", target=self.ident)["alive"])
         except (HostLost, HostError):
             return False
+
+    def follow_log(self, log: str, step_re: Pattern[str], value_re: Pattern[str]) -> "RemoteProcess":
+        """The agent reads the log on the host and sends its new values; this object gives them out."""
+        try:
+            reply = self.rpc.request("follow", target=self.ident, log=log, cwd=self.workdir,
+                                     step=step_re.pattern, value=value_re.pattern)
+            self.take(reply.get("pairs") or [])
+        except (HostLost, HostError):
+            pass  # the host is gone: the command is lost, its task goes elsewhere
+        return self
+
+    def take(self, pairs: List[Any]) -> None:
+        with self._pairs_lock:
+            self._pairs.extend((step, value) for step, value in pairs)
+
+    def poll(self, final: bool = False) -> List[Tuple[float, float]]:
+        """The values received since the last poll (all of them by the exit: the agent sends them first)."""
+        with self._pairs_lock:
+            pairs, self._pairs = self._pairs, []
+        return pairs
 
 
 class SshExecutor(Executor):

@@ -80,7 +80,7 @@ class Rpc:
         self.lose()
 
     def _dispatch(self, message: Dict[str, Any]) -> None:
-        if "exit" in message:
+        if "exit" in message or "metric" in message:  # a command's exit, or its log's values (A2)
             self.on_event(message)
             return
         with self._replies_lock:
