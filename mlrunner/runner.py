@@ -22,10 +22,12 @@ from .detach import detach
 from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 from .executors.local import LocalExecutor
 from .gpu_policy import check_sizes
+from .provenance import Stamp, code_state
 from .report import format_orphans
 from .resume import Review, review
 from .runs import RunRecord
 from .scheduler import Scheduler, Summary
+from .snapshot import take_snapshot
 from .sweep import Plan
 from .workers import build_executors, host_specs
 
@@ -122,6 +124,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
             return EXIT_USAGE
         to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
     specs = host_specs(config, args)
+    code = code_state(".", exclude=[args.output])  # P1: asked once per run, never per command
+    snapshot, workdir, note = take_snapshot(config.code, args.output, code)  # P2 (UserError: exit 2)
     # Every check is done: from here on, things start.
     gc.freeze()  # the plan and the records read so far live to the end: the collector skips them
     gc.enable()  # off while planning (cli._planning); a run, a Slurm --wait, lasts hours
@@ -143,11 +147,17 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
         for note in verdict.notes:
             print(f"NOTE    {note}")
     print(f"Tasks: {plan.total}, commands to run: {to_run}", flush=True)
+    if note:
+        print(note, flush=True)
+    for executor in executors:
+        if isinstance(executor, LocalExecutor):
+            executor.cwd = workdir
     _copy_config(config, args.output, args.title)
     console = Console(to_run, len(executors))
     allocator = Allocator(places, config.gpu, say=console.print)
     scheduler = Scheduler(plan, config, allocator, run_time, args, reviews, console)
     scheduler.summary.hosts_left_out = unreachable
+    scheduler.stamp = Stamp(code, snapshot, gpus=config.gpu is not None)
     if streaming:
         threading.Thread(target=plan.fill, name="plan", daemon=True).start()
     handlers = {signal.SIGINT: lambda number, _frame: scheduler.stop(number),
