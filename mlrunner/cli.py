@@ -143,10 +143,9 @@ def _command(args: argparse.Namespace) -> int:
     if args.examine:
         from .report import print_examine
         return print_examine(config, args.output, args.format)
-    if config.code is not None:  # P2: a git work tree to copy; commands start there, so outputs are absolute
+    if config.code is not None:  # P2: a git work tree to copy, and an output tree the snapshot can reach
         from .snapshot import check
-        check()
-        args.output = os.path.abspath(args.output)
+        check(args.output)
     if args.wait and not (args.slurm or config.slurm is not None):
         raise UserError("--wait follows Slurm jobs: it needs --slurm or 'slurm:' in the file (a local run waits anyway)")
     for command in args.command or []:

@@ -85,12 +85,15 @@ def files_of(top: str, output: str) -> List[Entry]:
     return entries
 
 
-def check() -> str:
+def check(output: str) -> str:
     """The work tree's top, once `code: snapshot` can be honoured here; UserError (exit 2) if not."""
     top = work_tree(".")
     if top is None:
         raise UserError(f"code: snapshot needs a git work tree, and {os.getcwd()} is not in one "
                         "(or git is not on PATH): run mlrunner in your repository, or remove 'code:'")
+    if not os.path.isabs(output) and os.path.normpath(output).split(os.sep)[0] == os.pardir:
+        raise UserError(f"code: snapshot: -o {output} climbs out of the working directory, which commands "
+                        f"cannot follow from the snapshot; give it as {os.path.abspath(output)}")
     return top
 
 
@@ -150,7 +153,7 @@ def make(output: str, settings: Settings, code: Code, top: str) -> Tuple[str, in
     earlier, known = _previous(root)
     os.makedirs(root, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=f".{code.digest}.", dir=root)
-    os.chmod(temporary, 0o755)  # mkdtemp's 0700 would hide the code from the other users a host's commands run as
+    os.chmod(temporary, 0o755)  # as any directory the snapshot holds, not mkdtemp's 0700
     copied = linked = 0
     try:
         made = {""}
@@ -198,10 +201,23 @@ def _fsync_dir(path: str) -> None:
         os.close(descriptor)
 
 
-def workdir(snapshot: str, top: str) -> str:
-    """Where commands start in the snapshot: the place of the current directory in the work tree."""
+def workdir(snapshot: str, top: str, output: str) -> str:
+    """Where commands start in the snapshot: the place of the current directory in the work tree.
+    A relative `-o` is a symlink there to the output tree, relative so that it holds on a host
+    that has the same layout, so that `{_output}` and the logs land where they do without one."""
     relative = os.path.relpath(os.path.realpath(os.getcwd()), top)
-    return snapshot if relative == "." else os.path.join(snapshot, relative)
+    start = snapshot if relative == "." else os.path.join(snapshot, relative)
+    if not os.path.isabs(output):
+        link = os.path.join(start, os.path.normpath(output))
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        target = os.path.relpath(os.path.realpath(output), os.path.realpath(os.path.dirname(link)))
+        try:
+            os.symlink(target, link)
+        except FileExistsError:
+            if not os.path.islink(link):
+                raise UserError(f"code: snapshot: -o {output} is a path of the repository; name another output "
+                                "directory") from None
+    return start
 
 
 def take_snapshot(settings: Optional[Settings], output: str,
@@ -210,7 +226,7 @@ def take_snapshot(settings: Optional[Settings], output: str,
     without `code: snapshot`."""
     if settings is None:
         return None, None, None
-    top = check()
+    top = check(output)
     directory, copied, linked = make(output, settings, code, top)
     how = f"{copied} files copied, {linked} linked" if copied or linked else "made before"
-    return code.digest, workdir(directory, top), f"Code: snapshot {code.digest} ({how}): {directory}"
+    return code.digest, workdir(directory, top, output), f"Code: snapshot {code.digest} ({how}): {directory}"
