@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 GIT_TIMEOUT_S = 60.0
 DIGEST_CHARS = 16  # of a sha256: enough to tell trees apart, short enough for a table column
@@ -196,3 +196,53 @@ class Stamp:
                     pass
                 self._inventory[machine.name] = inventory
             return self._inventory[machine.name]
+
+
+# -- reading it back: --examine columns, the --status / --dry-run note -------------------------
+
+COLUMNS = ("commit", "dirty", "submodules", "node", "python", "python_version", "gpu_name", "gpu_uuid")
+
+
+def recorded(stat: Dict[str, Any]) -> Dict[str, Any]:
+    """The provenance of an experiment's newest run of a command that recorded one ({} for none)."""
+    runs = stat.get("_runs")
+    newest: Dict[str, Any] = {}
+    for value in (runs.values() if isinstance(runs, dict) else []):
+        for run in (value if isinstance(value, list) else [value]):
+            if (isinstance(run, dict) and ("commit" in run or "dirty" in run or "code" in run)
+                    and _number(run.get("start")) >= _number(newest.get("start"))):
+                newest = run
+    return {key: newest[key] for key in ("code",) + COLUMNS if key in newest}
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("-inf")
+
+
+def differs(stat: Dict[str, Any], now: Code) -> Optional[Tuple[Any, ...]]:
+    """The recorded code of a finished experiment, as a key, when it is not `now`'s; else None."""
+    if not now.known or "finished" not in stat.values():
+        return None
+    then = recorded(stat)
+    if "commit" not in then and "dirty" not in then:
+        return None  # recorded before P1, or outside git: nothing to compare
+    key = (then.get("commit"), then.get("dirty") or False, tuple(sorted((then.get("submodules") or {}).items())))
+    mine = (now.commit, now.dirty or False, tuple(sorted(now.submodules.items())))
+    return None if key == mine else key
+
+
+def code_notes(stats: Iterable[Dict[str, Any]], now: Code) -> List[str]:
+    """One line per group of finished experiments whose code is not the work tree's now (P1):
+    information only, since most edits change nothing that matters and nothing reruns for it."""
+    groups: Dict[Tuple[Any, ...], int] = {}
+    for stat in stats:
+        key = differs(stat, now)
+        if key is not None:
+            groups[key] = groups.get(key, 0) + 1
+    lines = []
+    for (commit, dirty, _), count in sorted(groups.items(), key=lambda item: -item[1]):
+        what = f"commit {commit[:12]}" if commit else "no commit"
+        what += f" with changes {dirty}" if dirty else ""
+        lines.append(f"Code: {count} finished experiment(s) ran {what}, not the code here now "
+                     "(information only: nothing reruns for it)")
+    return lines
