@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -27,6 +28,10 @@ DEFAULT_MAX_BYTES = 2 * 10 ** 9
 ALLOWED = ("snapshot", "max_size")
 _HOW = "'code: snapshot' or 'code: {snapshot: true, max_size: 5GB}'"
 
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*\Z", re.I)
+_UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
 Entry = Tuple[str, int, int, int, Optional[str]]  # name, size, mtime_ns, mode, symlink target
 
 
@@ -39,7 +44,6 @@ class Settings:
 
 def parse(raw: Any, fail: Callable[..., Exception]) -> Optional[Settings]:
     """`code: snapshot`, or the mapping form; None when it asks for no snapshot (`snapshot: false`)."""
-    from .gpu_policy import parse_size
     if raw == "snapshot":
         return Settings()
     if not isinstance(raw, dict):
@@ -51,11 +55,11 @@ def parse(raw: Any, fail: Callable[..., Exception]) -> Optional[Settings]:
         return _refuse(fail, "code: 'snapshot' must be true or false", "code", "snapshot")
     settings = Settings()
     if "max_size" in raw:
-        try:
-            settings = Settings(parse_size(raw["max_size"]) * 2 ** 20)
-        except ValueError:
+        match = _SIZE_RE.match(str(raw["max_size"])) if not isinstance(raw["max_size"], bool) else None
+        if not match:
             return _refuse(fail, f"code: max_size {raw['max_size']!r} is not a size (write e.g. 5GB)",
                            "code", "max_size")
+        settings = Settings(int(float(match.group(1)) * _UNITS[match.group(2).lower()]))
     return settings if raw.get("snapshot", True) else None
 
 
@@ -100,9 +104,16 @@ def check(output: str) -> str:
 def _size_check(entries: List[Entry], settings: Settings) -> None:
     total = sum(entry[1] for entry in entries)
     if total > settings.max_bytes:
-        raise UserError(f"code: snapshot: the work tree holds {total / 1e9:.2f} GB in {len(entries)} files, over "
-                        f"the limit of {settings.max_bytes / 1e9:g} GB; ignore data and checkpoints in .gitignore, "
+        raise UserError(f"code: snapshot: the work tree holds {_human(total)} in {len(entries)} files, over the "
+                        f"limit of {_human(settings.max_bytes)}; ignore data and checkpoints in .gitignore, "
                         "or raise it: 'code: {snapshot: true, max_size: 5GB}'")
+
+
+def _human(size: int) -> str:
+    for unit, scale in (("GB", 10 ** 9), ("MB", 10 ** 6), ("kB", 10 ** 3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def _previous(root: str) -> Tuple[str, Dict[str, List[int]]]:

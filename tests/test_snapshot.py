@@ -1,0 +1,118 @@
+"""P2: `code: snapshot` freezes the code once per run in <output>/.mlrunner/code/<digest>/ and
+every command of the run starts there: an edit or a `git checkout` during the sweep changes
+nothing for the commands still to start. Real git repos, real runs."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+from gitrepo import commit_all, git, make_repo, set_version
+from runlib import load, run, start, wait_until, write
+
+from mlrunner.provenance import code_state
+from mlrunner.snapshot import Settings, make
+
+SWEEP = ("code: snapshot\ntemplate:\n  train: python3 train.py {{gate}}\nresource: ['']\ndefault: {{gate: ''}}\n"
+         "---\n{{gate: {go}, seed: 1}}\n---\nseed: [2, 3]\n")
+
+
+def versions(output: Path) -> dict:
+    """Experiment -> (VERSION, the file it ran from) as its newest log says."""
+    found = {}
+    for directory in output.glob("*Seed_*"):
+        log = max(directory.glob("log.train.*"), key=lambda p: p.stat().st_mtime_ns)
+        _, version, _, path = log.read_text().split()
+        found[directory.name] = (int(version), path)
+    return found
+
+
+def test_P2_edit_and_checkout_during_the_sweep_change_nothing(tmp_path: Path):
+    go = tmp_path / "go"
+    repo = make_repo(tmp_path / "repo", params=SWEEP.format(go=go))
+    runner = start([], repo)
+    stats = lambda: [p.read_text() for p in (repo / "output").glob("Gate_*/stat")]  # noqa: E731
+    assert wait_until(lambda: any("running" in text for text in stats()), 30)
+    git(repo, "checkout", "-q", "-b", "other")  # a checkout and an edit while the sweep runs
+    set_version(repo, 2)
+    commit_all(repo, "version 2")
+    (repo / "helper.py").write_text("untracked, new\n")
+    go.write_text("")
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode == 0, err
+    digest = next(line.split()[2] for line in out.splitlines() if line.startswith("Code: snapshot"))
+    snapshot = (repo / "output" / ".mlrunner" / "code" / digest).resolve()
+    names = sorted(p.name for p in (repo / "output").glob("*Seed_*"))
+    assert len(names) == 3 and versions(repo / "output") == {name: (1, str(snapshot / "train.py")) for name in names}
+    for name in names:
+        assert load(repo / "output" / name / "stat")["_runs"]["train"][-1]["code"] == digest
+    assert not (snapshot / "helper.py").exists()
+    code, out, err = run(["-f"], repo)  # the next run takes the code as it is now
+    assert code == 0, err
+    assert versions(repo / "output")["Seed_2"][0] == versions(repo / "output")["Seed_3"][0] == 2
+    code, out, _ = run(["--examine"], repo)
+    header = out.splitlines()[0].split("\t")
+    assert code == 0 and "code" in header
+    assert {line.split("\t")[header.index("code")] for line in out.splitlines()[1:]} == {
+        digest, load(repo / "output" / "Seed_2" / "stat")["_runs"]["train"][-1]["code"]}
+
+
+def test_P2_snapshot_holds_the_code_links_unchanged_files_and_is_read_only(tmp_path: Path):
+    library = make_repo(tmp_path / "library")
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "submodule", "add", "-q", str(library), "lib")
+    (repo / "data").mkdir()
+    (repo / "data" / "big.bin").write_bytes(os.urandom(1 << 16))
+    (repo / "link.py").symlink_to("train.py")
+    commit_all(repo)
+    (repo / "untracked.py").write_text("X = 1\n")
+    (repo / "model.ckpt").write_text("ignored")
+    (repo / "runs").mkdir()  # an output tree that .gitignore does not name
+    (repo / "runs" / "result.txt").write_text("not code")
+    output = str(repo / "runs")
+    cwd = os.getcwd()
+    os.chdir(repo)
+    try:
+        snapshot, copied, linked = make(output, Settings(), code_state(".", [output]), str(repo))
+        files = sorted(str(p.relative_to(snapshot)) for p in Path(snapshot).rglob("*") if not p.is_dir())
+        assert files == [".gitignore", ".gitmodules", "data/big.bin", "lib/.gitignore", "lib/train.py", "link.py",
+                         "train.py", "untracked.py"]
+        assert (copied, linked) == (8, 0) and os.readlink(Path(snapshot, "link.py")) == "train.py"
+        assert stat.S_IMODE(os.stat(Path(snapshot, "train.py")).st_mode) & 0o222 == 0
+        time.sleep(0.01)
+        set_version(repo, 5)  # one file changed: one copy, the rest linked
+        second, copied, linked = make(output, Settings(), code_state(".", [output]), str(repo))
+        assert second != snapshot and (copied, linked) == (2, 6)  # train.py, and the symlink made anew
+        assert os.stat(Path(second, "data/big.bin")).st_ino == os.stat(Path(snapshot, "data/big.bin")).st_ino
+        assert os.stat(Path(second, "train.py")).st_ino != os.stat(Path(snapshot, "train.py")).st_ino
+        assert "VERSION = 1" in Path(snapshot, "train.py").read_text()
+        assert make(output, Settings(), code_state(".", [output]), str(repo)) == (second, 0, 0)  # reused
+        assert not [p for p in Path(output, ".mlrunner", "code").iterdir() if p.name.startswith(".")]  # no leftovers
+    finally:
+        os.chdir(cwd)
+
+
+def test_P2_bad_input_one_line_exit_2_nothing_written(tmp_path: Path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    write(plain, "code: snapshot\ntemplate: {train: 'true'}\nresource: ['']\n")
+    code, out, err = run([], plain)
+    assert code == 2 and "code: snapshot needs a git work tree" in err and len(err.strip().splitlines()) == 1
+    assert not (plain / "output").exists()
+    for value, message in (("snapshots", "params.yaml:1: 'code' must be"),
+                           ("{snapshot: true, max_size: lots}", "params.yaml:1: code: max_size 'lots' is not a size"),
+                           ("{snap: true}", "params.yaml:1: code: unknown key 'snap'")):
+        write(plain, f"code: {value}\ntemplate: {{train: 'true'}}\n")
+        code, _, err = run([], plain)
+        assert code == 2 and err.startswith(message), err
+    repo = make_repo(tmp_path / "repo", params="code: {snapshot: true, max_size: 10KB}\n"
+                                                "template: {train: 'true'}\nresource: ['']\n")
+    (repo / "weights.bin").write_bytes(b"0" * 20000)
+    code, _, err = run([], repo)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "20.3 kB in 4 files, over the limit of 10.0 kB" in err and "max_size: 5GB" in err and ".gitignore" in err
+    assert not (repo / "output" / "default").exists() and not list((repo / "output").glob(".mlrunner/code/*/"))
+    code, _, err = run(["-o", "../elsewhere"], repo)
+    assert code == 2 and "give it as" in err
