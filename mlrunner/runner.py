@@ -19,7 +19,7 @@ from .allocator import Allocator, Place
 from .config import Config
 from .console import Console, log_tail
 from .detach import detach
-from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
+from .errors import UserError, EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 from .executors.local import LocalExecutor
 from .gpu_policy import check_sizes
 from .provenance import Stamp, code_state
@@ -27,7 +27,7 @@ from .report import format_orphans
 from .resume import Review, review
 from .runs import RunRecord
 from .scheduler import Scheduler, Summary
-from .snapshot import take_snapshot
+from .snapshot import code_dir, take_snapshot
 from .sweep import Plan
 from .workers import build_executors, host_specs
 
@@ -125,7 +125,12 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
         to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
     specs = host_specs(config, args)
     code = code_state(".", exclude=[args.output])  # P1: asked once per run, never per command
+    if config.code is not None and specs and os.path.isabs(args.output):
+        raise UserError(f"code: snapshot with hosts needs -o relative to here (a host mirrors it under its workdir), "
+                        f"not {args.output}")
     snapshot, workdir, note = take_snapshot(config.code, args.output, code)  # P2 (UserError: exit 2)
+    for spec in specs if snapshot else []:  # hosts get the same snapshot through the code push (H13)
+        spec.code, spec.start = os.path.join(code_dir(args.output), snapshot), workdir
     # Every check is done: from here on, things start.
     gc.freeze()  # the plan and the records read so far live to the end: the collector skips them
     gc.enable()  # off while planning (cli._planning); a run, a Slurm --wait, lasts hours

@@ -9,6 +9,9 @@ import stat
 import time
 from pathlib import Path
 
+import pytest
+
+import sshd
 from gitrepo import commit_all, git, make_repo, set_version
 from runlib import load, run, start, wait_until, write
 
@@ -116,3 +119,35 @@ def test_P2_bad_input_one_line_exit_2_nothing_written(tmp_path: Path):
     assert not (repo / "output" / "default").exists() and not list((repo / "output").glob(".mlrunner/code/*/"))
     code, _, err = run(["-o", "../elsewhere"], repo)
     assert code == 2 and "give it as" in err
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    sshd.require_sshd()
+    sshd.require_paramiko()
+    started, = sshd.start_servers(1, tmp_path_factory, prefix="snap")
+    yield started
+    started.stop()
+
+
+def test_P2_H13_a_host_runs_the_same_snapshot_pushed_once(server, tmp_path: Path):
+    remote = Path(server.workdir) / "snapshot"
+    repo = make_repo(tmp_path / "repo", params=f"code: snapshot\ntemplate: {{train: python3 train.py}}\nresource: []\n"
+                                                f"hosts: {{snap1: {{workdir: {remote}}}}}\n---\nseed: [1, 2]\n")
+    env = {"HOME": str(sshd.make_home(tmp_path / "home", [server]))}
+    set_version(repo, 7)  # a dirty tree: the snapshot holds the edit, the commit does not
+    code, out, err = run([], repo, env)
+    assert code == 0, out + err
+    digest = next(line.split()[2] for line in out.splitlines() if line.startswith("Code: snapshot"))
+    assert "host snap1: pushing 4 of 4 files" in out  # .gitignore, params.yaml, train.py, the link to the output
+    there = remote / "output" / ".mlrunner" / "code" / digest
+    assert versions(repo / "output") == {f"Seed_{i}": (7, str(there / "train.py")) for i in (1, 2)}
+    set_version(repo, 1)  # the live tree differs now; the host gets what the snapshot of that run holds
+    code, out, err = run(["-f"], repo, env)
+    assert code == 0, out + err
+    second = next(line.split()[2] for line in out.splitlines() if line.startswith("Code: snapshot"))
+    assert second != digest and versions(repo / "output")["Seed_1"] == (1, str(remote / "output" / ".mlrunner" /
+                                                                          "code" / second / "train.py"))
+    set_version(repo, 7)
+    code, out, err = run(["-f"], repo, env)  # the first digest again: nothing travels
+    assert code == 0 and "host snap1: code up to date (4 files)" in out, out + err

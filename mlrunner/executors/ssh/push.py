@@ -40,12 +40,14 @@ def _walk(path: str, exclude: Sequence[str]) -> List[str]:
     return found
 
 
-def local_files(paths: Sequence[str], exclude: Sequence[str]) -> Tuple[List[Local], List[Tuple[str, str]]]:
-    """What to push from the working directory, and the symlinks refused (path, why)."""
+def local_files(paths: Sequence[str], exclude: Sequence[str],
+                plain: bool = False) -> Tuple[List[Local], List[Tuple[str, str]]]:
+    """What to push from the working directory, and the symlinks refused (path, why); `plain`:
+    every file, git or not (a code snapshot, which lies in the ignored output tree: P2)."""
     top = os.path.realpath(".")
     names: Dict[str, None] = {}
     for path in paths:
-        for name in (git_files(path) if work_tree(path) else _walk(path, exclude)):
+        for name in (git_files(path) if not plain and work_tree(path) else _walk(path, exclude)):
             names.setdefault(os.path.normpath(name).replace(os.sep, "/"), None)
     chosen: List[Local] = []
     refused: List[Tuple[str, str]] = []
@@ -83,9 +85,10 @@ def _bundles(files: Sequence[Local]) -> List[List[Local]]:
 
 
 def push(request: Callable[..., Dict[str, Any]], sftp: Any, workdir: str, spec: HostSpec) -> List[str]:
-    """Bring the host's workdir up to date with `spec.push`; returns the relative paths sent."""
+    """Bring the host's workdir up to date with `spec.push`, or with the run's code snapshot, once
+    per host and digest (P2); returns the relative paths sent."""
     began = time.monotonic()
-    files, refused = local_files(spec.push, spec.exclude)
+    files, refused = local_files([spec.code], [], plain=True) if spec.code else local_files(spec.push, spec.exclude)
     for name, why in refused:
         print(f"warning: host {spec.name}: push: refused '{name}': {why}", file=sys.stderr, flush=True)
     todo = changed(files, request("stat", root=workdir, files=[f[0] for f in files])["stats"])
