@@ -22,12 +22,12 @@ from .detach import detach
 from .errors import UserError, EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 from .executors.local import LocalExecutor
 from .gpu_policy import check_sizes
-from .provenance import Stamp, code_state
+from .provenance import Stamp
 from .report import format_orphans
 from .resume import Review, review
 from .runs import RunRecord
 from .scheduler import Scheduler, Summary
-from .snapshot import code_dir, take_snapshot
+from .snapshot import code_dir, code_for_run
 from .sweep import Plan
 from .workers import build_executors, host_specs
 
@@ -124,11 +124,10 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
             return EXIT_USAGE
         to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
     specs = host_specs(config, args)
-    code = code_state(".", exclude=[args.output])  # P1: asked once per run, never per command
     if config.code is not None and specs and os.path.isabs(args.output):
         raise UserError(f"code: snapshot with hosts needs -o relative to here (a host mirrors it under its workdir), "
                         f"not {args.output}")
-    snapshot, workdir, note = take_snapshot(config.code, args.output, code)  # P2 (UserError: exit 2)
+    code, snapshot, workdir, note = code_for_run(config.code, args)  # P1 once per run; P2 (UserError: exit 2)
     for spec in specs if snapshot else []:  # hosts get the same snapshot through the code push (H13)
         spec.code, spec.start = os.path.join(code_dir(args.output), snapshot), workdir
     # Every check is done: from here on, things start.
@@ -136,6 +135,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     gc.enable()  # off while planning (cli._planning); a run, a Slurm --wait, lasts hours
     if args.slurm or config.slurm is not None:  # the tasks go to Slurm's job arrays instead (S1)
         from .executors.slurm.submit import submit
+        if note:
+            print(note, flush=True)
         return submit(plan, config, reviews, run_time, args)
     detached = detach(args.output) if args.detach else None
     if detached is not None:  # the foreground side of --detach: the run goes on in the daemon (D1)
