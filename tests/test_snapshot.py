@@ -5,7 +5,10 @@ nothing for the commands still to start. Real git repos, real runs."""
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,9 +18,11 @@ import sshd
 from gitrepo import commit_all, git, make_repo, set_version
 from runlib import load, run, start, wait_until, write
 
+from mlrunner.errors import UserError
 from mlrunner.provenance import code_state
 from mlrunner.snapshot import Settings, make
 
+NOBODY = 65534  # `nobody` on Debian and in the CI image
 SWEEP = ("code: snapshot\ntemplate:\n  train: python3 train.py {{gate}}\nresource: ['']\ndefault: {{gate: ''}}\n"
          "---\n{{gate: {go}, seed: 1}}\n---\nseed: [2, 3]\n")
 
@@ -151,3 +156,48 @@ def test_P2_H13_a_host_runs_the_same_snapshot_pushed_once(server, tmp_path: Path
     set_version(repo, 7)
     code, out, err = run(["-f"], repo, env)  # the first digest again: nothing travels
     assert code == 0 and "host snap1: code up to date (4 files)" in out, out + err
+
+
+def test_P2_an_unreadable_file_is_one_line_and_leaves_no_snapshot(tmp_path: Path):
+    """Run as `nobody` (root reads every file): a file of the tree it cannot read stops the
+    snapshot with its name, and no half-made snapshot stays."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the snapshot as another user")
+    assert pwd.getpwuid(NOBODY).pw_name == "nobody"
+    top = Path(tempfile.mkdtemp(prefix="mlrunner-p2-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        repo = make_repo(top / "repo")
+        (repo / "secret.py").write_text("KEY = 1\n")
+        commit_all(repo)
+        for path in [repo, *repo.rglob("*")]:
+            os.lchown(path, NOBODY, NOBODY)
+        os.lchown(repo / "secret.py", 0, 0)
+        (repo / "secret.py").chmod(0o600)
+        read, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # the child: nobody, in the repo, with a home it may read
+            try:
+                os.close(read)
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                os.environ["HOME"] = str(repo)
+                os.chdir(repo)
+                output = str(repo / "output")
+                try:
+                    make(output, Settings(), code_state(".", [output]), str(repo))
+                    message = "no error"
+                except UserError as error:
+                    message = str(error)
+                os.write(write_end, message.encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read) as stream:
+            message = stream.read()
+        os.waitpid(child, 0)
+        assert message == ("code: snapshot: cannot copy secret.py: Permission denied; make it readable or ignore it "
+                           "in .gitignore")
+        assert os.listdir(repo / "output" / ".mlrunner" / "code") == []
+    finally:
+        shutil.rmtree(top)
