@@ -6,6 +6,7 @@ A git repo of --files files (default 10^4, 10 x 10 nested directories) holding -
   first   the first snapshot (every file copied), with the git calls that name it (P1);
   second  one file edited, a second snapshot (one file copied, the rest hard-linked);
   again   the same tree once more (the snapshot exists: reused, nothing written).
+Baseline: `cp -a` of the same files (the directories d0..d9) into a fresh directory.
 Disk: the blocks the output tree takes (`du`-like, a hard-linked file counted once), after each.
 Timings are medians of --repeat runs, each on a fresh copy of the output tree (the page cache is
 warm: what a second run of a sweep sees).
@@ -85,7 +86,7 @@ def main() -> int:
         print(f"repo: {options.files} files, {options.megabytes} MB, built in {time.perf_counter() - began:.1f}s")
         edited = next(repo.glob("d0/e0/*.py"))
         original = edited.read_bytes()
-        times = {"first": [], "second": [], "again": []}
+        times = {"first": [], "second": [], "again": [], "cp": []}
         sizes = {}
         os.chdir(repo)
         for attempt in range(options.repeat):
@@ -98,8 +99,15 @@ def main() -> int:
             times["second"].append(snapshot(repo, output))
             sizes["second"] = disk(output)
             times["again"].append(snapshot(repo, output))
+            copy = Path(scratch, "copy")
+            shutil.rmtree(copy, ignore_errors=True)
+            copy.mkdir()
+            began = time.perf_counter()
+            subprocess.run(["cp", "-a", *sorted(str(d) for d in repo.glob("d*")), str(copy)], check=True)
+            times["cp"].append(time.perf_counter() - began)
             print(f"run {attempt + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), file=sys.stderr)
-        for name, label in (("first", "first snapshot"), ("second", "one file changed"), ("again", "unchanged")):
+        for name, label in (("first", "first snapshot"), ("second", "one file changed"), ("again", "unchanged"),
+                            ("cp", "cp -a (baseline)")):
             print(f"{label:17s} median {statistics.median(times[name]):6.2f} s"
                   + (f", output tree {sizes[name] / 1e6:7.1f} MB on disk" if name in sizes else ""))
         print(f"second snapshot adds {(sizes['second'] - sizes['first']) / 1e6:.2f} MB")

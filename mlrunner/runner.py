@@ -19,7 +19,7 @@ from .allocator import Allocator, Place
 from .config import Config
 from .console import Console, log_tail
 from .detach import detach
-from .errors import UserError, EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
+from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UserError
 from .executors.local import LocalExecutor
 from .gpu_policy import check_sizes
 from .provenance import Stamp
@@ -127,7 +127,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     if config.code is not None and specs and os.path.isabs(args.output):
         raise UserError(f"code: snapshot with hosts needs -o relative to here (a host mirrors it under its workdir), "
                         f"not {args.output}")
-    code, snapshot, workdir, note = code_for_run(config.code, args)  # P1 once per run; P2 (UserError: exit 2)
+    # P1: asked once per run; P2: a snapshot when something will run (UserError: exit 2)
+    code, snapshot, workdir, code_line = code_for_run(config.code if to_run else None, args)
     for spec in specs if snapshot else []:  # hosts get the same snapshot through the code push (H13)
         spec.code, spec.start = os.path.join(code_dir(args.output), snapshot), workdir
     # Every check is done: from here on, things start.
@@ -135,8 +136,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     gc.enable()  # off while planning (cli._planning); a run, a Slurm --wait, lasts hours
     if args.slurm or config.slurm is not None:  # the tasks go to Slurm's job arrays instead (S1)
         from .executors.slurm.submit import submit
-        if note:
-            print(note, flush=True)
+        if code_line:
+            print(code_line, flush=True)
         return submit(plan, config, reviews, run_time, args)
     detached = detach(args.output) if args.detach else None
     if detached is not None:  # the foreground side of --detach: the run goes on in the daemon (D1)
@@ -153,8 +154,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
         for note in verdict.notes:
             print(f"NOTE    {note}")
     print(f"Tasks: {plan.total}, commands to run: {to_run}", flush=True)
-    if note:
-        print(note, flush=True)
+    if code_line:
+        print(code_line, flush=True)
     for executor in executors:
         if isinstance(executor, LocalExecutor):
             executor.cwd = workdir
