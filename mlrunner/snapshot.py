@@ -142,8 +142,9 @@ def _copy(source: str, target: str, entry: Entry, earlier: str, known: Dict[str,
         return False
     if known.get(name) == [size, mtime]:
         try:
-            os.link(os.path.join(earlier, name), target)
-            return True
+            if os.stat(os.path.join(earlier, name)).st_size == size:  # not cut short by a reset
+                os.link(os.path.join(earlier, name), target)
+                return True
         except OSError:
             pass  # gone, or too many links: a copy
     shutil.copyfile(source, target, follow_symlinks=False)
@@ -158,7 +159,11 @@ def make(output: str, settings: Settings, code: Code, top: str) -> Tuple[str, in
     root = code_dir(output)
     target = os.path.join(root, code.digest)
     if os.path.isdir(target):
-        return target, 0, 0
+        if _whole(target, os.path.join(root, f"{code.digest}.json")):
+            return target, 0, 0
+        aside = tempfile.mkdtemp(prefix=f".{code.digest}.broken.", dir=root)
+        os.rename(target, os.path.join(aside, "tree"))
+        shutil.rmtree(aside, ignore_errors=True)
     entries = files_of(top, output)
     _size_check(entries, settings)
     earlier, known = _previous(root)
@@ -193,6 +198,19 @@ def make(output: str, settings: Settings, code: Code, top: str) -> Tuple[str, in
             shutil.rmtree(temporary, ignore_errors=True)
     _fsync_dir(root)
     return target, copied, linked
+
+
+def _whole(directory: str, manifest: str) -> bool:
+    """Whether a snapshot holds every file of its manifest at its size. Files are not fsync'd one
+    by one (10^4 fsyncs would cost more than the copy): a machine reset can cut one short, and
+    such a snapshot is made again rather than run."""
+    try:
+        with open(manifest) as stream:
+            files = json.load(stream)
+        return isinstance(files, dict) and all(os.stat(os.path.join(directory, name)).st_size == entry[0]
+                                               for name, entry in files.items())
+    except (OSError, ValueError, TypeError, IndexError):
+        return False
 
 
 def _write_json(path: str, value: Any) -> None:

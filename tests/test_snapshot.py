@@ -97,6 +97,9 @@ def test_P2_snapshot_holds_the_code_links_unchanged_files_and_is_read_only(tmp_p
         assert os.stat(Path(second, "train.py")).st_ino != os.stat(Path(snapshot, "train.py")).st_ino
         assert "VERSION = 1" in Path(snapshot, "train.py").read_text()
         assert make(output, Settings(), code_state(".", [output]), str(repo)) == (second, 0, 0)  # reused
+        Path(second, "train.py").write_text("")  # a reset cut it short: made again, not run like that
+        assert make(output, Settings(), code_state(".", [output]), str(repo))[:2] == (second, 2)
+        assert "VERSION = 5" in Path(second, "train.py").read_text()
         assert not [p for p in Path(output, ".mlrunner", "code").iterdir() if p.name.startswith(".")]  # no leftovers
     finally:
         os.chdir(cwd)
