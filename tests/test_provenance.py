@@ -133,6 +133,9 @@ def test_P1_status_dry_run_and_examine_show_the_code(tmp_path: Path):
     assert code == 0 and header[header.index("commit") + 1] == "dirty", out
     assert {row[header.index("commit")] for row in rows} == {first}
     assert {row[header.index("dirty")] for row in rows} == {"no"}
+    code, out, _ = run(["--report"], repo)
+    page = (repo / "output" / "report.html").read_text()
+    assert code == 0 and '<th data-column="code">' in page and f">{first[:12]}</td>" in page
     code, out, _ = run([], repo)  # information only: nothing reruns
     assert code == 0 and "commands to run: 0" in out
 
