@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--examine", action="store_true",
                         help="print the params that differ, the 'metric' values and the status of every experiment")
     parser.add_argument("--format", choices=("tsv", "csv", "markdown"), default="tsv", help="table format for --examine")
+    parser.add_argument("--provenance", action="store_true",
+                        help="with --examine: also the git commit, changes, host, Python and GPU of each result")
     parser.add_argument("--report", nargs="?", const="", metavar="FILE",
                         help="write one HTML file (default <output>/report.html) with a timeline of the workers, "
                              "the results table, metric plots and failures; run nothing")
@@ -144,12 +146,15 @@ def _command(args: argparse.Namespace) -> int:
         hosts.select(args.hosts, hosts.parse_config(config.hosts, config.path), hosts.parse_sync(config.sync, config.path))
     if args.examine:
         from .report import print_examine
-        return print_examine(config, args.output, args.format)
+        return print_examine(config, args.output, args.format, args.provenance)
     if config.early_stop is not None:  # A1: refused where no rule can see the peers' values
         from .early_stop.settings import refuse_backend
         refusal = refuse_backend(config.early_stop, args.slurm or config.slurm is not None)
         if refusal:
             raise UserError(refusal, args.yaml)
+    if config.code is not None:  # P2: a git work tree to copy, and an output tree the snapshot can reach
+        from .snapshot import check
+        check(args.output)
     if args.wait and not (args.slurm or config.slurm is not None):
         raise UserError("--wait follows Slurm jobs: it needs --slurm or 'slurm:' in the file (a local run waits anyway)")
     for command in args.command or []:

@@ -11,7 +11,8 @@ from .errors import UserError
 from .template import Template
 from .yamldocs import Doc, read_docs
 
-ALLOWED_KEYS = ("template", "default", "resource", "alias", "hosts", "sync", "metric", "slurm", "gpu", "early_stop")
+ALLOWED_KEYS = ("template", "default", "resource", "alias", "hosts", "sync", "metric", "slurm", "gpu", "early_stop",
+                "code")
 SWEEP_RESERVED = ("_title", "_cmd")
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
 SHELL_VAR_RE = re.compile(r"\$\{([A-Za-z0-9_-]+)\}")
@@ -41,6 +42,7 @@ class Config:
     slurm: Any = None  # executors.slurm.settings.Settings when document 1 has `slurm:` (S1)
     gpu: Any = None  # allocator.GpuPolicy when document 1 has `gpu:` (G1)
     early_stop: Any = None  # early_stop.settings.Settings when document 1 has `early_stop:` (A1)
+    code: Any = None  # snapshot.Settings when document 1 asks for `code: snapshot` (P2)
     sweeps: List[Sweep] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)  # printed by the CLI; nothing stops for them
 
@@ -229,6 +231,9 @@ def load(path: str) -> Config:
     if "gpu" in data:
         from .gpu_policy import parse_policy
         config.gpu = parse_policy(data["gpu"], tuple(templates), check.fail)
+    if "code" in data:
+        from .snapshot import parse as parse_code
+        config.code = parse_code(data["code"], check.fail)
     if "slurm" in data:
         from .executors.slurm.settings import parse as parse_slurm
         config.slurm = parse_slurm(data["slurm"], path, lambda *keys: check.doc.line("slurm", *keys))

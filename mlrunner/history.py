@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .errors import UserError
 from .examine.metrics import compile_metrics, read_metric
 from .processes import owner_alive
+from .provenance import recorded
 from .state import Corrupt, read_record, runs_of
 
 TAIL_LINES = 20  # of each failed command's log
@@ -43,6 +44,7 @@ class Row:
     logs: Dict[str, str] = field(default_factory=dict)  # command -> log path of its newest run
     metrics: Dict[str, Any] = field(default_factory=dict)
     failures: List[Tuple[str, str, str]] = field(default_factory=list)  # (command, status, log path)
+    code: Dict[str, Any] = field(default_factory=dict)  # what made its newest run (P1): provenance.recorded
 
 
 def number(value: Any) -> Optional[float]:
@@ -78,7 +80,7 @@ def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tu
         return Row(name, params, "unreadable", None), []
     status_of = {str(k): str(v) for k, v in stat.items() if not str(k).startswith("_")}
     runs: List[Run] = []
-    row = Row(name, params, "pending", None)
+    row = Row(name, params, "pending", None, code=recorded(stat))
     total = 0.0
     for command, status in status_of.items():
         history = runs_of(stat, command)

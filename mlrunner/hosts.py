@@ -22,6 +22,8 @@ class HostSpec:
     workdir: Optional[str] = None
     exclude: List[str] = field(default_factory=list)  # sync globs left on the host (H5)
     push: List[str] = field(default_factory=list)  # local paths copied to the workdir first (H13)
+    code: str = ""  # the run's code snapshot (P2), relative: pushed instead of `push`
+    start: str = ""  # where in the snapshot commands start, relative like `code`
 
 
 @dataclass

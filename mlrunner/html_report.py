@@ -122,18 +122,31 @@ def _href(path: str, base: str) -> str:
 
 
 def results_table(rows: Sequence[Row], params: Sequence[str], metrics: Sequence[str], base: str) -> str:
-    """Params that differ, metrics, status, duration and log links; a click on a header sorts."""
-    headers = ["experiment", *params, *metrics, "status", "duration", "logs"]
+    """Params that differ, the code (P1, P2), metrics, status, duration and log links; a click on a
+    header sorts."""
+    code = any(row.code for row in rows)
+    headers = ["experiment", *params, *(["code"] if code else []), *metrics, "status", "duration", "logs"]
     out = ['<table id="results"><thead><tr>'
            + "".join(f'<th data-column="{_e(h)}">{_e(h)}</th>' for h in headers) + "</tr></thead><tbody>"]
     for row in rows:
         logs = " ".join(f'<a href="{_href(path, base)}">{_e(command)}</a>' for command, path in row.logs.items())
         duration = f'<td data-v="{row.seconds!r}">{_duration(row.seconds)}</td>' if row.seconds is not None else "<td></td>"
         out.append("<tr>" + _cell(row.name) + "".join(_cell(row.params.get(p)) for p in params)
+                   + (_code_cell(row.code) if code else "")
                    + "".join(_cell(row.metrics.get(m)) for m in metrics)
                    + f'<td class="status">{_e(row.status)}</td>' + duration + f"<td>{logs}</td></tr>")
     out.append("</tbody></table>")
     return "".join(out)
+
+
+def _code_cell(code: Dict[str, Any]) -> str:
+    """The snapshot's digest (P2), else the commit with `+changes` when the tree was dirty; the
+    whole record in the tooltip."""
+    commit = str(code.get("commit") or "")[:12]
+    text = code.get("code") or (commit + ("+changes" if code.get("dirty") else "") if commit or code.get("dirty") else "")
+    title = "; ".join(f"{k}: {v}" for k, v in code.items() if k in ("commit", "dirty", "code", "node", "python_version",
+                                                                     "gpu_name"))
+    return f'<td title="{_e(title)}">{_e(text)}</td>'
 
 
 def scatter(rows: Sequence[Row], param: str, metric: str) -> str:

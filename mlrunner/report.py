@@ -10,7 +10,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from .config import Config, close_placeholder
 from .errors import EXIT_OK, UserError
 from .resume import Review, review
-from .state import CHANGED, PARAM, STAT, STOPPED, Corrupt, last_run, read_record, statuses
+from .state import CHANGED, PARAM, STAT, STOPPED, Corrupt, last_run, read_record, record_path, statuses
 from .sweep import Plan
 from .template import shell_line
 
@@ -62,7 +62,30 @@ def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], ru
     changed = sum(1 for verdict in reviews if verdict.changed)
     if changed:
         print(f"Changed since they finished: {changed} experiment(s); a run needs --rerun-changed or --keep-changed")
+    try:
+        present = set(os.listdir(args.output))
+    except OSError:
+        present = set()
+    _print_code_notes(args.output, [record_path(t.output, STAT, t.name, args.no_subdir) for t in plan.tasks
+                                    if os.path.basename(record_path("", STAT, t.name, args.no_subdir)) in present
+                                    or t.name in present])
     return EXIT_OK
+
+
+def _print_code_notes(output: str, stat_paths: Iterable[str]) -> None:
+    """P1: the finished experiments whose code is not the work tree's now, one line per code."""
+    from .provenance import code_notes, code_state
+    now = code_state(".", exclude=[output])
+    if not now.known:
+        return
+    stats = []
+    for path in stat_paths:
+        try:
+            stats.append(read_record(path))
+        except (Corrupt, OSError):
+            pass  # --status warns about it on its own
+    for line in code_notes(stats, now):
+        print(line)
 
 
 def _records(output: str) -> List[Tuple[str, str]]:
@@ -157,16 +180,17 @@ def print_status(args: argparse.Namespace) -> int:
     for name, cells in rows:
         print(f"{name:<{width}}  {cells}")
     print(f"Experiments: {len(rows)}; " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    _print_code_notes(args.output, [path for _, path in records])
     return EXIT_OK
 
 
-def print_examine(config: Config, output: str, fmt: str) -> int:
-    """The no-code metrics table of E6."""
+def print_examine(config: Config, output: str, fmt: str, provenance: bool = False) -> int:
+    """The no-code metrics table of E6; with `provenance`, what made each result (P1)."""
     from .examine.metrics import examine_table
     if not os.path.isdir(output):
         raise UserError(f"no output directory '{output}' (name another with -o)")
     metrics = config.metrics
     if config.early_stop is not None and "step" not in metrics:  # A2: the last step each experiment printed
         metrics = dict(metrics, step={"command": config.early_stop.command, "regex": config.early_stop.step_re.pattern})
-    print(examine_table(output, metrics, fmt), end="")
+    print(examine_table(output, metrics, fmt, provenance=provenance), end="")
     return EXIT_OK

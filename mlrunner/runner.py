@@ -19,13 +19,15 @@ from .allocator import Allocator, Place
 from .config import Config
 from .console import Console, log_tail
 from .detach import detach
-from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
+from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UserError
 from .executors.local import LocalExecutor
 from .gpu_policy import check_sizes
+from .provenance import Stamp
 from .report import format_orphans
 from .resume import Review, review
 from .runs import RunRecord
 from .scheduler import Scheduler, Summary
+from .snapshot import code_dir, code_for_run
 from .sweep import Plan
 from .workers import build_executors, host_specs
 
@@ -124,11 +126,20 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
             return EXIT_USAGE
         to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
     specs = host_specs(config, args)
+    if config.code is not None and specs and os.path.isabs(args.output):
+        raise UserError(f"code: snapshot with hosts needs -o relative to here (a host mirrors it under its workdir), "
+                        f"not {args.output}")
+    # P1: asked once per run; P2: a snapshot when something will run (UserError: exit 2)
+    code, snapshot, workdir, code_line = code_for_run(config.code if to_run else None, args)
+    for spec in specs if snapshot else []:  # hosts get the same snapshot through the code push (H13)
+        spec.code, spec.start = os.path.join(code_dir(args.output), snapshot), workdir
     # Every check is done: from here on, things start.
     gc.freeze()  # the plan and the records read so far live to the end: the collector skips them
     gc.enable()  # off while planning (cli._planning); a run, a Slurm --wait, lasts hours
     if args.slurm or config.slurm is not None:  # the tasks go to Slurm's job arrays instead (S1)
         from .executors.slurm.submit import submit
+        if code_line:
+            print(code_line, flush=True)
         return submit(plan, config, reviews, run_time, args)
     detached = detach(args.output) if args.detach else None
     if detached is not None:  # the foreground side of --detach: the run goes on in the daemon (D1)
@@ -147,11 +158,17 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     if config.early_stop is not None:
         print(config.early_stop.describe())
     print(f"Tasks: {plan.total}, commands to run: {to_run}", flush=True)
+    if code_line:
+        print(code_line, flush=True)
+    for executor in executors:
+        if isinstance(executor, LocalExecutor):
+            executor.cwd = workdir
     _copy_config(config, args.output, args.title)
     console = Console(to_run, len(executors))
     allocator = Allocator(places, config.gpu, say=console.print)
     scheduler = Scheduler(plan, config, allocator, run_time, args, reviews, console)
     scheduler.summary.hosts_left_out = unreachable
+    scheduler.stamp = Stamp(code, snapshot, gpus=config.gpu is not None)
     if streaming:
         threading.Thread(target=plan.fill, name="plan", daemon=True).start()
     handlers = {signal.SIGINT: lambda number, _frame: scheduler.stop(number),

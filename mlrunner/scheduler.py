@@ -21,6 +21,7 @@ from .early_stop.monitor import Monitor
 from .executors.base import Executor, HostLost, Machine, Process, wait_for
 from .gpu_policy import OOM_TRIES, gib, oom_in_log
 from .pool import Pool
+from .provenance import Stamp
 from .resume import Memory, Review
 from .state import FAILED, FINISHED, INTERRUPTED, RUN, STOPPED as STOPPED_EARLY, Experiment
 from .sweep import Plan, Task
@@ -91,6 +92,7 @@ class Scheduler:
         self._width: Optional[int] = None  # of the command names, once the first tasks are there
         # Watches the logs and ends the experiments the early_stop rule stops (A2).
         self.early = Monitor(config.early_stop, args.grace) if config.early_stop is not None else None
+        self.stamp: Optional[Stamp] = None  # what each command's `_runs` entry records of its code (P1)
 
     def run(self) -> Summary:
         """The workers of each machine (this one, each host): one per place, or per_gpu of them per
@@ -271,7 +273,8 @@ class Scheduler:
             claim = experiment.start(
                 command, rerun=rerun or attempt > 0, worker=executor.label, log=log, param=param,
                 line=lambda path: shell_line(line, executor.resource, path, self.args.debug),
-                launch=lambda script: self._launch(lease, script), grace=self.args.grace)
+                launch=lambda script: self._launch(lease, script), grace=self.args.grace,
+                extra=self.stamp.fields(executor) if self.stamp else None)
             for note in claim.notes:
                 self.console.print(f"NOTE    {note}")
             if claim.verdict == FINISHED:

@@ -245,12 +245,14 @@ class Experiment:
         self.stat_written = ordered
 
     def start(self, command: str, *, rerun: bool, worker: str, log: str, line: Callable[[str], str],
-              launch: Callable[[str], Any], param: Optional[Dict[str, Any]] = None, grace: float = 10.0) -> Claim:
+              launch: Callable[[str], Any], param: Optional[Dict[str, Any]] = None, grace: float = 10.0,
+              extra: Optional[Dict[str, Any]] = None) -> Claim:
         """Claim a command and start it, in one locked step, unless it finished or a live run has it.
 
         `line(log)` is the shell line for the log this claim reserves; `launch(line)` starts it.
         `param`, given at a task's first start in this run, is written before the command starts.
         A `running` left by a dead run whose process group still lives is ended first (I3).
+        `extra`: more of the run's entry (its provenance, P1).
         """
         notes: List[str] = []
         with locked(self.directory):
@@ -270,7 +272,7 @@ class Experiment:
                 scripts = dict(param.get("_scripts") or {}, **{command: script})
                 self._write_param(dict(param, _scripts=scripts), notes)
             process = launch(script)
-            run = dict(OWNER, worker=worker, start=round(time.time(), 3), status=RUNNING, log=reserved)
+            run = dict(OWNER, worker=worker, start=round(time.time(), 3), status=RUNNING, log=reserved, **(extra or {}))
             pgid = getattr(process, "pgid", None)
             if pgid is not None:
                 run.update(pgid=pgid, pgid_start=process_start(pgid))

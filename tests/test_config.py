@@ -61,7 +61,7 @@ def test_C2_every_allowed_key_loads(load_config):
     assert config.sync == {"exclude": ["*.pt"]}
     assert config.metrics["acc"]["command"] == "test"
     assert set(ALLOWED_KEYS) == {"template", "default", "resource", "alias", "hosts", "sync", "metric", "gpu",
-                                 "slurm", "early_stop"}
+                                 "slurm", "early_stop", "code"}
 
 
 def test_C2_resource_auto_and_absent(load_config):

@@ -518,3 +518,25 @@ def test_status_says_when_the_queue_cannot_be_asked_and_goes_on_S2(tmp_path):
     code, out, err = runlib.run(["--status"], tmp_path, env={"PATH": str(tmp_path / "no-slurm-here")})
     assert code == 0, err
     assert out.startswith("Slurm jobs on output: the queue cannot be asked (squeue is not on PATH")
+
+
+def test_P2_elements_run_the_snapshot_of_their_submission(slurm, tmp_path):
+    """`code: snapshot` with Slurm: the code is frozen when the driver submits; an element that
+    starts after an edit and a commit still runs the submitted code, from the snapshot."""
+    from gitrepo import commit_all, make_repo, set_version
+    go = tmp_path / "go"
+    repo = make_repo(tmp_path / "repo", params=f"code: snapshot\ntemplate:\n  train: while [ ! -e {{go}} ]; do sleep "
+                                                f"0.1; done; python3 train.py\ndefault: {{go: {go}}}\nslurm: {{cpus: 1}}\n"
+                                                "---\nseed: [1, 2]\n")
+    code, out, err = mlrunner(slurm, [], repo)
+    assert code == 0, out + err
+    digest = next(line.split()[2] for line in out.splitlines() if line.startswith("Code: snapshot"))
+    set_version(repo, 2)
+    commit_all(repo, "version 2 while the jobs wait")
+    go.write_text("")
+    slurm.wait_idle()
+    snapshot = (repo / "output" / ".mlrunner" / "code" / digest).resolve()
+    for seed in (1, 2):
+        log, = (repo / "output" / f"Seed_{seed}").glob("log.train.*")
+        assert log.read_text().split() == ["VERSION", "1", "FROM", str(snapshot / "train.py")]
+        assert stat(repo / "output" / f"Seed_{seed}")["_runs"]["train"][-1]["code"] == digest

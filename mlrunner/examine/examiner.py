@@ -69,7 +69,8 @@ def experiment_names(output: Union[str, Path], regex: str = ".*") -> List[str]:
     """The names of the subdirectories of `output` that `re.search` `regex`, sorted."""
     pattern = re.compile(regex)
     with os.scandir(output) as entries:
-        return sorted(entry.name for entry in entries if entry.is_dir() and pattern.search(entry.name))
+        return sorted(entry.name for entry in entries  # `.mlrunner`: the code snapshots (P2)
+                      if entry.is_dir() and not entry.name.startswith(".") and pattern.search(entry.name))
 
 
 def experiment_dirs(output: Union[str, Path], regex: str = ".*") -> List[Path]:

@@ -21,6 +21,7 @@ import yaml
 
 from .. import records, state
 from ..index import Index, signature
+from ..provenance import COLUMNS, recorded
 from .examiner import Examiner, Experiment, experiment_names, latest_log, varying_params
 
 FORMATS = ("tsv", "csv", "markdown")
@@ -66,32 +67,38 @@ def read_metric(output_dir: Union[str, Path], command: str, regex: Union[str, Pa
 
 
 def status_of(output_dir: Union[str, Path]) -> str:
+    return status_and_code(output_dir)[0]
+
+
+def status_and_code(output_dir: Union[str, Path]) -> Tuple[str, Dict[str, Any]]:
     """One word or a short list for an experiment's `stat`, so the table stays one line per row.
 
     `finished` (or `failed`, `running`, ...) when every command has that status;
     otherwise each command with its own, in the file's order: `avg:failed test:skipped
     train:finished`. `pending` when no command has started (no `stat` yet) and `unreadable`
-    when the file is corrupt. `_`-keys (such as `_runs`) are details, not commands.
+    when the file is corrupt. `_`-keys (such as `_runs`) are details, not commands. Beside it,
+    the code that made the experiment's newest run (P1).
     """
     try:
         with open(Path(output_dir, "stat"), encoding="utf-8", errors="replace") as stream:
             data = records.loads(stream.read())
     except FileNotFoundError:
-        return "pending"
+        return "pending", {}
     except yaml.YAMLError:
-        return "unreadable"
+        return "unreadable", {}
     if data is None:
-        return "pending"
+        return "pending", {}
     if not isinstance(data, dict):
-        return "unreadable"
+        return "unreadable", {}
     # The runner's own reading: a `running` whose owner is gone shows as `interrupted`, as in --status.
     statuses = {str(command): str(status) for command, status in state.statuses(data).items()
                 if not str(command).startswith("_")}
     if not statuses:
-        return "pending"
+        return "pending", {}
+    code = recorded(data)
     if len(set(statuses.values())) == 1:
-        return next(iter(statuses.values()))
-    return " ".join(f"{command}:{status}" for command, status in statuses.items())
+        return next(iter(statuses.values())), code
+    return " ".join(f"{command}:{status}" for command, status in statuses.items()), code
 
 
 def compile_metrics(metrics: Mapping[str, Mapping[str, str]]) -> Dict[str, Tuple[str, Pattern[str]]]:
@@ -129,7 +136,7 @@ class _IndexedRows:
         entry = self.index.get(name, Index.digest(files, self.spec))
         row = entry[1] if entry else None  # a row is all its experiment's own: nothing shared
         if _row(row) and all(log is None or list(signature(log[0])) == log[1] for log in row[3]):
-            return Experiment(cache={"status": row[2]}, metric=row[1], param=row[0])
+            return Experiment(cache={"status": row[2], "code": row[4]}, metric=row[1], param=row[0])
         self.files[name] = files
         return None
 
@@ -140,7 +147,7 @@ class _IndexedRows:
             log = latest_log(command, directory)
             logs.append([str(log), list(signature(str(log)))] if log else None)
             experiment.metric[name] = read_metric(directory, command, pattern, log) if log else None
-        experiment.cache["status"] = status_of(directory)
+        experiment.cache["status"], experiment.cache["code"] = status_and_code(directory)
 
     def keep(self, name: str, experiment: Optional[Experiment]) -> None:
         status = experiment.cache.get("status") if experiment else None
@@ -149,12 +156,13 @@ class _IndexedRows:
         logs = [tuple(log[1]) for log in self.logs[name] if log is not None]
         self.index.put(name, Index.digest(self.files[name], self.spec), self.files[name] + logs, None,
                        [{k: v for k, v in experiment.param.items() if not str(k).startswith("_")},  # all a table shows
-                        experiment.metric, status, self.logs[name]])
+                        experiment.metric, status, self.logs[name], experiment.cache.get("code") or {}])
 
 
 def _row(row: Any) -> bool:
-    """Whether an index entry is what `_IndexedRows.keep` makes: [params, metrics, status, logs]."""
-    return (type(row) is list and len(row) == 4 and type(row[0]) is dict and type(row[1]) is dict
+    """Whether an index entry is what `_IndexedRows.keep` makes: [params, metrics, status, logs, code]."""
+    return (type(row) is list and len(row) == 5 and type(row[0]) is dict and type(row[1]) is dict
+            and type(row[4]) is dict
             and type(row[3]) is list and all(log is None or (type(log) is list and len(log) == 2
                                                              and type(log[0]) is str) for log in row[3]))
 
@@ -189,9 +197,10 @@ def render(headers: List[str], rows: List[List[Any]], fmt: str = "tsv") -> str:
 
 
 def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: str = "tsv", *,
-                  regex: str = ".*", workers: int = 0) -> str:
+                  regex: str = ".*", workers: int = 0, provenance: bool = False) -> str:
     """The `--examine` table of every experiment under `output`: its directory (as the console
-    names it), the params that differ, the metrics in the order given, then `status`. Notes about
+    names it), the params that differ, `code` (the snapshot it ran, P2) when any has one, the
+    metrics in the order given, then `status`; with `provenance`, what else made it (P1). Notes about
     skipped directories go to stderr so that the table on stdout can be redirected as it is.
     """
     if fmt not in FORMATS:
@@ -217,9 +226,19 @@ def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: st
     names = sorted(examiner.experiments)
     experiments = [examiner.experiments[name] for name in names]
     params = varying_params(experiments)
-    headers = ["experiment"] + params + list(compiled) + ["status"]
+    codes = [experiment.cache.get("code") or {} for experiment in experiments]
+    extra = (["code"] if any("code" in code for code in codes) else []) + (list(COLUMNS) if provenance else [])
+    headers = ["experiment"] + params + extra + list(compiled) + ["status"]
     rows = [[name] + [experiment.param.get(key) for key in params]
+            + [_provenance_cell(code.get(key)) for key in extra]
             + [experiment.metric.get(metric) for metric in compiled]
             + [experiment.cache.get("status")]
-            for name, experiment in zip(names, experiments)]
+            for name, experiment, code in zip(names, experiments, codes)]
     return render(headers, rows, fmt)
+
+
+def _provenance_cell(value: Any) -> Any:
+    """A cell of the P1 columns: submodules as `path@commit`, a clean tree's `dirty` as `no`."""
+    if isinstance(value, dict):
+        return " ".join(f"{path}@{str(commit)[:12]}" for path, commit in sorted(value.items()))
+    return "no" if value is False else value

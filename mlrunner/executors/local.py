@@ -80,6 +80,7 @@ class LocalExecutor(Executor):
     machine = LOCAL
 
     bash = shutil.which("bash") or "bash"  # looked up once, not along PATH at every start
+    cwd: Optional[str] = None  # where commands start: the run's code snapshot (P2), else here
 
     def __init__(self, resource: str):
         self.resource = resource
@@ -103,7 +104,8 @@ class LocalExecutor(Executor):
         guarded = f"read -r _ <&{gate} || exit 125; exec {gate}<&-\n{line}"
         argv = [self.bash, "-o", "pipefail", "-c", guarded] if debug else [self.bash, "-c", guarded]
         try:
-            popen = subprocess.Popen(argv, env=self.env, stdin=STDIN, start_new_session=True, pass_fds=(gate,))
+            popen = subprocess.Popen(argv, env=self.env, stdin=STDIN, start_new_session=True, pass_fds=(gate,),
+                                     cwd=self.cwd)
         except BaseException:
             os.close(held)
             raise

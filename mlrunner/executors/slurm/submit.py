@@ -29,7 +29,7 @@ from .submission import DIRECTORY, Chunk, Submission, submissions, write_manifes
 
 # The args an element needs to run its task as a local run would; the rest is the driver's.
 ELEMENT_ARGS = ("output", "title", "command", "force", "rerun_changed", "keep_changed", "fail_fast", "debug",
-                "no_subdir", "retry", "timeout", "grace", "yaml")
+                "no_subdir", "retry", "timeout", "grace", "yaml", "frozen_code")
 
 
 def entry() -> List[str]:

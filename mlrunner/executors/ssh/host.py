@@ -56,6 +56,7 @@ class Host(Machine):
         self.up = False
         self.given_up = False
         self.workdir = ""
+        self.start_dir = ""  # where commands start: the workdir, or the run's code snapshot there (P2)
         self.agent_pid = 0  # on the host, from the agent's hello
         self._client: Any = None
         self._sftp: Any = None
@@ -76,7 +77,7 @@ class Host(Machine):
             workdir = self.spec.workdir or default_workdir(os.getcwd(), os.path.expanduser("~"))
             workdir = rpc.request("mkdir", path=workdir)["path"]
             sftp = client.open_sftp()
-            if self.spec.push:
+            if self.spec.push or self.spec.code:
                 from .push import push
                 push(rpc.request, sftp, workdir, self.spec)
         except BaseException:
@@ -84,6 +85,7 @@ class Host(Machine):
             raise
         with self._lock:
             self._client, self._sftp, self._rpc, self.workdir, self.up = client, sftp, rpc, workdir, True
+            self.start_dir = f"{workdir}/{self.spec.start}" if self.spec.start else workdir
         if rpc.closed.is_set():  # lost while connecting, when its news did not concern us yet
             self._on_lost(rpc)
 
@@ -220,7 +222,7 @@ class Host(Machine):
             process = RemoteProcess(self.spec.name, rpc, rpc.new_id(), self.workdir)
             self._processes[process.ident] = process
         try:
-            process.pgid = rpc.request("start", ident=process.ident, line=line, cwd=self.workdir, debug=debug,
+            process.pgid = rpc.request("start", ident=process.ident, line=line, cwd=self.start_dir, debug=debug,
                                        env={"CUDA_VISIBLE_DEVICES": resource})["pid"]
         except HostLost:
             process.finish(None)

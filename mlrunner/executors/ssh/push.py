@@ -1,7 +1,7 @@
 """Code push (SPEC H13): copy local paths into a host's workdir before its first command.
 
 Which files: inside a git work tree, those git tracks or that are untracked but not ignored
-(`git ls-files --cached --others --exclude-standard`); elsewhere every file but `sync.exclude`.
+(`provenance.git_files`, which snapshots share: P2); elsewhere every file but `sync.exclude`.
 Only files whose size or mtime (nanoseconds) differ on the host travel, as tar bundles over SFTP
 that the agent unpacks. A symlink travels as a symlink when it points inside the working
 directory; one that points outside is refused and reported.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -20,28 +19,12 @@ import time
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from ...hosts import HostSpec
+from ...provenance import git_files, work_tree
 from .login import HostError
 
 BUNDLE_BYTES = 256 << 20  # a bundle closes past this size, so that no temporary file grows without bound
 
 Local = Tuple[str, int, int, str]  # relative path, size, mtime_ns, kind ("f" or "l")
-
-
-def _git_files(path: str) -> List[str]:
-    """The files git would push under `path`, or raises OSError/CalledProcessError outside git."""
-    done = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", path],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True)
-    return [name for name in done.stdout.decode().split("\0") if name]
-
-
-def _in_git(path: str) -> bool:
-    try:
-        done = subprocess.run(["git", "-C", path if os.path.isdir(path) else os.path.dirname(path) or ".",
-                               "rev-parse", "--is-inside-work-tree"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    except OSError:  # no git here: every file but the excluded ones
-        return False
-    return done.returncode == 0 and done.stdout.strip() == b"true"
 
 
 def _walk(path: str, exclude: Sequence[str]) -> List[str]:
@@ -57,12 +40,14 @@ def _walk(path: str, exclude: Sequence[str]) -> List[str]:
     return found
 
 
-def local_files(paths: Sequence[str], exclude: Sequence[str]) -> Tuple[List[Local], List[Tuple[str, str]]]:
-    """What to push from the working directory, and the symlinks refused (path, why)."""
+def local_files(paths: Sequence[str], exclude: Sequence[str],
+                plain: bool = False) -> Tuple[List[Local], List[Tuple[str, str]]]:
+    """What to push from the working directory, and the symlinks refused (path, why); `plain`:
+    every file, git or not (a code snapshot, which lies in the ignored output tree: P2)."""
     top = os.path.realpath(".")
     names: Dict[str, None] = {}
     for path in paths:
-        for name in (_git_files(path) if _in_git(path) else _walk(path, exclude)):
+        for name in (git_files(path) if not plain and work_tree(path) else _walk(path, exclude)):
             names.setdefault(os.path.normpath(name).replace(os.sep, "/"), None)
     chosen: List[Local] = []
     refused: List[Tuple[str, str]] = []
@@ -100,9 +85,10 @@ def _bundles(files: Sequence[Local]) -> List[List[Local]]:
 
 
 def push(request: Callable[..., Dict[str, Any]], sftp: Any, workdir: str, spec: HostSpec) -> List[str]:
-    """Bring the host's workdir up to date with `spec.push`; returns the relative paths sent."""
+    """Bring the host's workdir up to date with `spec.push`, or with the run's code snapshot, once
+    per host and digest (P2); returns the relative paths sent."""
     began = time.monotonic()
-    files, refused = local_files(spec.push, spec.exclude)
+    files, refused = local_files([spec.code], [], plain=True) if spec.code else local_files(spec.push, spec.exclude)
     for name, why in refused:
         print(f"warning: host {spec.name}: push: refused '{name}': {why}", file=sys.stderr, flush=True)
     todo = changed(files, request("stat", root=workdir, files=[f[0] for f in files])["stats"])
