@@ -5,29 +5,22 @@ agent (`agent.py`) serves `REQUESTS` for a remote one, holding that machine's cl
 that a remote run and a local run by anyone on that machine read and write the same claims.
 
 A claim is {"uuid", "mib", "sid"}: a GPU, the memory reserved on it, and the session of the
-command that holds it (its processes' memory in nvidia-smi's list is then ours, not another
-user's). Each claim is a file flocked by the process that holds it, for as long as the command
-runs; the kernel drops the lock of a process that dies, and the next reader of its user removes it.
+command that holds it (its processes' memory in nvidia-smi's list is then ours). Each claim is a
+file flocked by the process that holds it while the command runs; the kernel drops the lock of a
+process that dies, and the next reader of the same user removes the file.
 
-Every local user can write where the claims are, open them, hold flocks and name any pid. Such a
-user may make a run more careful (a live claim of theirs counts, as memory they hold would), never
-hang it, crash it, fail its tasks, or make it start more than fits:
-- There is no directory to squat: claims are files in /tmp itself (root's, sticky: nobody removes
-  another user's files). A `MLRUNNER_LOCK_DIR` must be root's or the runner's user's, and sticky
-  when others may write in it; `trouble` says otherwise in one line that names the fix.
-- The machine's lock is a flock on the directory itself (no file to replace by a link or a FIFO),
-  awaited LOCK_WAIT at most: a decision then goes ahead without it, with one warning.
-- Only regular files named `mlrunner-gpu-*.claim` are read, never following a link or blocking,
-  MAX_BYTES at most; anything else (a FIFO, a directory, bad JSON, Infinity) is ignored, with one
-  warning.
-- A claim names its owner's uid, its holder's pid and that process's start time. It counts while
-  its file is flocked and its holder lives and belongs to the file's owner: a user can vouch for
-  their own processes only. Where /proc hides other users' processes (hidepid) the flock alone
-  vouches, as it proves that some process holds the claim.
-- Names are random, and a claim is written under a hidden name, then linked into place whole and
-  flocked: no reader sees half of one, and a guessed name cannot fail a grant. Modes are set with
-  fchmod, whatever the umask. A claim that cannot be written (a full disk) is kept in this process,
-  with a warning: the run goes on, its claim seen by itself only.
+Any local user can write beside the claims, open them, hold flocks and name any pid; they may make
+a run more careful (their live claims count, as memory they hold would), never hang it, crash it,
+fail its tasks or make it start more than fits. So: claims are files in /tmp itself (root's,
+sticky), with no directory to squat, and a MLRUNNER_LOCK_DIR must be root's or yours, sticky when
+shared (`trouble`). The machine's lock is a flock on that directory (no file to swap for a link or
+a FIFO), awaited LOCK_WAIT at most, then done without. Only regular `mlrunner-gpu-*.claim` files
+are read, without following links or blocking, MAX_BYTES at most; anything else is ignored with
+one warning. A claim counts while its file is flocked and the process it names (pid and start
+time) lives and belongs to the file's owner: a user vouches for their own processes only (where
+/proc hides others' processes, the flock alone vouches). Names are random; a claim is linked into
+place whole and flocked, its modes set by fchmod whatever the umask; one that cannot be written is
+kept in this process, with a warning, and the run goes on.
 """
 
 import contextlib
@@ -35,6 +28,7 @@ import errno
 import fcntl
 import json
 import os
+import pwd
 import secrets
 import stat
 import sys
@@ -54,30 +48,23 @@ def lock_dir():
     return os.environ.get("MLRUNNER_LOCK_DIR") or LOCK_DIR
 
 
-def _stat(pid):
+def _stat_field(pid, index):
+    """A field of /proc/PID/stat after the command's name; None once the process is gone."""
     try:
         with open("/proc/%d/stat" % pid, "rb") as stream:
-            return stream.read().rsplit(b")", 1)[1].split()
+            return int(stream.read().rsplit(b")", 1)[1].split()[index])
     except (OSError, IndexError, ValueError):
         return None
 
 
 def session_of(pid):
     """A process's session (a command's session is its process group: each starts a new one); None once gone."""
-    fields = _stat(pid)
-    try:
-        return int(fields[3]) if fields else None
-    except (IndexError, ValueError):
-        return None
+    return _stat_field(pid, 3)
 
 
 def start_of(pid):
     """A process's start time (clock ticks since boot): with its pid, it names one process for good."""
-    fields = _stat(pid)
-    try:
-        return int(fields[19]) if fields else None
-    except (IndexError, ValueError):
-        return None
+    return _stat_field(pid, 19)
 
 
 def _uids_of(pid):
@@ -94,9 +81,8 @@ def _uids_of(pid):
 
 def _user(uid):
     try:
-        import pwd
         return "%s (uid %d)" % (pwd.getpwuid(uid).pw_name, uid)
-    except (ImportError, KeyError):
+    except KeyError:
         return "uid %d" % uid
 
 
@@ -148,14 +134,13 @@ def parse(data):
     uuid = value.get("uuid")
     if not isinstance(uuid, str) or not 0 < len(uuid) <= 128:
         raise ValueError("uuid is not a GPU's")
-    claim = {"uuid": uuid, "mib": _count(value.get("mib"), "mib"), "uid": _count(value.get("uid"), "uid"),
-             "pid": _count(value.get("pid"), "pid"), "start": _count(value.get("start"), "start"),
-             "sid": None if value.get("sid") is None else _count(value.get("sid"), "sid")}
+    claim = {key: _count(value.get(key), key) for key in ("mib", "uid", "pid", "start")}
+    claim.update(uuid=uuid, sid=None if value.get("sid") is None else _count(value.get("sid"), "sid"))
     return claim
 
 
 def _to_stderr(message):
-    sys.stderr.write("mlrunner: warning: %s\n" % message)
+    sys.stderr.write("warning: %s\n" % message)
     sys.stderr.flush()
 
 
@@ -209,9 +194,8 @@ class ClaimDir:
     # -- the machine's lock --------------------------------------------------------------------
     def lock(self, wait=None):
         """The machine-wide lock around one decision (read every claim, then add ours): a descriptor
-        to close, or None when someone held it for `wait` seconds (LOCK_WAIT; BUSY_WAIT while the
-        last wait ran out): the decision then goes ahead without it. Never blocks in the kernel,
-        so a run waiting here still ends on a signal."""
+        to close, or None when held by someone else for `wait` s (LOCK_WAIT; BUSY_WAIT after a wait
+        ran out), and the decision goes ahead without it. Never blocks: signals still end the run."""
         if self._fd is None:
             return None
         if wait is None:
@@ -412,10 +396,9 @@ def _lock(request):
     descriptor = claims.lock()
     if descriptor is not None:
         _decision.append(descriptor)
-    found = claims.claims()
-    warnings = list(_warnings)
+    reply = {"claims": claims.claims(), "warnings": list(_warnings)}
     del _warnings[:]
-    return {"claims": found, "warnings": warnings}
+    return reply
 
 
 def _unlock(request):
@@ -424,22 +407,12 @@ def _unlock(request):
     return {}
 
 
-def _attach(request):
-    _claim_dir().attach(request["path"], request["sid"])
-    return {}
-
-
-def _remove(request):
-    _claim_dir().remove(request["path"])
-    return {}
-
-
 REQUESTS = {
     "gpu_lock": _lock,
     "gpu_unlock": _unlock,
     "gpu_claim": lambda request: {"path": _claim_dir().add(request["claim"])},
-    "gpu_attach": _attach,
-    "gpu_unclaim": _remove,
+    "gpu_attach": lambda request: _claim_dir().attach(request["path"], request["sid"]) or {},
+    "gpu_unclaim": lambda request: _claim_dir().remove(request["path"]) or {},
     "sessions": lambda request: {"sessions": [session_of(pid) for pid in request["pids"]]},
 }
 # Served inline by the agent. Never one that waits for the machine's lock (gpu_lock): the request
