@@ -232,8 +232,12 @@ class ClaimDir:
             found = [dict(claim) for claim in self._kept.values()]
         if self._fd is None:
             return found
-        try:
-            names = os.listdir(self._fd)
+        try:  # listed through a descriptor of its own: two listings never share one offset
+            listing = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._fd)
+            try:
+                names = os.listdir(listing)
+            finally:
+                os.close(listing)
         except OSError as error:
             self.warn("list", "GPU claims: cannot list %s (%s)" % (self.path, error.strerror))
             return found
