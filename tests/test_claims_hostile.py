@@ -45,12 +45,18 @@ def users() -> Iterator[List[pwd.struct_passwd]]:
             pytest.fail("CI=true but not root (or no useradd): the tests of other users cannot run", pytrace=False)
         pytest.skip("needs root and useradd to make the other users")
     names = [f"mlrc{os.getpid() % 100000}{letter}" for letter in "ab"]
-    for name in names:
-        subprocess.run(["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", name], check=True, stdout=subprocess.PIPE)
+    made = []
     try:
+        for name in names:
+            try:
+                pwd.getpwnam(name)  # left by a run that was killed: used as it is
+            except KeyError:
+                subprocess.run(["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", name], check=True,
+                               stdout=subprocess.PIPE)
+                made.append(name)
         yield [pwd.getpwnam(name) for name in names]
     finally:
-        for name in names:
+        for name in made:
             subprocess.run(["userdel", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
