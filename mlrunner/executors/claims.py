@@ -200,7 +200,11 @@ class ClaimDir:
             return None
         if wait is None:
             wait = BUSY_WAIT if self._slow else LOCK_WAIT
-        descriptor = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._fd)
+        try:
+            descriptor = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._fd)
+        except OSError as error:  # out of descriptors, say: decided without, as when held
+            self.warn("lock", "GPU claims: cannot lock %s (%s): deciding without it" % (self.path, error.strerror))
+            return None
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -274,6 +278,9 @@ class ClaimDir:
                 return {"uuid": claim["uuid"], "mib": claim["mib"], "sid": claim["sid"]}
             if not held and info.st_uid == os.geteuid():
                 _unlink_same(self._fd, name, info)  # a dead runner's, of ours: the sticky bit lets only us
+            return None
+        except OSError as error:
+            self._odd(name, error.strerror)
             return None
         finally:
             os.close(descriptor)
