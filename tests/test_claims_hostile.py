@@ -241,6 +241,26 @@ def test_G4_a_lock_held_by_another_user_delays_a_run_by_a_bound(tmp_path, shared
     assert err.count("held the GPU claim lock") == 1, err
 
 
+def test_G4_a_remote_agent_decides_without_a_lock_held_by_another_user(shared, hostile, users):
+    """The agent's gpu_lock answers within the bound, with the warning for the console: the host is
+    not lost, its tasks not failed."""
+    from test_agent import Agent
+    hostile(users[0], _lock_everything(shared))
+    agent = Agent(env={"MLRUNNER_LOCK_DIR": str(shared)})
+    try:
+        began = time.monotonic()
+        reply = agent.request("gpu_lock", timeout=60)
+        assert "error" not in reply and reply["claims"] == [], reply
+        assert time.monotonic() - began < claims_module.LOCK_WAIT + 5
+        assert len(reply["warnings"]) == 1 and "held the GPU claim lock" in reply["warnings"][0], reply
+        claim = {"uuid": "GPU-0000", "mib": 2048, "sid": None}
+        assert "error" not in agent.request("gpu_claim", claim=claim)
+        agent.request("gpu_unlock")
+        assert ClaimDir(str(shared)).claims() == [claim]
+    finally:
+        agent.stop()
+
+
 @pytest.mark.parametrize("number, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_G4_a_run_waiting_for_a_held_lock_still_ends_on_a_signal(tmp_path, shared, hostile, users, number, code):
     hostile(users[0], _lock_everything(shared))
