@@ -20,6 +20,7 @@ from .config import Config
 from .console import Console, log_tail
 from .detach import detach
 from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UserError
+from .executors.claims import lock_dir, trouble as claims_trouble
 from .executors.local import LocalExecutor
 from .gpu_policy import check_sizes
 from .provenance import Stamp
@@ -122,6 +123,9 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
                          on_change=on_change, rerun_stopped=args.rerun_stopped)
         if config.gpu is not None:
             check_sizes(config.gpu, plan.tasks, config.path)
+            problem = claims_trouble(lock_dir())
+            if problem:
+                raise UserError(problem)
         if on_change == "ask" and _check_changes(plan, reviews):
             return EXIT_USAGE
         to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)

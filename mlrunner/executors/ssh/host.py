@@ -266,7 +266,10 @@ class RemoteClaims:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        self._claims = self.host._gpu_request("gpu_lock")["claims"]
+        reply = self.host._gpu_request("gpu_lock")
+        self._claims = reply["claims"]
+        for warning in reply.get("warnings", ()):  # the host's claim directory, once each (claims.py)
+            warn(f"host {self.host.name}: {warning}")
         try:
             yield
         finally:
