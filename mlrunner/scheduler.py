@@ -9,6 +9,7 @@ task goes back to the pool, H6).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -17,16 +18,20 @@ from typing import Dict, List, Optional, Set
 from .allocator import Allocator, Grant, NoPlace
 from .config import Config
 from .console import Console
+from .detach import LOG_NAME
 from .executors.base import Executor, HostLost, Machine, Process, wait_for
 from .gpu_policy import OOM_TRIES, gib, oom_in_log
 from .pool import Pool
 from .resume import Memory, Review
 from .state import FAILED, FINISHED, INTERRUPTED, RUN, Experiment
 from .sweep import Plan, Task
+from .sync import Scope
 from .template import shell_line
 
 # How a command's turn ended, as `_run_command` tells `_run_task`.
 DONE, ALREADY, BUSY, FAIL, STOPPED, LOST, OOM = "done", "already", "busy", "fail", "stopped", "lost", "oom"
+SYNC_TRIES = 3  # copies of a command's files back from its host before it is failed for want of them
+SYNC_PAUSE = 0.5  # seconds before the second copy; doubled before each next one
 
 
 @dataclass
@@ -276,7 +281,12 @@ class Scheduler:
             outcome = wait_for(claim.process, self.args.timeout, self.args.grace)
             with self._lock:
                 self._running.discard(claim.process)
-            self._collect(executor, task)
+            missing = None
+            try:
+                missing = self._collect(executor, task, claim.log)
+            except HostLost:
+                if not outcome.lost:
+                    outcome.lost, outcome.reason = True, f"host {executor.host} lost while its files were copied back"
             if outcome.lost:
                 self.console.ended_command("lost", outcome.seconds)
                 self._notes(experiment.finish(command, INTERRUPTED, outcome.seconds, outcome.reason))
@@ -288,7 +298,9 @@ class Scheduler:
                 self._count("interrupted", 1)
                 self.console.print(f"STOP    {info}")
                 return STOPPED
-            if outcome.code == 0:
+            if missing:  # never `finished` with files missing: failed, run again by --retry or the next run
+                outcome.reason = missing if outcome.code == 0 else f"{outcome.reason}; {missing}"
+            elif outcome.code == 0:
                 self.console.ended_command(FINISHED, outcome.seconds)
                 self._notes(experiment.finish(command, FINISHED, outcome.seconds))
                 self._count("finished", 1)
@@ -342,14 +354,26 @@ class Scheduler:
             self.summary.failures.append(Failure(task.output, "-", f"{type(error).__name__}: {error}"))
         self.console.print(f"FAIL    {task.output} ({type(error).__name__}: {error})")
 
-    def _collect(self, executor: Executor, task: Task) -> None:
-        """Bring a remote command's files home, partial logs included (H5)."""
-        try:
-            executor.collect(task.output)
-        except HostLost:
-            pass  # the files stay on the host; the task runs again elsewhere
-        except Exception as error:  # a failed copy must not end the run: say it and go on
-            self.console.print(f"warning: copying {task.output} back from {executor.host} failed: {error}")
+    def _collect(self, executor: Executor, task: Task, log: str) -> Optional[str]:
+        """Bring a remote command's files home, partial logs included (H5): None once they all came,
+        else why not, after SYNC_TRIES tries (the files are still on the host). HostLost when the
+        host went away: the command is not finished, its task runs again (H6)."""
+        scope = Scope(self.args.no_subdir, (os.path.basename(log),),
+                      (os.path.basename(self.config.path), LOG_NAME))
+        why = ""
+        for attempt in range(SYNC_TRIES):
+            if attempt:
+                self.stopping.wait(SYNC_PAUSE * 2 ** (attempt - 1))  # a stop does not wait for the pause
+            try:
+                executor.collect(task.output, scope)
+                return None
+            except HostLost:
+                raise
+            except Exception as error:  # a broken copy: the next try brings what is missing
+                why = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+                self.console.print(f"warning: copying {task.output} back from {executor.host} failed "
+                                   f"(try {attempt + 1} of {SYNC_TRIES}): {why}")
+        return f"its files did not come back from {executor.host}: {why}"
 
     def _count(self, what: str, number: int) -> None:
         with self._lock:

@@ -22,12 +22,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ...gpus import TIMEOUT_S
 from ...hosts import HostSpec, default_workdir
-from ...sync import pull
+from ...sync import Scope, pull
 from ..base import Executor, HostLost, Machine, Process
 from .login import CONNECT_TIMEOUT, HostError, open_client, require_paramiko
 from .rpc import Rpc
 
 BACKOFF = (1, 2, 4, 8, 15, 30)
+HELLO_MAX = 1 << 16  # bytes of the agent's first line read at most
 
 
 def warn(message: str) -> None:
@@ -95,7 +96,7 @@ class Host(Machine):
         channel.settimeout(CONNECT_TIMEOUT * 3)
         hello = b""
         try:
-            while not hello.endswith(b"\n"):
+            while not hello.endswith(b"\n") and len(hello) < HELLO_MAX:
                 data = channel.recv(4096)
                 if not data:
                     break
@@ -155,6 +156,9 @@ class Host(Machine):
             process.finish(message["exit"])
 
     def _on_lost(self, rpc: Rpc) -> None:
+        if rpc.fault and not self.given_up:  # it broke the protocol: never trusted again in this run
+            self.given_up = True
+            warn(f"host {self.spec.name}: faulty, given up: {rpc.fault}; its commands run elsewhere")
         with self._lock:
             if rpc is not self._rpc:
                 return  # an old connection's reader: the current one is not its business
@@ -162,7 +166,8 @@ class Host(Machine):
             self._rpc = None
             processes, self._processes = list(self._processes.values()), {}
             client, self._client = self._client, None
-        print(f"host {self.spec.name}: connection lost", flush=True)
+        if not rpc.fault:
+            print(f"host {self.spec.name}: connection lost", flush=True)
         for process in processes:
             process.finish(None)
         try:
@@ -222,13 +227,29 @@ class Host(Machine):
             raise
         return process
 
-    def pull(self, directory: str) -> None:
-        """Sync-back of one experiment directory; what the host offered and was refused is reported (H11)."""
-        sftp = self._sftp
+    def pull(self, directory: str, scope: Optional[Scope] = None) -> None:
+        """Sync-back of one experiment directory; what the host offered and was refused is reported (H11).
+
+        A transfer that breaks raises: HostLost when the connection under it is gone (the reader
+        may not have seen it yet), else the error, for the caller to try again.
+        """
+        sftp, client = self._sftp, self._client
         if sftp is None or not self.up:
             raise HostLost(self.spec.name)
-        with self._sftp_lock:
-            result = pull(self.request, sftp, f"{self.workdir}/{directory}", directory, self.spec.exclude)
+        try:
+            with self._sftp_lock:
+                result = pull(self.request, sftp, f"{self.workdir}/{directory}", directory, self.spec.exclude,
+                              scope or Scope())
+        except HostLost:
+            raise
+        except Exception:
+            transport = client.get_transport() if client is not None else None
+            rpc = self._rpc
+            if transport is None or not transport.is_active():
+                if rpc is not None:
+                    rpc.lose()
+                raise HostLost(self.spec.name) from None
+            raise
         for path, why in result.refused:
             warn(f"host {self.spec.name}: {directory}: refused '{path}' from the host: {why}")
 
@@ -335,8 +356,8 @@ class SshExecutor(Executor):
     def start(self, line: str, debug: bool = False) -> Process:
         return self.connection.start(line, self.resource, debug)
 
-    def collect(self, directory: str) -> None:
-        self.connection.pull(directory)
+    def collect(self, directory: str, scope: Optional[Scope] = None) -> None:
+        self.connection.pull(directory, scope)
 
     def close(self) -> None:
         self.connection.close()
