@@ -1,9 +1,10 @@
 """The scheduler: workers take tasks from the pool in order and places from the allocator (SPEC R2-R8, I3-I4).
 
-A command's life is claim+start (one locked step in `state.py`) -> wait -> record, and it ends one
-of these ways: finished, failed (exit status, timeout, or an error of ours: I4), interrupted
-(Ctrl-C, SIGTERM, SIGHUP), out of GPU memory (tried again larger: G5), or lost with its host (the
-task goes back to the pool, H6).
+A command's life is claim+start (one locked step in `state.py`) -> wait -> copy its files home ->
+record, and it ends one of these ways: finished (its files home), failed (exit status, timeout,
+files that never came, or an error of ours: I4), interrupted (Ctrl-C, SIGTERM, SIGHUP), out of GPU
+memory (tried again larger: G5), or lost with its host, also while copying (the task goes back to
+the pool, H6).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .allocator import Allocator, Grant, NoPlace
 from .config import Config
 from .console import Console
 from .detach import LOG_NAME
-from .executors.base import Executor, HostLost, Machine, Process, wait_for
+from .executors.base import Executor, HostLost, Machine, Outcome, Process, wait_for
 from .gpu_policy import OOM_TRIES, gib, oom_in_log
 from .pool import Pool
 from .resume import Memory, Review
@@ -281,12 +282,7 @@ class Scheduler:
             outcome = wait_for(claim.process, self.args.timeout, self.args.grace)
             with self._lock:
                 self._running.discard(claim.process)
-            missing = None
-            try:
-                missing = self._collect(executor, task, claim.log)
-            except HostLost:
-                if not outcome.lost:
-                    outcome.lost, outcome.reason = True, f"host {executor.host} lost while its files were copied back"
+            missing = self._collect(executor, task, claim.log, outcome)
             if outcome.lost:
                 self.console.ended_command("lost", outcome.seconds)
                 self._notes(experiment.finish(command, INTERRUPTED, outcome.seconds, outcome.reason))
@@ -354,12 +350,11 @@ class Scheduler:
             self.summary.failures.append(Failure(task.output, "-", f"{type(error).__name__}: {error}"))
         self.console.print(f"FAIL    {task.output} ({type(error).__name__}: {error})")
 
-    def _collect(self, executor: Executor, task: Task, log: str) -> Optional[str]:
+    def _collect(self, executor: Executor, task: Task, log: str, outcome: Outcome) -> Optional[str]:
         """Bring a remote command's files home, partial logs included (H5): None once they all came,
-        else why not, after SYNC_TRIES tries (the files are still on the host). HostLost when the
-        host went away: the command is not finished, its task runs again (H6)."""
-        scope = Scope(self.args.no_subdir, (os.path.basename(log),),
-                      (os.path.basename(self.config.path), LOG_NAME))
+        else why not after SYNC_TRIES tries (they are still on the host). A host lost meanwhile makes
+        the outcome `lost`: the command is not finished, its task runs again (H6)."""
+        scope = Scope(self.args.no_subdir, (os.path.basename(log),), (os.path.basename(self.config.path), LOG_NAME))
         why = ""
         for attempt in range(SYNC_TRIES):
             if attempt:
@@ -368,9 +363,11 @@ class Scheduler:
                 executor.collect(task.output, scope)
                 return None
             except HostLost:
-                raise
+                if not outcome.lost:
+                    outcome.lost, outcome.reason = True, f"host {executor.host} lost while its files were copied back"
+                return None
             except Exception as error:  # a broken copy: the next try brings what is missing
-                why = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+                why = f"{type(error).__name__}: {error}".rstrip(": ")
                 self.console.print(f"warning: copying {task.output} back from {executor.host} failed "
                                    f"(try {attempt + 1} of {SYNC_TRIES}): {why}")
         return f"its files did not come back from {executor.host}: {why}"

@@ -50,12 +50,11 @@ class Scope:
 
 def foreign(relative: str, scope: Scope) -> bool:
     """True for a host file that is not the experiment's to bring back (whatever the host put there)."""
-    name = posixpath.basename(relative)
-    if name in RECORDS or name.startswith(RUNNER):
+    top = relative.split("/")[0]
+    if top in RECORDS or top.startswith(RUNNER):
         return True
     if not scope.shared:
         return False
-    top = relative.split("/")[0]
     if top in scope.logs:
         return False
     return (top.startswith(("param.", "stat.", "log.")) or top in scope.protected

@@ -14,17 +14,51 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import sshd
-from runlib import REPO, environment, load, start, write
+from mlrunner import sync
+from runlib import environment, load, start, write
 
 BIG = 96 << 20  # bytes: an output whose copy takes long enough to be cut in the middle
+
+SHARED = sync.Scope(shared=True, logs=("log.t.1.I_1",), protected=("params.yaml", "mlrunner.log"))
+
+
+@pytest.mark.parametrize("relative, scope, foreign", [
+    ("stat", sync.Scope(), True), ("param", sync.Scope(), True), (".mlrunner-run.h.1", sync.Scope(), True),
+    (".stat.x.1.2.tmp", sync.Scope(), True), ("sub/param", sync.Scope(), False), ("stat.x", sync.Scope(), False),
+    ("log.t.1.I_2", sync.Scope(), False), ("model/out.txt", sync.Scope(), False),
+    ("log.t.1.I_1", SHARED, False), ("result.1", SHARED, False), ("dir/stat.I_2", SHARED, False),
+    ("stat.I_2", SHARED, True), ("param.I_2", SHARED, True), ("stat.I_1", SHARED, True),
+    ("stat.I_2/x", SHARED, True), ("log.t.1.I_2", SHARED, True), ("log.t.1.I_1.retry1", SHARED, True),
+    (".mlrunner-run.h.1", SHARED, True), (".mlrunner-index.review", SHARED, True), ("params.yaml", SHARED, True),
+    ("params.yaml.title", SHARED, True), ("mlrunner.log", SHARED, True), ("params.yaml2", SHARED, False),
+])
+def test_h11_which_host_files_belong_to_the_command_that_ran(relative, scope, foreign):
+    assert sync.foreign(relative, scope) is foreign
+
+
+def test_h5_a_copy_shorter_than_listed_is_never_placed(tmp_path: Path):
+    (tmp_path / "big.bin").write_bytes(b"old")
+    with pytest.raises(sync.Incomplete, match="5 of 10 bytes"):
+        sync._place(str(tmp_path), "big.bin", 10, 1, lambda path: Path(path).write_bytes(b"12345"))
+    assert (tmp_path / "big.bin").read_bytes() == b"old" and os.listdir(tmp_path) == ["big.bin"]
+
+
+@pytest.mark.parametrize("line, why", [
+    (b"x" * ((16 << 20) + 1), "longer than 16 MiB"), (b"not json", "not JSON"), (b"[1, 2]", "not an object"),
+    (b'{"exit": 0}', "request id"), (b'{"id": [1], "pid": 3}', "request id"), (b'{"id": true}', "request id"),
+    (b'{"id": 4, "exit": "0"}', "exit status"),
+])
+def test_h8_a_line_that_is_not_a_protocol_message_makes_the_host_faulty(line, why):
+    from mlrunner.executors.ssh import rpc
+    with pytest.raises(rpc.Faulty, match=why):
+        rpc.parse(line)
+    assert rpc.parse(b'{"id": 4, "exit": null}') == {"id": 4, "exit": None}
 
 
 @pytest.fixture

@@ -229,25 +229,18 @@ class Host(Machine):
 
     def pull(self, directory: str, scope: Optional[Scope] = None) -> None:
         """Sync-back of one experiment directory; what the host offered and was refused is reported (H11).
-
-        A transfer that breaks raises: HostLost when the connection under it is gone (the reader
-        may not have seen it yet), else the error, for the caller to try again.
-        """
-        sftp, client = self._sftp, self._client
-        if sftp is None or not self.up:
+        A broken transfer raises: HostLost when its connection is gone (before the reader sees it)."""
+        sftp, client, rpc = self._sftp, self._client, self._rpc
+        if sftp is None or client is None or rpc is None or not self.up:
             raise HostLost(self.spec.name)
         try:
             with self._sftp_lock:
-                result = pull(self.request, sftp, f"{self.workdir}/{directory}", directory, self.spec.exclude,
+                result = pull(rpc.request, sftp, f"{self.workdir}/{directory}", directory, self.spec.exclude,
                               scope or Scope())
-        except HostLost:
-            raise
-        except Exception:
-            transport = client.get_transport() if client is not None else None
-            rpc = self._rpc
-            if transport is None or not transport.is_active():
-                if rpc is not None:
-                    rpc.lose()
+        except Exception as error:
+            transport = client.get_transport()
+            if not isinstance(error, HostLost) and (transport is None or not transport.is_active()):
+                rpc.lose()
                 raise HostLost(self.spec.name) from None
             raise
         for path, why in result.refused:
