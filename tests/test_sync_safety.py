@@ -103,7 +103,7 @@ def test_h5_h6_a_connection_killed_mid_sync_back_is_not_finished_and_the_task_ru
     while not cut and time.monotonic() < deadline and runner.poll() is None:
         try:
             partial = [entry for entry in os.scandir(local) if entry.name.startswith(".sync-")
-                       and 0 < entry.stat().st_size < BIG]
+                       and 0 < entry.stat().st_size < BIG // 2]  # half of it still to come when the cut lands
         except OSError:
             partial = []
         if partial:
@@ -182,7 +182,7 @@ agent.kill()
 
 MEASURE = """\
 import resource, subprocess, sys
-done = subprocess.run([sys.executable, "-m", "mlrunner"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+done = subprocess.run([sys.executable, "-m", "mlrunner"] + sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 sys.stdout.write(done.stdout)
 sys.stderr.write(done.stderr)
 print("MAXRSS_KIB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
@@ -190,24 +190,30 @@ sys.exit(done.returncode)
 """
 
 
+def _measured(project: Path, env: dict, args: list) -> tuple:
+    done = subprocess.run([sys.executable, "-c", MEASURE, *args], cwd=project, env=environment(env),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return int(re.search(r"MAXRSS_KIB (\d+)", done.stdout).group(1)) << 10, done.stdout, done.stderr
+
+
 def test_h8_a_100_mb_line_from_the_agent_costs_bounded_memory_and_the_host_is_given_up_in_one_line(
         server, tmp_path: Path):
     """The command makes the fake agent send 100 MB without a newline: the runner reads at most
     MAX_LINE (16 MiB) of it, says in one line that the host is faulty, and the task runs on the local
-    worker. The runner's peak RSS stays under 96 MiB (59 MiB measured here; reading the whole line
-    took over 100 MiB more)."""
-    flag = Path(server.workdir) / "flood"
+    worker. Its peak RSS is within 40 MiB of the same run with an agent that behaves (measured
+    here: +17 MiB; reading the whole line cost some +300 MiB)."""
+    flag, armed = Path(server.workdir) / "flood", tmp_path / "armed"
     fake = server.bin_dir / "python3"
     fake.write_text(FLOODER.format(python=sys.executable, flag=str(flag)))
     fake.chmod(0o755)
-    template = (f"  t: 'if [ -n \"$MLRUNNER_TEST_SSHD\" ]; then touch {flag}; sleep 20; else sleep 1.5; fi; "
-                "echo ran {i}'")
+    template = (f"  t: 'if [ -n \"$MLRUNNER_TEST_SSHD\" ] && [ -e {armed} ]; then touch {flag}; sleep 20; "
+                "else sleep 1.5; fi; echo ran {i}'")
     project, env = _project(tmp_path, server, template, "i: [1, 2]", resource="[0]")
-    runner = subprocess.run([sys.executable, "-c", MEASURE], cwd=project, env=environment(env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=90)
-    out, err = runner.stdout, runner.stderr
-    assert runner.returncode == 0, out + err
-    peak = int(re.search(r"MAXRSS_KIB (\d+)", out).group(1)) * 1024
+    calm, out, err = _measured(project, env, [])
+    assert re.search(r"^DONE    gpu: safe1:0", out, re.M), out + err
+    armed.touch()
+    peak, out, err = _measured(project, env, ["-f"])
     faulty = [line for line in (out + err).splitlines() if "faulty" in line]
     assert len(faulty) == 1 and "host safe1" in faulty[0] and "longer than 16 MiB" in faulty[0], out + err
     assert "Traceback" not in out + err
@@ -215,4 +221,4 @@ def test_h8_a_100_mb_line_from_the_agent_costs_bounded_memory_and_the_host_is_gi
     for i in (1, 2):
         stat = load(project / "output" / f"I_{i}" / "stat")
         assert stat["t"] == "finished" and not stat["_runs"]["t"][-1]["worker"].startswith("safe1"), stat
-    assert peak < 96 << 20, f"the runner peaked at {peak >> 20} MiB reading a 100 MB line"
+    assert peak - calm < 40 << 20, f"the runner peaked at {peak >> 20} MiB reading a 100 MB line ({calm >> 20} without)"

@@ -20,7 +20,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from ..base import HostLost
 from .login import HostError
@@ -45,7 +45,7 @@ class Faulty(Exception):
     """The agent broke the protocol (a line too long, not a message): the host cannot be trusted."""
 
 
-def parse(line: bytes) -> Dict[str, Any]:
+def parse(line: Union[bytes, bytearray]) -> Dict[str, Any]:
     """One message from the agent, or Faulty saying what is wrong with it."""
     if len(line) > MAX_LINE:
         raise Faulty(TOO_LONG)
@@ -98,16 +98,17 @@ class Rpc:
                 if not data:
                     break
                 self.last_heard = time.monotonic()
-                start = len(buffer)
+                end = data.find(b"\n")
+                if end >= 0:
+                    end += len(buffer)
                 buffer += data
-                if buffer.find(b"\n", start) < 0:
-                    if len(buffer) > MAX_LINE:
-                        raise Faulty(TOO_LONG)
-                    continue
-                lines = bytes(buffer).split(b"\n")
-                buffer = bytearray(lines.pop())
-                for line in lines:
+                while end >= 0:  # one line copied out at a time
+                    line = buffer[:end]
+                    del buffer[:end + 1]
                     self._dispatch(parse(line))
+                    end = buffer.find(b"\n")
+                if len(buffer) > MAX_LINE:
+                    raise Faulty(TOO_LONG)
         except (OSError, EOFError):
             pass  # the channel broke: the host is lost, and reconnected
         except Faulty as error:
