@@ -10,10 +10,12 @@ the server's PATH that floods the channel) is given up in one line, with bounded
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +49,49 @@ def test_h5_a_copy_shorter_than_listed_is_never_placed(tmp_path: Path):
     with pytest.raises(sync.Incomplete, match="5 of 10 bytes"):
         sync._place(str(tmp_path), "big.bin", 10, 1, lambda path: Path(path).write_bytes(b"12345"))
     assert (tmp_path / "big.bin").read_bytes() == b"old" and os.listdir(tmp_path) == ["big.bin"]
+
+
+def test_h5_a_copy_that_breaks_while_the_host_stays_is_tried_again_on_a_new_channel(server, tmp_path: Path,
+                                                                                     monkeypatch):
+    """The SFTP channel breaks (closed under the copy) but the connection lives: the pull raises, the
+    host stays up, and the next pull, on a new SFTP channel, brings the file."""
+    from mlrunner.executors.ssh import Host
+    from mlrunner.hosts import HostSpec
+    monkeypatch.setenv("HOME", str(sshd.make_home(tmp_path / "home", [server])))
+    monkeypatch.chdir(tmp_path)
+    (Path(server.workdir) / "output" / "E").mkdir(parents=True)
+    (Path(server.workdir) / "output" / "E" / "out.txt").write_text("result\n")
+    host = Host(HostSpec(server.alias, workdir=str(server.workdir)), False, 2)
+    host.connect()
+    try:
+        host._sftp.close()
+        with pytest.raises(OSError):
+            host.pull("output/E")
+        assert host.up and not (tmp_path / "output" / "E" / "out.txt").exists()
+        host.pull("output/E")
+        assert (tmp_path / "output" / "E" / "out.txt").read_text() == "result\n"
+    finally:
+        host.close()
+
+
+def test_h8_paramiko_tracebacks_are_one_line_with_the_host(capsys):
+    """paramiko logs a traceback line by line, and a thread of its may die: one stderr line each."""
+    import paramiko
+    from mlrunner.executors.ssh import login
+    login.quiet_paramiko()
+    logger = logging.getLogger(login.LOG_CHANNEL + "gpu7")
+    logger.error("Exception: Server connection dropped")
+    try:
+        raise EOFError()
+    except EOFError:
+        for line in paramiko.util.tb_strings():
+            logger.error(line)
+    thread = threading.Thread(target=paramiko.util.constant_time_bytes_eq, args=(None, None))
+    thread.start()
+    thread.join()
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: host gpu7: ssh: Exception: Server connection dropped",
+        "warning: ssh: a paramiko thread ended: TypeError: object of type 'NoneType' has no len()"]
 
 
 @pytest.mark.parametrize("line, why", [

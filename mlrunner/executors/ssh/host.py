@@ -242,6 +242,11 @@ class Host(Machine):
             if not isinstance(error, HostLost) and (transport is None or not transport.is_active()):
                 rpc.lose()
                 raise HostLost(self.spec.name) from None
+            if not isinstance(error, HostLost):
+                with self._sftp_lock:  # the next try gets a new SFTP channel, should this one be broken
+                    if self._sftp is sftp:
+                        self._sftp = client.open_sftp()
+                        sftp.close()
             raise
         for path, why in result.refused:
             warn(f"host {self.spec.name}: {directory}: refused '{path}' from the host: {why}")

@@ -150,7 +150,7 @@ class _OneLine(logging.Handler):
 
 def _thread_error(args: Any) -> None:
     """A paramiko thread that dies (an SFTP prefetch on a dropped connection): one line, with its host.
-    The copy it served fails on its own and is tried again; any other thread's error is shown as before."""
+    The copy it served fails on its own and is tried again; other threads' errors go where they went."""
     frames, traceback = [], args.exc_traceback
     while traceback is not None:
         frames.append(traceback.tb_frame)
@@ -164,7 +164,7 @@ def _thread_error(args: Any) -> None:
         logger = getattr(owner, "logger", None) or getattr(getattr(owner, "sftp", None), "logger", None)
         host = host or _host_of(getattr(logger, "name", ""))
     error = f"{args.exc_type.__name__}: {args.exc_value}" if str(args.exc_value) else args.exc_type.__name__
-    print(f"warning: {f'host {host}: ' if host else ''}ssh: a transfer thread ended: {error}", file=sys.stderr,
+    print(f"warning: {f'host {host}: ' if host else ''}ssh: a paramiko thread ended: {error}", file=sys.stderr,
           flush=True)
 
 
@@ -175,10 +175,8 @@ def quiet_paramiko() -> None:
     """Route paramiko's logging and its threads' errors to one line each (once per process)."""
     global _previous_hook
     logger = logging.getLogger("paramiko")
-    if any(isinstance(handler, _OneLine) for handler in logger.handlers):
-        return
-    logger.addHandler(_OneLine())
-    logger.propagate = False
+    if not any(isinstance(handler, _OneLine) for handler in logger.handlers):
+        logger.addHandler(_OneLine())
+        logger.propagate = False
     if threading.excepthook is not _thread_error:
-        _previous_hook = threading.excepthook
-        threading.excepthook = _thread_error
+        _previous_hook, threading.excepthook = threading.excepthook, _thread_error
