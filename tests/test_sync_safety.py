@@ -74,6 +74,30 @@ def test_h5_a_copy_that_breaks_while_the_host_stays_is_tried_again_on_a_new_chan
         host.close()
 
 
+def test_h8_replies_of_the_wrong_shape_are_one_line_errors_not_tracebacks(server, tmp_path: Path, monkeypatch):
+    """Replies patched at the protocol boundary: a `run` without status (the GPU poller's
+    nvidia-smi) is a failed query, a `mkdir` without path fails the connect with one HostError."""
+    from mlrunner.executors.ssh import Host, HostError, rpc
+    from mlrunner.hosts import HostSpec
+    monkeypatch.setenv("HOME", str(sshd.make_home(tmp_path / "home", [server])))
+    monkeypatch.chdir(tmp_path)
+    real = rpc.Rpc.request
+    broken = set()
+    monkeypatch.setattr(rpc.Rpc, "request",
+                        lambda self, op, *a, **k: {"id": 1} if op in broken else real(self, op, *a, **k))
+    host = Host(HostSpec(server.alias, workdir=str(server.workdir)), False, 2)
+    host.connect()
+    try:
+        broken.add("run")
+        code, out, err = host.query(["nvidia-smi"])
+        assert (code, out) == (255, "") and "has no status and output" in err
+        broken.add("mkdir")
+        with pytest.raises(HostError, match=r"answered out of protocol \(KeyError: 'path'\)"):
+            Host(HostSpec(server.alias, workdir=str(server.workdir)), False, 2).connect()
+    finally:
+        host.close()
+
+
 def test_h8_paramiko_tracebacks_are_one_line_with_the_host(capsys):
     """paramiko logs a traceback line by line, and a thread of its may die: one stderr line each."""
     import paramiko

@@ -17,14 +17,14 @@ import socket
 import sys
 import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ...gpus import TIMEOUT_S
 from ...hosts import HostSpec, default_workdir
 from ...sync import Scope, pull
 from ..base import Executor, HostLost, Machine, Process
 from .login import CONNECT_TIMEOUT, HostError, open_client, require_paramiko
+from .remote import RemoteClaims, RemoteProcess
 from .rpc import Rpc
 
 BACKOFF = (1, 2, 4, 8, 15, 30)
@@ -78,6 +78,10 @@ class Host(Machine):
             if self.spec.push:
                 from .push import push
                 push(rpc.request, sftp, workdir, self.spec)
+        except (KeyError, TypeError, AttributeError) as error:  # a reply of the wrong shape: one line
+            client.close()
+            raise HostError(f"the agent on {self.name} answered out of protocol ({type(error).__name__}: "
+                            f"{error})") from None
         except BaseException:
             client.close()
             raise
@@ -182,19 +186,22 @@ class Host(Machine):
             raise HostLost(self.spec.name)
         return rpc.request(op, **fields)
 
-    def run(self, argv: List[str]) -> tuple:
-        reply = self.request("run", argv=argv)
-        return reply["code"], reply["stdout"], reply["stderr"]
+    def run(self, argv: List[str], **timeout: float) -> Tuple[int, str, str]:
+        """A program's (status, stdout, stderr) there; HostError for a reply that lacks them."""
+        reply = self.request("run", argv=argv, **timeout)
+        code, out, err = reply.get("code"), reply.get("stdout"), reply.get("stderr")
+        if type(code) is not int or not isinstance(out, str) or not isinstance(err, str):
+            raise HostError(f"host {self.name}: the agent's reply to 'run' has no status and output")
+        return code, out, err
 
     # -- the host as a Machine for the gpu: policy (G2-G6) ---------------------------------------
     def query(self, argv: List[str]) -> Tuple[int, str, str]:
         try:
-            reply = self.request("run", argv=argv, timeout=TIMEOUT_S)
+            return self.run(argv, timeout=TIMEOUT_S)
         except HostLost:
             return 255, "", f"host {self.name} lost"
         except HostError as error:
             return 255, "", str(error)
-        return reply["code"], reply["stdout"], reply["stderr"]
 
     def sessions(self, pids: List[int]) -> Dict[int, Optional[int]]:
         return dict(zip(pids, self._gpu_request("sessions", pids=pids)["sessions"]))
@@ -237,16 +244,17 @@ class Host(Machine):
             with self._sftp_lock:
                 result = pull(rpc.request, sftp, f"{self.workdir}/{directory}", directory, self.spec.exclude,
                               scope or Scope())
-        except Exception as error:
+        except HostLost:
+            raise
+        except Exception:
             transport = client.get_transport()
-            if not isinstance(error, HostLost) and (transport is None or not transport.is_active()):
+            if transport is None or not transport.is_active():
                 rpc.lose()
                 raise HostLost(self.spec.name) from None
-            if not isinstance(error, HostLost):
-                with self._sftp_lock:  # the next try gets a new SFTP channel, should this one be broken
-                    if self._sftp is sftp:
-                        self._sftp = client.open_sftp()
-                        sftp.close()
+            with self._sftp_lock:  # the next try gets a new SFTP channel, should this one be broken
+                if self._sftp is sftp:
+                    self._sftp = client.open_sftp()
+                    sftp.close()
             raise
         for path, why in result.refused:
             warn(f"host {self.spec.name}: {directory}: refused '{path}' from the host: {why}")
@@ -264,79 +272,6 @@ class Host(Machine):
             rpc.close()
         if client is not None:
             client.close()
-
-
-class RemoteClaims:
-    """The host's claim directory, held by its agent (G4): the claims live as long as the agent does."""
-
-    def __init__(self, host: Host):
-        self.host = host
-        self._claims: List[Dict[str, Any]] = []
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        self._claims = self.host._gpu_request("gpu_lock")["claims"]
-        try:
-            yield
-        finally:
-            try:
-                self.host.request("gpu_unlock")
-            except (HostLost, HostError):
-                pass  # a lost agent's lock went with it
-
-    def claims(self) -> List[Dict[str, Any]]:
-        return self._claims  # read under the host's lock, as it was taken
-
-    def add(self, claim: Dict[str, Any]) -> str:
-        return self.host._gpu_request("gpu_claim", claim=claim)["path"]
-
-    def attach(self, path: str, sid: int) -> None:
-        try:
-            self.host.request("gpu_attach", path=path, sid=sid)
-        except (HostLost, HostError):
-            pass  # its command is lost with the host, or runs unattached: counted as others' memory
-
-    def remove(self, path: str) -> None:
-        try:
-            self.host.request("gpu_unclaim", path=path)
-        except (HostLost, HostError):
-            pass  # a lost agent's claims went with it
-
-
-class RemoteProcess(Process):
-    """A command started by one agent; signals go to that agent only, by the id it was started with."""
-
-    def __init__(self, host: str, rpc: Rpc, ident: int):
-        self.host = host
-        self.rpc = rpc
-        self.ident = ident
-        self.pgid: Optional[int] = None  # its process group (and session) on the host, once started
-        self.code: Optional[int] = None
-        self.lost = False
-        self._ended = threading.Event()
-
-    def finish(self, code: Optional[int]) -> None:
-        self.code, self.lost = code, code is None
-        self._ended.set()
-
-    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
-        if not self._ended.wait(timeout):
-            return None
-        if self.lost:
-            raise HostLost(self.host)
-        return self.code
-
-    def signal(self, number: int) -> None:
-        try:
-            self.rpc.request("signal", target=self.ident, signal=int(number))
-        except (HostLost, HostError):
-            pass
-
-    def group_alive(self) -> bool:
-        try:
-            return bool(self.rpc.request("alive", target=self.ident)["alive"])
-        except (HostLost, HostError):
-            return False
 
 
 class SshExecutor(Executor):
