@@ -41,7 +41,7 @@ Refusal = Tuple[str, str]  # the path as the host gave it, why it was refused
 class Scope:
     """Which of the host's files belong to the command that ran. In a directory of its own, every
     file but the records; in one that every experiment shares, only `logs` (that command's log
-    names) and outputs: no log, record or config copy (`protected` names, and names after them)."""
+    names) and outputs: no other log, no record, no `protected` name (the config copy, `<name>.<title>`)."""
 
     shared: bool = False
     logs: Tuple[str, ...] = ()
