@@ -251,7 +251,8 @@ agent.kill()
 
 MEASURE = """\
 import resource, subprocess, sys
-done = subprocess.run([sys.executable, "-m", "mlrunner"] + sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+done = subprocess.run([sys.executable, "-m", "mlrunner"] + sys.argv[1:], stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True)
 sys.stdout.write(done.stdout)
 sys.stderr.write(done.stderr)
 print("MAXRSS_KIB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
