@@ -1,14 +1,16 @@
 """The scheduler: workers take tasks from the pool in order and places from the allocator (SPEC R2-R8, I3-I4).
 
-A command's life is claim+start (one locked step in `state.py`) -> wait -> record, and it ends one
-of these ways: finished, failed (exit status, timeout, or an error of ours: I4), interrupted
-(Ctrl-C, SIGTERM, SIGHUP), out of GPU memory (tried again larger: G5), or lost with its host (the
-task goes back to the pool, H6).
+A command's life is claim+start (one locked step in `state.py`) -> wait -> copy its files home ->
+record, and it ends one of these ways: finished (its files home), failed (exit status, timeout,
+files that never came, or an error of ours: I4), interrupted (Ctrl-C, SIGTERM, SIGHUP), out of GPU
+memory (tried again larger: G5), or lost with its host, also while copying (the task goes back to
+the pool, H6).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -17,19 +19,23 @@ from typing import Dict, List, Optional, Set
 from .allocator import Allocator, Grant, NoPlace
 from .config import Config
 from .console import Console
+from .detach import LOG_NAME
 from .early_stop.monitor import Monitor
-from .executors.base import Executor, HostLost, Machine, Process, wait_for
+from .executors.base import Executor, HostLost, Machine, Outcome, Process, wait_for
 from .gpu_policy import OOM_TRIES, gib, oom_in_log
 from .pool import Pool
 from .provenance import Stamp
 from .resume import Memory, Review
 from .state import FAILED, FINISHED, INTERRUPTED, RUN, STOPPED as STOPPED_EARLY, Experiment
 from .sweep import Plan, Task
+from .sync import Scope
 from .template import shell_line
 
 # How a command's turn ended, as `_run_command` tells `_run_task`.
 DONE, ALREADY, BUSY, FAIL, STOPPED, LOST, OOM = "done", "already", "busy", "fail", "stopped", "lost", "oom"
 EARLY = "early"  # ended by the early_stop rule (A2)
+SYNC_TRIES = 3  # copies of a command's files back from its host before it is failed for want of them
+SYNC_PAUSE = 0.5  # seconds before the second copy; doubled before each next one
 
 
 @dataclass
@@ -290,7 +296,7 @@ class Scheduler:
             decision = self.early.forget(task.output) if watched else None
             with self._lock:
                 self._running.discard(claim.process)
-            self._collect(executor, task)
+            missing = self._collect(executor, task, claim.log, outcome)
             if outcome.lost:
                 self.console.ended_command("lost", outcome.seconds)
                 self._notes(experiment.finish(command, INTERRUPTED, outcome.seconds, outcome.reason))
@@ -304,7 +310,9 @@ class Scheduler:
                 return STOPPED
             if decision is not None and outcome.code != 0:
                 return self._stopped_early(experiment, task, command, decision, outcome.seconds, later, info)
-            if outcome.code == 0:
+            if missing:  # never `finished` with files missing: failed, run again by --retry or the next run
+                outcome.reason = missing if outcome.code == 0 else f"{outcome.reason}; {missing}"
+            elif outcome.code == 0:
                 self.console.ended_command(FINISHED, outcome.seconds)
                 self._notes(experiment.finish(command, FINISHED, outcome.seconds))
                 self._count("finished", 1)
@@ -369,14 +377,27 @@ class Scheduler:
             self.summary.failures.append(Failure(task.output, "-", f"{type(error).__name__}: {error}"))
         self.console.print(f"FAIL    {task.output} ({type(error).__name__}: {error})")
 
-    def _collect(self, executor: Executor, task: Task) -> None:
-        """Bring a remote command's files home, partial logs included (H5)."""
-        try:
-            executor.collect(task.output)
-        except HostLost:
-            pass  # the files stay on the host; the task runs again elsewhere
-        except Exception as error:  # a failed copy must not end the run: say it and go on
-            self.console.print(f"warning: copying {task.output} back from {executor.host} failed: {error}")
+    def _collect(self, executor: Executor, task: Task, log: str, outcome: Outcome) -> Optional[str]:
+        """Bring a remote command's files home, partial logs included (H5): None once they all came,
+        else why not after SYNC_TRIES tries (they are still on the host). A host lost meanwhile makes
+        the outcome `lost`: the command is not finished, its task runs again (H6)."""
+        scope = Scope(self.args.no_subdir, (os.path.basename(log),), (os.path.basename(self.config.path), LOG_NAME))
+        why = ""
+        for attempt in range(SYNC_TRIES):
+            if attempt:
+                self.stopping.wait(SYNC_PAUSE * 2 ** (attempt - 1))  # a stop does not wait for the pause
+            try:
+                executor.collect(task.output, scope)
+                return None
+            except HostLost:
+                if not outcome.lost:
+                    outcome.lost, outcome.reason = True, f"host {executor.host} lost while its files were copied back"
+                return None
+            except Exception as error:  # a broken copy: the next try brings what is missing
+                why = f"{type(error).__name__}: {error}".rstrip(": ")
+                self.console.print(f"warning: copying {task.output} back from {executor.host} failed "
+                                   f"(try {attempt + 1} of {SYNC_TRIES}): {why}")
+        return f"its files did not come back from {executor.host}: {why}"
 
     def _count(self, what: str, number: int) -> None:
         with self._lock:

@@ -3,8 +3,9 @@
 Both files are YAML, replaced atomically (temporary file + rename), and changed only under an
 flock on the experiment's directory, so two runs on one tree never claim the same command. The
 lock is released by the kernel when its holder dies, so a crash can never leave a tree locked.
-A record that ends a command is fsync'd with its directory before the task goes on, so it
-survives a machine reset. A record that does not parse is never overwritten: it is set aside.
+A `param`, and a `stat` that ends a command, is fsync'd with its directory (temporary file fsync'd,
+renamed, directory fsync'd) before the command starts or the task goes on, so it survives a
+machine reset. A record that does not parse is never overwritten: it is set aside.
 """
 
 from __future__ import annotations
@@ -232,7 +233,8 @@ class Experiment:
         """This run's params, keeping `_scripts` of commands that earlier runs ran (R5)."""
         scripts = dict(self._load(self.param_path, notes).get("_scripts") or {})
         scripts.update(params["_scripts"])
-        write_record(self.param_path, dict(params, _scripts=scripts))
+        # durable like an ended `stat`: a reset never leaves a run whose `param` is missing or torn
+        write_record(self.param_path, dict(params, _scripts=scripts), durable=True)
         self.signed[self.param_path] = signature(self.param_path)
 
     def _write_stat(self, stat: Dict[str, Any], durable: bool = False) -> None:

@@ -5,7 +5,12 @@ strictly inside the directory, and says why it refused the rest: a host is not t
 keeps those whose size or mtime (nanoseconds) differ from the local copy. `apply` fetches them:
 big files over SFTP, many small ones as one tar the agent packs (a thousand round trips cost
 seconds), each tar member checked again by `check_member` (pure), and each file written under
-a temporary name in a directory reached without following any symlink, then renamed into place.
+a temporary name in a directory reached without following any symlink, then renamed into place
+once it holds every byte the host listed: a broken transfer leaves no file that looks complete.
+
+`Scope` says which of the host's files are the experiment's: never a record (`param`, `stat`) nor
+a runner file (`.mlrunner-*`), and in a directory every experiment shares (--no-subdir) only the
+logs of the command that ran and files that are no experiment's record, log or config copy.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 RECORDS = ("param", "stat")  # the local files are the record (H4): a host's copy never replaces them
+RUNNER = (".mlrunner", ".param.", ".stat.")  # the runner's own files and its records' temporary names
 SMALL = 1 << 20  # bytes: files up to this size may travel in a bundle
 BUNDLE_MIN = 16  # fewer small files than this are fetched one by one
 
@@ -29,6 +35,30 @@ os.umask(_UMASK)  # read once at import: files copied back get the permissions a
 
 Entry = Tuple[str, int, int]  # relative path, size, mtime in nanoseconds
 Refusal = Tuple[str, str]  # the path as the host gave it, why it was refused
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which of the host's files belong to the command that ran. In a directory of its own, every
+    file but the records; in one that every experiment shares, only `logs` (that command's log
+    names) and outputs: no other log, no record, no `protected` name (the config copy, `<name>.<title>`)."""
+
+    shared: bool = False
+    logs: Tuple[str, ...] = ()
+    protected: Tuple[str, ...] = ()
+
+
+def foreign(relative: str, scope: Scope) -> bool:
+    """True for a host file that is not the experiment's to bring back (whatever the host put there)."""
+    top = relative.split("/")[0]
+    if top in RECORDS or top.startswith(RUNNER):
+        return True
+    if not scope.shared:
+        return False
+    if top in scope.logs:
+        return False
+    return (top.startswith(("param.", "stat.", "log.")) or top in scope.protected
+            or top.startswith(tuple(f"{kept}." for kept in scope.protected)))
 
 
 @dataclass
@@ -76,11 +106,11 @@ def _excluded(relative: str, globs: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(relative, g) or fnmatch.fnmatch(name, g) for g in globs)
 
 
-def plan(entries: Iterable[Entry], local_dir: str, exclude: Sequence[str] = ()) -> List[Entry]:
-    """The files to copy: new, or another size or mtime_ns than the local copy; not excluded."""
+def plan(entries: Iterable[Entry], local_dir: str, exclude: Sequence[str] = (), scope: Scope = Scope()) -> List[Entry]:
+    """The files to copy: the experiment's, new or with another size or mtime_ns than the local copy; not excluded."""
     wanted = []
     for relative, size, mtime in entries:
-        if relative in RECORDS or _excluded(relative, exclude):
+        if foreign(relative, scope) or _excluded(relative, exclude):
             continue
         try:
             info = os.lstat(os.path.join(local_dir, *relative.split("/")))
@@ -108,6 +138,10 @@ class Unsafe(Exception):
     """The local target is not a plain place inside the directory (a symlink, a directory in the way)."""
 
 
+class Incomplete(OSError):
+    """A transfer that brought fewer bytes than the host listed: nothing was placed; try again."""
+
+
 def _target(local_dir: str, relative: str) -> str:
     """The local path for `relative`, making its directories, never through a symlink."""
     parts = relative.split("/")
@@ -127,15 +161,18 @@ def _target(local_dir: str, relative: str) -> str:
     return target
 
 
-def _place(local_dir: str, relative: str, mtime: int, write: Callable[[str], None]) -> None:
+def _place(local_dir: str, relative: str, size: int, mtime: int, write: Callable[[str], None]) -> None:
     """Write a file under a temporary name, rename it into place (a symlink there is replaced, not
-    followed), give it the remote mtime in nanoseconds."""
+    followed) once it holds at least the `size` bytes listed, give it the remote mtime in nanoseconds."""
     target = _target(local_dir, relative)
     handle, temporary = tempfile.mkstemp(prefix=".sync-", dir=os.path.dirname(target))
     os.close(handle)
     try:
         os.chmod(temporary, 0o666 & ~_UMASK)
         write(temporary)
+        got = os.lstat(temporary).st_size
+        if got < size:
+            raise Incomplete(f"'{relative}': {got} of {size} bytes came")
         os.utime(temporary, ns=(mtime, mtime))
         os.replace(temporary, target)
     except BaseException:
@@ -157,7 +194,7 @@ def _unbundle(stream: Any, local_dir: str, wanted: Dict[str, Entry], result: Res
                 continue
             source = archive.extractfile(member)
             try:
-                _place(local_dir, member.name, wanted[member.name][2], lambda path: _copy_to(source, path))
+                _place(local_dir, member.name, member.size, wanted[member.name][2], lambda path: _copy_to(source, path))
             except Unsafe as error:
                 result.refused.append((member.name, str(error)))
                 continue
@@ -165,15 +202,16 @@ def _unbundle(stream: Any, local_dir: str, wanted: Dict[str, Entry], result: Res
 
 
 def pull(request: Callable[..., Dict[str, Any]], sftp: Any, remote_dir: str, local_dir: str,
-         exclude: Sequence[str] = ()) -> Result:
-    """Bring `remote_dir` up to date in `local_dir`: what was copied, what was refused and why.
+         exclude: Sequence[str] = (), scope: Scope = Scope()) -> Result:
+    """Bring the experiment's files in `remote_dir` up to date in `local_dir`: what was copied, what
+    was refused and why. Raises when a transfer breaks (the files that came are in place, whole).
 
     `request` asks the host's agent (`list`, `pack`, `discard`); `sftp` moves the bytes.
     """
     entries, refused = validate(request("list", path=remote_dir)["files"])
     os.makedirs(local_dir, exist_ok=True)
     result = Result(refused=refused)
-    todo = plan(entries, local_dir, exclude)
+    todo = plan(entries, local_dir, exclude, scope)
     small = [entry for entry in todo if entry[1] <= SMALL]
     if len(small) >= BUNDLE_MIN:
         bundle = request("pack", path=remote_dir, files=[relative for relative, _, _ in small])["path"]
@@ -184,10 +222,10 @@ def pull(request: Callable[..., Dict[str, Any]], sftp: Any, remote_dir: str, loc
         finally:
             request("discard", path=bundle)
         todo = [entry for entry in todo if entry[1] > SMALL]
-    for relative, _, mtime in todo:
+    for relative, size, mtime in todo:
         remote = posixpath.join(remote_dir, relative)
         try:
-            _place(local_dir, relative, mtime, lambda path: sftp.get(remote, path))
+            _place(local_dir, relative, size, mtime, lambda path: sftp.get(remote, path))
         except Unsafe as error:
             result.refused.append((relative, str(error)))
             continue

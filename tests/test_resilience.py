@@ -424,9 +424,8 @@ def _completed_calls(lines: List[str]) -> List[tuple]:
     return calls
 
 
-def test_i5_a_finished_record_is_fsynced_before_the_next_command_starts(tmp_path: Path):
-    """Under strace: the stat temp file is fsync'd, renamed over `stat`, and the directory fsync'd,
-    all before the bash of the task's next command is executed."""
+def _traced_run(tmp_path: Path) -> List[str]:
+    """Run a two-command task under strace (fsync, rename, execve); the trace's lines."""
     strace = shutil.which("strace")
     if strace is None:
         if os.environ.get("CI", "").strip().lower() == "true":
@@ -444,15 +443,34 @@ def test_i5_a_finished_record_is_fsynced_before_the_next_command_starts(tmp_path
     done = subprocess.run(command, cwd=tmp_path, env=environment({"MLRUNNER_FSYNC": "1"}),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    lines = trace.read_text().splitlines()
-    second = next(n for n, line in enumerate(lines) if "execve(" in line and "marker-second" in line)
-    directory = os.path.realpath(tmp_path / "output" / "default")
-    calls = [call for n, call in _completed_calls(lines) if n < second]
-    synced = [n for n, call in enumerate(calls) if call.startswith("fsync(") and f"<{directory}/.stat." in call]
-    assert synced, "the stat temp file was never fsync'd before the next command"
+    return trace.read_text().splitlines()
+
+
+def _assert_durable(calls: List[str], directory: str, record: str, before: str) -> None:
+    """In `calls`: `record`'s temp file fsync'd, then renamed over it, then its directory fsync'd."""
+    synced = [n for n, call in enumerate(calls) if call.startswith("fsync(") and f"<{directory}/.{record}." in call]
+    assert synced, f"the {record} temp file was never fsync'd before {before}"
     renamed = [n for n, call in enumerate(calls) if n > synced[-1] and call.startswith("rename")
-               and "default/.stat." in call and 'default/stat")' in call]
-    assert renamed, "the fsync'd temp file was not renamed over stat before the next command"
+               and f"default/.{record}." in call and f'default/{record}")' in call]
+    assert renamed, f"the fsync'd temp file was not renamed over {record} before {before}"
     dir_synced = [n for n, call in enumerate(calls) if n > renamed[0] and call.startswith("fsync(")
                   and f"<{directory}>" in call]
-    assert dir_synced, "the directory was not fsync'd before the next command"
+    assert dir_synced, f"the directory was not fsync'd after {record} was renamed, before {before}"
+
+
+def test_i5_a_finished_record_is_fsynced_before_the_next_command_starts(tmp_path: Path):
+    """Under strace: the stat temp file is fsync'd, renamed over `stat`, and the directory fsync'd,
+    all before the bash of the task's next command is executed."""
+    lines = _traced_run(tmp_path)
+    second = next(n for n, line in enumerate(lines) if "execve(" in line and "marker-second" in line)
+    directory = os.path.realpath(tmp_path / "output" / "default")
+    _assert_durable([call for n, call in _completed_calls(lines) if n < second], directory, "stat", "the next command")
+
+
+def test_r7_param_is_written_like_stat_fsynced_before_the_first_command_starts(tmp_path: Path):
+    """Under strace: the param temp file is fsync'd, renamed over `param`, and the directory
+    fsync'd, all before the bash of the task's first command is executed (issue 21)."""
+    lines = _traced_run(tmp_path)
+    first = next(n for n, line in enumerate(lines) if "execve(" in line and "marker-first" in line)
+    directory = os.path.realpath(tmp_path / "output" / "default")
+    _assert_durable([call for n, call in _completed_calls(lines) if n < first], directory, "param", "the first command")

@@ -73,8 +73,9 @@ def test_i5_an_ended_record_is_fsynced_file_then_directory(tmp_path, monkeypatch
     monkeypatch.setattr(state.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
                                                         real(fd)))
     _run_once(Experiment(str(tmp_path), "x"))
-    assert len(synced) == 2
-    assert synced[0].startswith(str(tmp_path / ".stat.")) and synced[1] == str(tmp_path)
+    assert len(synced) == 4  # param before the command starts (R7), stat once it ended (I5)
+    assert synced[0].startswith(str(tmp_path / ".param.")) and synced[1] == str(tmp_path)
+    assert synced[2].startswith(str(tmp_path / ".stat.")) and synced[3] == str(tmp_path)
 
 
 class _Pipe(io.StringIO):

@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Protocol, Tuple
 
+from ..sync import Scope
+
 
 class HostLost(Exception):
     """The connection to a remote host broke while a command ran or was being started (H6)."""
@@ -103,8 +105,9 @@ class Executor(ABC):
     def start(self, line: str, debug: bool = False) -> Process:
         """Start `line` under bash in its own process group."""
 
-    def collect(self, directory: str) -> None:
-        """Bring the experiment's files to the local output tree after a command (H5)."""
+    def collect(self, directory: str, scope: Optional[Scope] = None) -> None:
+        """Bring the experiment's files (those `scope` says are its) to the local output tree after a
+        command (H5); raises when they did not all come (HostLost when the host went away)."""
 
     def close(self) -> None:
         """Release what the executor holds (a remote connection) when the run ends."""

@@ -14,24 +14,20 @@ import os
 import pkgutil
 import shlex
 import socket
-import sys
 import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Pattern, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ...gpus import TIMEOUT_S
 from ...hosts import HostSpec, default_workdir
-from ...sync import pull
+from ...sync import Scope, pull
 from ..base import Executor, HostLost, Machine, Process
-from .login import CONNECT_TIMEOUT, HostError, open_client, require_paramiko
+from .login import CONNECT_TIMEOUT, HostError, open_client, require_paramiko, warn
+from .remote import RemoteClaims, RemoteProcess
 from .rpc import Rpc
 
 BACKOFF = (1, 2, 4, 8, 15, 30)
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+HELLO_MAX = 1 << 16  # bytes of the agent's first line read at most
 
 
 def agent_source() -> str:
@@ -80,6 +76,10 @@ class Host(Machine):
             if self.spec.push or self.spec.code:
                 from .push import push
                 push(rpc.request, sftp, workdir, self.spec)
+        except (KeyError, TypeError, AttributeError) as error:  # a reply of the wrong shape: one line
+            client.close()
+            raise HostError(f"the agent on {self.name} answered out of protocol ({type(error).__name__}: "
+                            f"{error})") from None
         except BaseException:
             client.close()
             raise
@@ -99,7 +99,7 @@ class Host(Machine):
         channel.settimeout(CONNECT_TIMEOUT * 3)
         hello = b""
         try:
-            while not hello.endswith(b"\n"):
+            while not hello.endswith(b"\n") and len(hello) < HELLO_MAX:
                 data = channel.recv(4096)
                 if not data:
                     break
@@ -165,6 +165,9 @@ class Host(Machine):
             process.finish(message["exit"])
 
     def _on_lost(self, rpc: Rpc) -> None:
+        if rpc.fault and not self.given_up:  # it broke the protocol: never trusted again in this run
+            self.given_up = True
+            warn(f"host {self.spec.name}: faulty, given up: {rpc.fault}; its commands run elsewhere")
         with self._lock:
             if rpc is not self._rpc:
                 return  # an old connection's reader: the current one is not its business
@@ -172,7 +175,8 @@ class Host(Machine):
             self._rpc = None
             processes, self._processes = list(self._processes.values()), {}
             client, self._client = self._client, None
-        print(f"host {self.spec.name}: connection lost", flush=True)
+        if not rpc.fault:
+            print(f"host {self.spec.name}: connection lost", flush=True)
         for process in processes:
             process.finish(None)
         try:
@@ -187,19 +191,22 @@ class Host(Machine):
             raise HostLost(self.spec.name)
         return rpc.request(op, **fields)
 
-    def run(self, argv: List[str]) -> tuple:
-        reply = self.request("run", argv=argv)
-        return reply["code"], reply["stdout"], reply["stderr"]
+    def run(self, argv: List[str], **timeout: float) -> Tuple[int, str, str]:
+        """A program's (status, stdout, stderr) there; HostError for a reply that lacks them."""
+        reply = self.request("run", argv=argv, **timeout)
+        code, out, err = reply.get("code"), reply.get("stdout"), reply.get("stderr")
+        if type(code) is not int or not isinstance(out, str) or not isinstance(err, str):
+            raise HostError(f"host {self.name}: the agent's reply to 'run' has no status and output")
+        return code, out, err
 
     # -- the host as a Machine for the gpu: policy (G2-G6) ---------------------------------------
     def query(self, argv: List[str]) -> Tuple[int, str, str]:
         try:
-            reply = self.request("run", argv=argv, timeout=TIMEOUT_S)
+            return self.run(argv, timeout=TIMEOUT_S)
         except HostLost:
             return 255, "", f"host {self.name} lost"
         except HostError as error:
             return 255, "", str(error)
-        return reply["code"], reply["stdout"], reply["stderr"]
 
     def sessions(self, pids: List[int]) -> Dict[int, Optional[int]]:
         return dict(zip(pids, self._gpu_request("sessions", pids=pids)["sessions"]))
@@ -232,13 +239,28 @@ class Host(Machine):
             raise
         return process
 
-    def pull(self, directory: str) -> None:
-        """Sync-back of one experiment directory; what the host offered and was refused is reported (H11)."""
-        sftp = self._sftp
-        if sftp is None or not self.up:
+    def pull(self, directory: str, scope: Optional[Scope] = None) -> None:
+        """Sync-back of one experiment directory; what the host offered and was refused is reported (H11).
+        A broken transfer raises: HostLost when its connection is gone (before the reader sees it)."""
+        sftp, client, rpc = self._sftp, self._client, self._rpc
+        if sftp is None or client is None or rpc is None or not self.up:
             raise HostLost(self.spec.name)
-        with self._sftp_lock:
-            result = pull(self.request, sftp, f"{self.workdir}/{directory}", directory, self.spec.exclude)
+        try:
+            with self._sftp_lock:
+                result = pull(rpc.request, sftp, f"{self.workdir}/{directory}", directory, self.spec.exclude,
+                              scope or Scope())
+        except HostLost:
+            raise
+        except Exception:
+            transport = client.get_transport()
+            if transport is None or not transport.is_active():
+                rpc.lose()
+                raise HostLost(self.spec.name) from None
+            with self._sftp_lock:  # the next try gets a new SFTP channel, should this one be broken
+                if self._sftp is sftp:
+                    self._sftp = client.open_sftp()
+                    sftp.close()
+            raise
         for path, why in result.refused:
             warn(f"host {self.spec.name}: {directory}: refused '{path}' from the host: {why}")
 
@@ -257,105 +279,6 @@ class Host(Machine):
             client.close()
 
 
-class RemoteClaims:
-    """The host's claim directory, held by its agent (G4): the claims live as long as the agent does."""
-
-    def __init__(self, host: Host):
-        self.host = host
-        self._claims: List[Dict[str, Any]] = []
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        reply = self.host._gpu_request("gpu_lock")
-        self._claims = reply["claims"]
-        for warning in reply.get("warnings", ()):  # the host's claim directory, once each (claims.py)
-            warn(f"host {self.host.name}: {warning}")
-        try:
-            yield
-        finally:
-            try:
-                self.host.request("gpu_unlock")
-            except (HostLost, HostError):
-                pass  # a lost agent's lock went with it
-
-    def claims(self) -> List[Dict[str, Any]]:
-        return self._claims  # read under the host's lock, as it was taken
-
-    def add(self, claim: Dict[str, Any]) -> str:
-        return self.host._gpu_request("gpu_claim", claim=claim)["path"]
-
-    def attach(self, path: str, sid: int) -> None:
-        try:
-            self.host.request("gpu_attach", path=path, sid=sid)
-        except (HostLost, HostError):
-            pass  # its command is lost with the host, or runs unattached: counted as others' memory
-
-    def remove(self, path: str) -> None:
-        try:
-            self.host.request("gpu_unclaim", path=path)
-        except (HostLost, HostError):
-            pass  # a lost agent's claims went with it
-
-
-class RemoteProcess(Process):
-    """A command started by one agent; signals go to that agent only, by the id it was started with."""
-
-    def __init__(self, host: str, rpc: Rpc, ident: int, workdir: str = ""):
-        self.host = host
-        self.rpc = rpc
-        self.ident = ident
-        self.workdir = workdir
-        self._pairs: List[Tuple[float, float]] = []  # (step, value) the agent read from the log (A2)
-        self._pairs_lock = threading.Lock()
-        self.pgid: Optional[int] = None  # its process group (and session) on the host, once started
-        self.code: Optional[int] = None
-        self.lost = False
-        self._ended = threading.Event()
-
-    def finish(self, code: Optional[int]) -> None:
-        self.code, self.lost = code, code is None
-        self._ended.set()
-
-    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
-        if not self._ended.wait(timeout):
-            return None
-        if self.lost:
-            raise HostLost(self.host)
-        return self.code
-
-    def signal(self, number: int) -> None:
-        try:
-            self.rpc.request("signal", target=self.ident, signal=int(number))
-        except (HostLost, HostError):
-            pass
-
-    def group_alive(self) -> bool:
-        try:
-            return bool(self.rpc.request("alive", target=self.ident)["alive"])
-        except (HostLost, HostError):
-            return False
-
-    def follow_log(self, log: str, step_re: Pattern[str], value_re: Pattern[str]) -> "RemoteProcess":
-        """The agent reads the log on the host and sends its new values; this object gives them out."""
-        try:
-            reply = self.rpc.request("follow", target=self.ident, log=log, cwd=self.workdir,
-                                     step=step_re.pattern, value=value_re.pattern)
-            self.take(reply.get("pairs") or [])
-        except (HostLost, HostError):
-            pass  # the host is gone: the command is lost, its task goes elsewhere
-        return self
-
-    def take(self, pairs: List[Any]) -> None:
-        with self._pairs_lock:
-            self._pairs.extend((step, value) for step, value in pairs)
-
-    def poll(self, final: bool = False) -> List[Tuple[float, float]]:
-        """The values received since the last poll (all of them by the exit: the agent sends them first)."""
-        with self._pairs_lock:
-            pairs, self._pairs = self._pairs, []
-        return pairs
-
-
 class SshExecutor(Executor):
     def __init__(self, host: Host, resource: str):
         self.connection = host
@@ -371,8 +294,8 @@ class SshExecutor(Executor):
     def start(self, line: str, debug: bool = False) -> Process:
         return self.connection.start(line, self.resource, debug)
 
-    def collect(self, directory: str) -> None:
-        self.connection.pull(directory)
+    def collect(self, directory: str, scope: Optional[Scope] = None) -> None:
+        self.connection.pull(directory, scope)
 
     def close(self) -> None:
         self.connection.close()

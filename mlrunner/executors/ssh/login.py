@@ -1,13 +1,18 @@
 """Logging in to a host: ~/.ssh/config settings, host keys (H2, H3), and connects that leak nothing (H12).
 
+paramiko's own complaints (its log, its threads' errors) are one stderr line each, with the host.
+
 paramiko is imported here only, and this package only when hosts are used (H7).
 """
 
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import socket
+import sys
+import threading
 from typing import Any, Dict, Optional
 
 try:
@@ -18,6 +23,10 @@ except ImportError:  # pragma: no cover - exercised by the H7 test in a bare int
 from ...hosts import HostSpec
 
 CONNECT_TIMEOUT = 10.0
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class HostError(Exception):
@@ -82,6 +91,7 @@ def open_client(spec: HostSpec, accept_new: bool) -> Any:
     found = settings(spec)
     known_hosts = found.pop("known_hosts")
     where = f"{found['username']}@{found['hostname']}:{found['port']}"
+    quiet_paramiko()
     client = paramiko.SSHClient()
     sock: Optional[socket.socket] = None
     try:
@@ -93,6 +103,7 @@ def open_client(spec: HostSpec, accept_new: bool) -> Any:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.connect(**found, sock=sock, allow_agent=True, look_for_keys=True, timeout=CONNECT_TIMEOUT,
                        banner_timeout=CONNECT_TIMEOUT, auth_timeout=CONNECT_TIMEOUT)
+        client.get_transport().set_log_channel(LOG_CHANNEL + spec.name)  # its channels and SFTP follow
         return client
     except BaseException as error:
         client.close()  # stops the transport thread, if it started
@@ -109,3 +120,67 @@ def open_client(spec: HostSpec, accept_new: bool) -> Any:
         if isinstance(error, (OSError, EOFError)) or (paramiko and isinstance(error, paramiko.SSHException)):
             raise HostError(f"cannot reach {where}: {error or type(error).__name__}") from None
         raise
+
+
+LOG_CHANNEL = "paramiko.host."  # + the host's name: paramiko's loggers of one connection
+
+
+def _host_of(logger_name: str) -> str:
+    """The host a paramiko logger (`paramiko.host.<name>[.sftp]`) speaks for, or '' for another one."""
+    if not logger_name.startswith(LOG_CHANNEL):
+        return ""
+    name = logger_name[len(LOG_CHANNEL):]
+    return name[:-len(".sftp")] if name.endswith(".sftp") else name
+
+
+class _OneLine(logging.Handler):
+    """paramiko's errors as one stderr line each, with the host: the tracebacks it logs line by line
+    (from 'Traceback' to the empty line that ends them) are left out."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self._in_traceback: Dict[str, bool] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Traceback"):
+            self._in_traceback[record.name] = True
+        if self._in_traceback.get(record.name) or not message.strip():
+            self._in_traceback[record.name] = bool(message.strip())
+            return
+        host = _host_of(record.name)
+        print(f"warning: {f'host {host}: ' if host else ''}ssh: {message}", file=sys.stderr, flush=True)
+
+
+def _thread_error(args: Any) -> None:
+    """A paramiko thread that dies (an SFTP prefetch on a dropped connection): one line, with its host.
+    The copy it served fails on its own and is tried again; other threads' errors go where they went."""
+    frames, traceback = [], args.exc_traceback
+    while traceback is not None:
+        frames.append(traceback.tb_frame)
+        traceback = traceback.tb_next
+    if not any(f"{os.sep}paramiko{os.sep}" in frame.f_code.co_filename for frame in frames):
+        _previous_hook(args)
+        return
+    host = ""
+    for frame in frames:
+        owner = frame.f_locals.get("self")
+        logger = getattr(owner, "logger", None) or getattr(getattr(owner, "sftp", None), "logger", None)
+        host = host or _host_of(getattr(logger, "name", ""))
+    error = f"{args.exc_type.__name__}: {args.exc_value}" if str(args.exc_value) else args.exc_type.__name__
+    print(f"warning: {f'host {host}: ' if host else ''}ssh: a paramiko thread ended: {error}", file=sys.stderr,
+          flush=True)
+
+
+_previous_hook = threading.excepthook
+
+
+def quiet_paramiko() -> None:
+    """Route paramiko's logging and its threads' errors to one line each (once per process)."""
+    global _previous_hook
+    logger = logging.getLogger("paramiko")
+    if not any(isinstance(handler, _OneLine) for handler in logger.handlers):
+        logger.addHandler(_OneLine())
+        logger.propagate = False
+    if threading.excepthook is not _thread_error:
+        _previous_hook, threading.excepthook = threading.excepthook, _thread_error

@@ -5,6 +5,11 @@ its own deadline: a request that misses it fails alone. Whether the host is stil
 heartbeat's call: a ping every HEARTBEAT seconds, and SILENCE seconds without a word from the agent
 (a SIGSTOPped agent, a dead link without FIN) mean the host is lost. A slow transfer on another
 channel keeps the agent answering pings, so it is never taken for silence.
+
+Nothing from a host is trusted: a line is at most MAX_LINE bytes (the reader never holds more),
+and a longer one, a line that is not a protocol message, or an exit report of the wrong shape make
+the host faulty: `fault` says why, and the channel is lost (its commands go to other workers).
+Anything else that goes wrong in the reader or the heartbeat is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from ..base import HostLost
 from .login import HostError
@@ -23,10 +29,35 @@ HEARTBEAT = 3.0  # seconds between pings
 SILENCE = 20.0  # seconds without any message from the agent: the host is lost (H8: within 30 s)
 DEADLINE = 30.0  # default seconds a request may take
 DEADLINES = {"pack": 600.0, "unpack": 600.0, "list": 120.0, "stat": 120.0, "run": 60.0}
+MAX_LINE = 16 << 20  # bytes in one message from the agent: a `list` of some 200 000 files fits
+TOO_LONG = f"the agent sent a line longer than {MAX_LINE >> 20} MiB"
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class RequestFailed(HostError):
     """The agent answered with an error, or not within the request's deadline; the host is fine."""
+
+
+class Faulty(Exception):
+    """The agent broke the protocol (a line too long, not a message): the host cannot be trusted."""
+
+
+def parse(line: Union[bytes, bytearray]) -> Dict[str, Any]:
+    """One message from the agent, or Faulty saying what is wrong with it."""
+    if len(line) > MAX_LINE:
+        raise Faulty(TOO_LONG)
+    try:
+        message = json.loads(line)
+    except ValueError:
+        raise Faulty(f"the agent sent a line that is not JSON: {line[:60]!r}") from None
+    if not isinstance(message, dict):
+        raise Faulty(f"the agent sent a message that is not an object: {line[:60]!r}")
+    if type(message.get("id")) is not int or type(message.get("exit", 0)) not in (int, type(None)):
+        raise Faulty(f"the agent sent a message without a request id or with a bad exit status: {line[:60]!r}")
+    return message
 
 
 class Rpc:
@@ -40,6 +71,7 @@ class Rpc:
         self.on_lost = on_lost
         self.closed = threading.Event()
         self.last_heard = time.monotonic()
+        self.fault: Optional[str] = None  # why the host is faulty (broke the protocol), once it is
         self._ids = itertools.count(1)
         self._write_lock = threading.Lock()
         self._replies: Dict[int, List[Any]] = {}  # id -> [event, reply]
@@ -56,7 +88,7 @@ class Rpc:
 
     # -- reading ------------------------------------------------------------------------------------
     def _read(self) -> None:
-        buffer = bytearray()
+        buffer = bytearray()  # never more than MAX_LINE bytes and one read
         try:
             while not self.closed.is_set():
                 try:
@@ -66,17 +98,23 @@ class Rpc:
                 if not data:
                     break
                 self.last_heard = time.monotonic()
-                start = len(buffer)
+                end = data.find(b"\n")
+                if end >= 0:
+                    end += len(buffer)
                 buffer += data
-                end = buffer.find(b"\n", start)
-                if end < 0:
-                    continue
-                lines = bytes(buffer).split(b"\n")
-                buffer = bytearray(lines.pop())
-                for line in lines:
-                    self._dispatch(json.loads(line))
-        except (OSError, EOFError, ValueError):
-            pass
+                while end >= 0:  # one line copied out at a time
+                    line = buffer[:end]
+                    del buffer[:end + 1]
+                    self._dispatch(parse(line))
+                    end = buffer.find(b"\n")
+                if len(buffer) > MAX_LINE:
+                    raise Faulty(TOO_LONG)
+        except (OSError, EOFError):
+            pass  # the channel broke: the host is lost, and reconnected
+        except Faulty as error:
+            self.fault = str(error)
+        except Exception as error:  # anything else from paramiko or a callback: one line, never a traceback
+            _warn(f"host {self.name}: reading from its agent failed: {type(error).__name__}: {error}")
         self.lose()
 
     def _dispatch(self, message: Dict[str, Any]) -> None:
@@ -100,6 +138,10 @@ class Rpc:
                 return
             except RequestFailed:
                 continue  # the channel takes nothing now: silence decides, at the next beat
+            except Exception as error:  # a surprise from paramiko: one line, and the host is lost
+                _warn(f"host {self.name}: heartbeat failed: {type(error).__name__}: {error}")
+                self.lose()
+                return
 
     # -- writing ------------------------------------------------------------------------------------
     def _send(self, message: Dict[str, Any], deadline: float) -> None:
@@ -139,7 +181,7 @@ class Rpc:
                 self._replies.pop(ident, None)
         reply = waiter[1]
         if reply is None:
-            raise HostLost(self.name)
+            raise HostLost(f"{self.name} (faulty: {self.fault})" if self.fault else self.name)
         if "error" in reply:
             raise RequestFailed(f"host {self.name}: {op}: {reply['error']}")
         return reply
