@@ -15,6 +15,7 @@ from typing import Iterator, List, Optional
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
+from .origin import DEFAULT_YAML, metrics_of, resolve
 
 DURATION_RE = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[dhms]\s*)+\Z|\s*\d+(?:\.\d+)?\s*\Z")
 PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)")
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                "there with python3; for --hosts, run dist/mlrunner-ssh-<platform>.pyz (build_zipapp.py --with-ssh) "
                "on the machine that drives the hosts, which need only python3.",
         formatter_class=_HelpFormatter)
-    parser.add_argument("-y", "--yaml", default="params.yaml", help="the config file")
+    parser.add_argument("-y", "--yaml", help="the config file (default: params.yaml); without -y, --status, "
+                                             "--examine and --report read the one that ran into -o")
     parser.add_argument("-o", "--output", default="output", help="output root: one directory per experiment")
     parser.add_argument("-t", "--title", help="run only the sweep documents with this _title")
     parser.add_argument("-c", "--command", nargs="+", help="run only these commands (overrides _cmd)")
@@ -134,15 +136,13 @@ def _command(args: argparse.Namespace) -> int:
     from . import config as config_module
     from .sweep import expand
 
+    args.yaml = args.yaml or DEFAULT_YAML
     config = config_module.load(args.yaml)
     for warning in config.warnings:
         print(warning, file=sys.stderr)
     if args.hosts or config.hosts:  # check host settings before anything starts (C10)
         from . import hosts
         hosts.select(args.hosts, hosts.parse_config(config.hosts, config.path), hosts.parse_sync(config.sync, config.path))
-    if args.examine:
-        from .report import print_examine
-        return print_examine(config, args.output, args.format)
     if args.wait and not (args.slurm or config.slurm is not None):
         raise UserError("--wait follows Slurm jobs: it needs --slurm or 'slurm:' in the file (a local run waits anyway)")
     for command in args.command or []:
@@ -186,11 +186,9 @@ def check_output_dir(output: str) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     """`--report`: the records under -o, with the metrics of the config file when it is there."""
-    from . import config as config_module
     from .html_report import write_report
 
-    yaml_path = args.yaml if os.path.exists(args.yaml) else os.path.join(args.output, os.path.basename(args.yaml))
-    metrics = config_module.load(yaml_path).metrics if os.path.exists(yaml_path) else {}
+    metrics = metrics_of(resolve(args), missing_ok=True)
     path = write_report(args.output, args.report or os.path.join(args.output, "report.html"), metrics)
     print(f"Report: {path}")
     return EXIT_OK
@@ -244,6 +242,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return print_status(args)
         if args.report is not None:
             return _report(args)
+        if args.examine:
+            from .report import print_examine
+            with _planning():
+                return print_examine(metrics_of(resolve(args)), args.output, args.format)
         with _planning():
             return _command(args)
     except UserError as error:

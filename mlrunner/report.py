@@ -24,10 +24,13 @@ def format_orphans(orphans: Iterable[str], config: Optional[Config] = None) -> s
     return text + (f" (did you mean {' or '.join(dict.fromkeys(guesses))}?)" if guesses else "")
 
 
-def _reviews(plan: Plan, config: Config, args: argparse.Namespace, seconds: bool = False) -> List[Review]:
-    on_change = "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
+def _on_change(args: argparse.Namespace) -> str:
+    return "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
+
+
+def _reviews(plan: Plan, config: Config, args: argparse.Namespace) -> List[Review]:
     return review(plan, config.templates, args.output, no_subdir=args.no_subdir, force=args.force,
-                  on_change=on_change, write_index=False, seconds=seconds)  # they write nothing (R9)
+                  on_change=_on_change(args), write_index=False)  # a dry run writes nothing (R9)
 
 
 def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], run_time: str,
@@ -78,21 +81,31 @@ def _records(output: str) -> List[Tuple[str, str]]:
 
 
 def _changes_by_stat(args: argparse.Namespace) -> Dict[str, Review]:
-    """stat path -> review, from the config file when there is one (I2 in --status); {} otherwise."""
+    """stat path -> review, from the configs that ran into the tree (T1) or `-y` (I2 in --status);
+    {} without one."""
+    from .origin import resolve
+    changes: Dict[str, Review] = {}
+    for source in resolve(args):
+        if os.path.exists(source.path):
+            changes.update(_changes_of(args, source.path, source.title, source.no_subdir or args.no_subdir))
+    return changes
+
+
+def _changes_of(args: argparse.Namespace, path: str, title: Optional[str], no_subdir: bool) -> Dict[str, Review]:
+    """stat path -> review for one config file."""
     from . import config as config_module
     from .state import record_path
     from .sweep import expand
-    if not os.path.exists(args.yaml):
-        return {}
     try:
-        config = config_module.load(args.yaml)
-        plan = expand(config, config_module.select_sweeps(config, args.title), args.output, commands=args.command,
-                      dedup=not args.no_dedup, no_subdir=args.no_subdir)
+        config = config_module.load(path)
+        plan = expand(config, config_module.select_sweeps(config, title), args.output, commands=args.command,
+                      dedup=not args.no_dedup, no_subdir=no_subdir)
     except UserError as error:
         print(f"warning: {error}: --status cannot tell which results changed", file=sys.stderr)
         return {}
-    reviews = _reviews(plan, config, args, seconds=True)
-    if args.no_subdir:
+    reviews = review(plan, config.templates, args.output, no_subdir=no_subdir, force=args.force,
+                     on_change=_on_change(args), write_index=False, seconds=True)  # it writes nothing (R9)
+    if no_subdir:
         return {record_path(t.output, STAT, t.name, True): r for t, r in zip(plan.tasks, reviews)}
     return {t.output + os.sep + STAT: r for t, r in zip(plan.tasks, reviews)}  # the path as _records makes it
 
@@ -153,10 +166,10 @@ def print_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def print_examine(config: Config, output: str, fmt: str) -> int:
-    """The no-code metrics table of E6."""
+def print_examine(metrics: Dict[str, Dict[str, str]], output: str, fmt: str) -> int:
+    """The no-code metrics table of E6, with the `metric:` entries of the tree's config (T1)."""
     from .examine.metrics import examine_table
     if not os.path.isdir(output):
         raise UserError(f"no output directory '{output}' (name another with -o)")
-    print(examine_table(output, config.metrics, fmt), end="")
+    print(examine_table(output, metrics, fmt), end="")
     return EXIT_OK

@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import shutil
 import signal
 import sys
 import threading
-from typing import List, Optional
+from typing import List
 
 from .allocator import Allocator, Place
 from .config import Config
@@ -22,6 +21,7 @@ from .detach import detach
 from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 from .executors.local import LocalExecutor
 from .gpu_policy import check_sizes
+from .origin import remember, repeat
 from .report import format_orphans
 from .resume import Review, review
 from .runs import RunRecord
@@ -31,14 +31,6 @@ from .workers import build_executors, host_specs
 
 EXIT_BY_SIGNAL = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
 LOG_TAIL_LINES = 5
-
-
-def _copy_config(config: Config, output: str, title: Optional[str]) -> None:
-    os.makedirs(output, exist_ok=True)
-    target = os.path.join(output, os.path.basename(config.path) + (f".{title}" if title else ""))
-    temporary = f"{target}.{os.getpid()}.tmp"
-    shutil.copyfile(config.path, temporary)
-    os.replace(temporary, target)
 
 
 def _print_summary(console: Console, summary: Summary, halted: bool) -> None:
@@ -76,7 +68,7 @@ def _no_records(output: str) -> bool:
         return False
 
 
-def _check_changes(plan: Plan, reviews: List[Review]) -> bool:
+def _check_changes(plan: Plan, reviews: List[Review], args: argparse.Namespace) -> bool:
     """I2: say which finished commands' config changed; True when the run must not start."""
     changed = [(task, verdict) for task, verdict in zip(plan.tasks, reviews) if verdict.changed]
     if not changed:
@@ -87,9 +79,10 @@ def _check_changes(plan: Plan, reviews: List[Review]) -> bool:
     for task, verdict in changed[:5]:
         print(f"    {task.output} ({', '.join(verdict.changed)}): {'; '.join(verdict.changes)}", file=sys.stderr)
     if len(changed) > 5:
-        print(f"    ... and {len(changed) - 5} more experiment(s) (mlrunner --dry-run lists them all)", file=sys.stderr)
-    print("mlrunner: run again with --rerun-changed to rerun them (and their tasks' later commands), "
-          "or --keep-changed to keep their results", file=sys.stderr)
+        print(f"    ... and {len(changed) - 5} more experiment(s) ({repeat(args, '--dry-run')} lists them all)",
+              file=sys.stderr)
+    print(f"mlrunner: to rerun them (and their tasks' later commands): {repeat(args, '--rerun-changed')}\n"
+          f"mlrunner: to keep their results: {repeat(args, '--keep-changed')}", file=sys.stderr)
     return True
 
 
@@ -118,7 +111,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
                          on_change=on_change)
         if config.gpu is not None:
             check_sizes(config.gpu, plan.tasks, config.path)
-        if on_change == "ask" and _check_changes(plan, reviews):
+        if on_change == "ask" and _check_changes(plan, reviews, args):
             return EXIT_USAGE
         to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
     specs = host_specs(config, args)
@@ -143,7 +136,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
         for note in verdict.notes:
             print(f"NOTE    {note}")
     print(f"Tasks: {plan.total}, commands to run: {to_run}", flush=True)
-    _copy_config(config, args.output, args.title)
+    remember(config.path, args.output, args.title, args.no_subdir)  # T1: views read it without -y
     console = Console(to_run, len(executors))
     allocator = Allocator(places, config.gpu, say=console.print)
     scheduler = Scheduler(plan, config, allocator, run_time, args, reviews, console)

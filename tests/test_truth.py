@@ -1,0 +1,75 @@
+"""The output tree tells the truth: every view answers from the run's own config and records
+(SPEC T1, T2, T5-T7, T10), tried as a user would, from the command line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from runlib import load, run, write
+
+EXP = """
+template:
+  train: echo score {seed} {lr}
+default: {lr: 0.1}
+metric: {score: {command: train, regex: 'score (\\d+)'}}
+---
+seed: [1, 2]
+"""
+
+
+def _project(tmp_path: Path) -> Path:
+    """A project whose config is exp.yaml, run once into out/; another directory beside it holds a
+    params.yaml of another sweep, the one a view would wrongly read."""
+    project = tmp_path / "project"
+    project.mkdir()
+    write(project, EXP, "exp.yaml")
+    code, out, err = run(["-y", "exp.yaml", "-o", "out"], project)
+    assert code == 0 and "Finished: 2" in out, out + err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write(elsewhere, "template:\n  train: echo other {seed}\n---\nseed: [1, 2, 3]\n")
+    return project
+
+
+def test_T1_the_tree_keeps_its_config_as_params_yaml_and_remembers_where_it_came_from(tmp_path: Path):
+    project = _project(tmp_path)
+    out = project / "out"
+    assert (out / "params.yaml").read_text() == (project / "exp.yaml").read_text()  # R5's name, not exp.yaml
+    assert not (out / "exp.yaml").exists()
+    entry, = load(out / ".mlrunner-config")["configs"]
+    assert entry["path"] == str(project / "exp.yaml") and entry["title"] is None
+
+
+def test_T1_status_and_examine_from_another_directory_answer_from_the_trees_config(tmp_path: Path):
+    project = _project(tmp_path)
+    elsewhere, tree = tmp_path / "elsewhere", str(project / "out")
+    code, out, err = run(["-o", tree, "--status"], elsewhere)
+    assert code == 0 and "Experiments: 2; finished: 2" in out and "changed" not in out, out + err
+    code, out, err = run(["-o", tree, "--examine"], elsewhere)
+    assert code == 0 and out.splitlines()[1:] == ["Seed_1\t1\t1\tfinished", "Seed_2\t2\t2\tfinished"], out + err
+    assert out.splitlines()[0] == "experiment\tseed\tscore\tstatus"  # the metric of exp.yaml
+    code, out, err = run(["--report", "-o", tree], elsewhere)
+    assert code == 0 and "score" in (project / "out" / "report.html").read_text(), out + err
+
+
+def test_T1_the_copy_answers_when_the_config_file_is_gone(tmp_path: Path):
+    project = _project(tmp_path)
+    (project / "exp.yaml").rename(project / "moved.yaml")
+    code, out, _ = run(["-o", str(project / "out"), "--examine"], tmp_path / "elsewhere")
+    assert code == 0 and "Seed_2\t2\t2\tfinished" in out
+
+
+def test_T1_an_edit_of_the_remembered_file_shows_as_changed_and_the_hints_repeat_the_flags(tmp_path: Path):
+    project = _project(tmp_path)
+    config = project / "exp.yaml"
+    config.write_text(config.read_text().replace("lr: 0.1", "lr: 0.2"))
+    code, out, _ = run(["-o", str(project / "out"), "--status"], tmp_path / "elsewhere")
+    assert code == 0 and "changed: 2" in out and "lr: 0.1 -> 0.2" in out
+    code, out, err = run(["-y", "exp.yaml", "-o", "out"], project)
+    assert code == 2
+    assert re.search(r"^mlrunner: to keep their results: \S+ -m mlrunner -y exp\.yaml -o out --keep-changed$", err,
+                     re.M), err
+    assert "-y exp.yaml -o out --rerun-changed" in err
