@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="after the first failure start no new command; running ones finish (exit 1)")
     parser.add_argument("-d", "--debug", action="store_true",
                         help="run the first task only, show its log on the console, force")
-    parser.add_argument("--dry-run", action="store_true", help="print the shell lines; run and write nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the shell lines a run would start now; run and write nothing")
+    parser.add_argument("--all", action="store_true", help="with --dry-run: also the finished commands, marked")
     parser.add_argument("--sample", type=positive_int, metavar="N",
                         help="run N random combinations of each sweep document")
     parser.add_argument("--sample-seed", type=int, metavar="S", help="seed for --sample, to repeat a draw")
@@ -224,6 +226,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_long_run_flags(parser, args)
+    if args.all and not args.dry_run:
+        parser.error("--all goes with --dry-run (it lists the finished commands too)")
     try:
         if args.slurm_element:
             from .executors.slurm.element import run_element

@@ -10,9 +10,14 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from .config import Config, close_placeholder
 from .errors import EXIT_OK, UserError
 from .resume import Review, review
-from .state import CHANGED, PARAM, STAT, Corrupt, last_run, read_record, statuses
+from .state import CHANGED, FINISHED, PARAM, STAT, Corrupt, last_run, read_record, statuses
 from .sweep import Plan
 from .template import shell_line
+
+
+def orphans_line(orphans: Iterable[str], config: Optional[Config] = None) -> str:
+    """`Orphan params: {...}`, or "" when there are none (T7): a line only when it says something."""
+    return f"Orphan params: {format_orphans(orphans, config)}" if orphans else ""
 
 
 def format_orphans(orphans: Iterable[str], config: Optional[Config] = None) -> str:
@@ -35,10 +40,11 @@ def _reviews(plan: Plan, config: Config, args: argparse.Namespace) -> List[Revie
 
 def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], run_time: str,
                   args: argparse.Namespace) -> int:
-    """Print the exact lines a run would start; task i goes to worker i mod n, as it would first.
+    """Print the exact lines a run would start now (T2), the tasks going to the workers in turn as
+    they would first; `--all` adds the finished commands, each marked as a comment.
 
-    A task's header says when a finished command's config changed (I2) and what a run would do
-    about a record that does not parse (I5); the lines are printed either way.
+    A task's header says when a finished command's config changed (I2; it is listed, since a run
+    asks about it) and what a run would do about a record that does not parse (I5).
     """
     if resources is None or resources == ["auto"]:
         from .workers import resolve_resources
@@ -46,17 +52,32 @@ def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], ru
     resources = resources or [""]  # `-r` alone: hosts only, which a dry run does not contact
     reviews = _reviews(plan, config, args)
     write = sys.stdout.write
-    print(f"Orphan params: {format_orphans(plan.orphans, config)}")
+    orphans = orphans_line(plan.orphans, config)
+    if orphans:
+        print(orphans)
+    to_run = 0
     for task, verdict in zip(plan.tasks, reviews):
-        resource = resources[task.index % len(resources)]
-        header = f"# {task.index + 1}/{len(plan.tasks)} {task.output} (gpu: {resource or 'cpu'})"
+        start = len(task.commands) if verdict.start is None else verdict.start
+        if start == len(task.commands) and not (args.all or verdict.changed):
+            continue
+        resource = resources[to_run % len(resources)] if start < len(task.commands) else ""
+        where = f"gpu: {resource or 'cpu'}" if start < len(task.commands) else FINISHED
+        header = f"# {task.index + 1}/{len(plan.tasks)} {task.output} ({where})"
         if verdict.changed:
             header += f" {CHANGED}: {', '.join(verdict.changed)}: {'; '.join(verdict.changes)}"
         lines = [header] + [f"# {note}" for note in verdict.notes + verdict.problems]
-        for command, line in task.render(config.templates, run_time, resource, "localhost").items():
-            lines.append(shell_line(line, resource, task.log(command, run_time, args.no_subdir), args.debug))
+        rendered = task.render(config.templates, run_time, resource, "localhost")
+        for position, (command, line) in enumerate(rendered.items()):
+            text = shell_line(line, resource, task.log(command, run_time, args.no_subdir), args.debug)
+            if position >= start:
+                lines.append(text)
+            elif args.all:
+                mark = CHANGED if command in verdict.changed else FINISHED
+                lines.append(f"# {mark}: " + text.replace("\n", "\n# "))
+        to_run += start < len(task.commands)
         write("\n".join(lines) + "\n")
-    print(f"Tasks: {len(plan.tasks)}, commands to run: {plan.command_count}")
+    commands = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
+    print(f"Tasks: {len(plan.tasks)}, commands to run: {commands}")  # the count a run prints
     if plan.duplicates:
         print(f"Duplicates skipped: {plan.duplicates}")
     changed = sum(1 for verdict in reviews if verdict.changed)

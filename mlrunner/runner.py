@@ -22,7 +22,7 @@ from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TE
 from .executors.local import LocalExecutor
 from .gpu_policy import check_sizes
 from .origin import remember, repeat
-from .report import format_orphans
+from .report import orphans_line
 from .resume import Review, review
 from .runs import RunRecord
 from .scheduler import Scheduler, Summary
@@ -131,7 +131,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
         return EXIT_FAILED
     places = [Place(e, [g for g in e.resource.split(",") if g], remote=not isinstance(e, LocalExecutor))
               for e in executors]
-    print(f"Orphan params: {format_orphans(plan.orphans, config)}")
+    if plan.orphans:
+        print(orphans_line(plan.orphans, config))
     for verdict in reviews:
         for note in verdict.notes:
             print(f"NOTE    {note}")

@@ -101,7 +101,8 @@ def test_I2_dry_run_and_status_show_what_changed(tmp_path: Path):
     _config(tmp_path, lr=0.01)
     code, out, _ = run(["--dry-run"], tmp_path)
     assert code == 0
-    assert "# 1/2 output/Seed_1 (gpu: 0) changed: train, test: lr: 0.1 -> 0.01" in out
+    assert "# 1/2 output/Seed_1 (finished) changed: train, test: lr: 0.1 -> 0.01" in out  # listed, not started (T2)
+    assert "# 1/2 output/Seed_1 (gpu: 0) changed: train, test:" in run(["--dry-run", "--rerun-changed"], tmp_path)[1]
     assert "Changed since they finished: 2 experiment(s)" in out
     code, out, _ = run(["--status"], tmp_path)
     assert code == 0

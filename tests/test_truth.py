@@ -73,3 +73,33 @@ def test_T1_an_edit_of_the_remembered_file_shows_as_changed_and_the_hints_repeat
     assert re.search(r"^mlrunner: to keep their results: \S+ -m mlrunner -y exp\.yaml -o out --keep-changed$", err,
                      re.M), err
     assert "-y exp.yaml -o out --rerun-changed" in err
+
+
+# T2: --dry-run shows what a run would start now ---------------------------------------------------
+
+def test_T2_dry_run_on_a_half_finished_tree_lists_what_a_run_starts_with_its_count(tmp_path: Path):
+    write(tmp_path, """
+        template:
+          train: echo train {seed}
+          test: test {seed} != 2
+        resource: ['a', 'b']
+        ---
+        seed: [1, 2, 3]
+        """)
+    code, out, _ = run([], tmp_path)
+    assert code == 1 and "Finished: 5, failed: 1" in out
+    code, out, err = run(["--dry-run"], tmp_path)
+    assert code == 0 and err == ""
+    shown = [line for line in out.splitlines() if not line.startswith("#")]
+    assert shown[0] == "export CUDA_VISIBLE_DEVICES=a; { test 2 != 2"
+    assert shown[1].startswith("} > output/Seed_2/log.test.") and len(shown) == 3
+    assert shown[2] == "Tasks: 3, commands to run: 1"
+    assert "# 2/3 output/Seed_2 (gpu: a)" in out and "Seed_1" not in out and "Seed_3" not in out
+    code, rerun, _ = run([], tmp_path)  # what the run prints and starts
+    assert code == 1 and "Tasks: 3, commands to run: 1" in rerun and rerun.count("START ") == 1
+    code, out, _ = run(["--dry-run", "--all"], tmp_path)
+    assert code == 0 and "# 1/3 output/Seed_1 (finished)" in out and "Tasks: 3, commands to run: 1" in out
+    assert out.count("# finished: export CUDA_VISIBLE_DEVICES=") == 5
+    assert [line for line in out.splitlines() if not line.startswith("#")] == shown
+    code, _, err = run(["--all"], tmp_path)
+    assert code == 2 and "--all goes with --dry-run" in err

@@ -19,7 +19,7 @@ from ...config import Config
 from ...detach import _invocation
 from ...errors import EXIT_OK, UserError
 from ...origin import remember
-from ...report import format_orphans
+from ...report import orphans_line
 from ...resume import Review
 from ...state import RUNNING, last_run, owner_alive
 from ...sweep import Plan, Task
@@ -106,7 +106,8 @@ def submit(plan: Plan, config: Config, reviews: List[Review], run_time: str, arg
     settings: Settings = config.slurm or Settings()
     held = _held(plan, reviews, args.output)
     todo = [(t, r) for t, r in zip(plan.tasks, reviews) if r.start is not None and t.output not in held]
-    print(f"Orphan params: {format_orphans(plan.orphans)}")
+    if plan.orphans:
+        print(orphans_line(plan.orphans, config))
     for verdict in reviews:
         for note in verdict.notes:
             print(f"NOTE    {note}")
