@@ -16,10 +16,11 @@ from typing import List
 
 from .allocator import Allocator, Place
 from .config import Config
-from .console import Console, log_tail
+from .console import Console
 from .detach import detach
 from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 from .executors.local import LocalExecutor
+from .failures import failure_lines
 from .gpu_policy import check_sizes
 from .origin import remember, repeat
 from .report import orphans_line
@@ -30,12 +31,10 @@ from .sweep import Plan
 from .workers import build_executors, host_specs
 
 EXIT_BY_SIGNAL = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
-LOG_TAIL_LINES = 5
 
 
-def _print_summary(console: Console, summary: Summary, halted: bool) -> None:
-    console.print(f"Finished: {summary.finished}, failed: {len(summary.failures)}, skipped: {summary.skipped}, "
-                  f"interrupted: {summary.interrupted}, already finished: {summary.already}")
+def _print_summary(console: Console, summary: Summary, halted: bool, args: argparse.Namespace) -> None:
+    """What went wrong first, the counts last, where a terminal leaves them in sight (T6)."""
     if summary.requeued:
         console.print(f"Tasks moved to another worker after a host was lost: {summary.requeued}")
     if summary.not_run:
@@ -43,17 +42,13 @@ def _print_summary(console: Console, summary: Summary, halted: bool) -> None:
                else "every worker that could take them was lost")
         console.print(f"Tasks not run ({why}): {summary.not_run}")
     if summary.failures:
-        lines = ["Failed:"]
-        for failure in summary.failures:
-            lines.append(f"    {failure.output} ({failure.command}: {failure.reason})")
-            if failure.log:
-                lines.append(f"        log: {failure.log}")
-                lines.extend(f"        | {line}" for line in log_tail(failure.log, LOG_TAIL_LINES))
-        console.print("\n".join(lines))
+        console.print("\n".join(failure_lines(summary.failures, repeat(args, "--status", config=False))))
     if summary.busy:
         console.print("Left to another mlrunner:\n" + "\n".join(f"    {b}" for b in summary.busy))
     if summary.hosts_left_out:
         console.print("Hosts left out (unreachable at start):\n" + "\n".join(f"    {h}" for h in summary.hosts_left_out))
+    console.print(f"Finished: {summary.finished}, failed: {len(summary.failures)}, skipped: {summary.skipped}, "
+                  f"interrupted: {summary.interrupted}, already finished: {summary.already}")
 
 
 def _no_records(output: str) -> bool:
@@ -151,7 +146,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     try:
         with console, RunRecord(args.output, console):  # the record --status/--stop/--follow read (D2)
             summary = scheduler.run()
-            _print_summary(console, summary, scheduler.halted.is_set())
+            _print_summary(console, summary, scheduler.halted.is_set(), args)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

@@ -103,3 +103,42 @@ def test_T2_dry_run_on_a_half_finished_tree_lists_what_a_run_starts_with_its_cou
     assert [line for line in out.splitlines() if not line.startswith("#")] == shown
     code, _, err = run(["--all"], tmp_path)
     assert code == 2 and "--all goes with --dry-run" in err
+
+
+# T6: many failures -----------------------------------------------------------------------------
+
+def test_T6_two_hundred_failures_are_grouped_capped_and_the_counts_come_last(tmp_path: Path):
+    write(tmp_path, """
+        template:
+          train: echo "no data for {seed}"; [ {seed} -gt 200 ] || exit 3
+        resource: ['', '', '', '']
+        ---
+        seed: {seeds}
+        """.replace("{seeds}", str(list(range(1, 201)) + [201])))
+    code, out, err = run(["-o", "runs"], tmp_path, env={"MLRUNNER_FSYNC": "0"}, timeout=120)
+    assert code == 1, err
+    lines = out.splitlines()
+    assert lines[-1] == "Finished: 1, failed: 200, skipped: 0, interrupted: 0, already finished: 0"
+    assert lines[-2] == "Failed by reason: train: exit status 3: 200"
+    assert re.fullmatch(r"    … and 197 more: \S+ -m mlrunner -o runs --status", lines[-3]), lines[-3]
+    summary = lines[lines.index("Failed:"):]
+    assert len(summary) < 15 and sum(line.endswith("(train: exit status 3)") for line in summary) == 3
+    assert sum(line.startswith("        log: runs/Seed_") for line in summary) == 1
+    assert "        | no data for " in out
+
+
+def test_T6_each_reason_is_listed_once_with_its_count(tmp_path: Path):
+    write(tmp_path, """
+        template:
+          train: exit {code}
+        resource: ['']
+        ---
+        code: [3, 3, 4, 3]
+        n: [1, 2]
+        """)
+    code, out, _ = run([], tmp_path)
+    assert code == 1
+    assert "Failed by reason: train: exit status 3: 2; train: exit status 4: 2" in out
+    summary = out[out.index("Failed:"):].splitlines()
+    assert [line.split(" (")[-1] for line in summary if line.startswith("    output/")] == [
+        "train: exit status 3)", "train: exit status 3)", "train: exit status 4)", "train: exit status 4)"]
