@@ -26,6 +26,7 @@ class Sweep:
     title: Optional[str] = None
     commands: Optional[List[str]] = None
     line: Optional[int] = None
+    key_lines: Dict[str, Optional[int]] = field(default_factory=dict)  # where each param key is
 
 
 @dataclass
@@ -182,6 +183,7 @@ def _parse_sweep(path: str, doc: Doc, templates: Dict[str, Template], aliases: d
                     raise check.fail(f"'{key}': {item!r} is not a case of alias '{key}' "
                                      f"(cases: {', '.join(map(str, aliases[key]))})", key)
             sweep.params[key] = values
+            sweep.key_lines[key] = doc.line(key)
     setter: Dict[str, str] = {}  # param -> the sweep key that sets it (itself, or an alias)
     for key in sweep.params:
         for param in next(iter(aliases[key].values())) if key in aliases else [key]:
@@ -257,6 +259,34 @@ def close_placeholder(orphan: str, config: Config) -> Optional[str]:
     placeholders = sorted({p for t in config.templates.values() for p in t.params if p in config.defaults})
     close = difflib.get_close_matches(orphan, placeholders, n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def one_edit(a: str, b: str) -> bool:
+    """`a` becomes `b` by one insertion, deletion, substitution or swap of neighbours."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    if len(a) < len(b):
+        return a[start:] == b[start + 1:]
+    swapped = a[start:start + 2] == b[start:start + 2][::-1] and a[start + 2:] == b[start + 2:]
+    return a[start + 1:] == b[start + 1:] or swapped
+
+
+def check_typos(config: Config, sweeps: List[Sweep]) -> None:
+    """A sweep key no template uses, one edit from a param one does (`lerning_rate`), is a typo
+    whose sweep would run without it: refused (T7). Names under 3 letters are too close to all."""
+    used = sorted({p for t in config.templates.values() for p in t.params})
+    for sweep in sweeps:
+        for key in sweep.params:
+            if key in used or key in config.aliases or len(key) < 3:
+                continue
+            near = [param for param in used if len(param) >= 3 and one_edit(key, param)]
+            if near:
+                raise UserError(f"sweep key '{key}' is used by no template (did you mean '{near[0]}'?); "
+                                "correct it, or rename it if it only names the directories",
+                                config.path, sweep.key_lines.get(key) or sweep.line)
 
 
 def select_sweeps(config: Config, title: Optional[str]) -> List[Sweep]:

@@ -11,7 +11,7 @@ import re
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from .config import Config, Sweep
+from .config import Config, Sweep, check_typos
 from .errors import UserError
 from .template import Template, log_name
 
@@ -282,6 +282,7 @@ def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Op
     `lazy`, a plan whose size is known in advance (one document, no alias, no value twice in a
     list: no task can be dropped or merged) is returned empty, for `Plan.fill` to make.
     """
+    check_typos(config, list(sweeps))
     plan = Plan()
     layouts = [_DocLayout(config, sweep, selected_commands(config, sweep, commands)) for sweep in sweeps]
     for sweep, layout in zip(sweeps, layouts):

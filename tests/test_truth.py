@@ -142,3 +142,31 @@ def test_T6_each_reason_is_listed_once_with_its_count(tmp_path: Path):
     summary = out[out.index("Failed:"):].splitlines()
     assert [line.split(" (")[-1] for line in summary if line.startswith("    output/")] == [
         "train: exit status 3)", "train: exit status 3)", "train: exit status 4)", "train: exit status 4)"]
+
+
+# T7: orphans and typos ---------------------------------------------------------------------------
+
+def test_T7_a_sweep_key_one_edit_from_a_template_param_is_refused(tmp_path: Path):
+    write(tmp_path, """
+        template:
+          train: echo {learning_rate} {seed}
+        default: {learning_rate: 0.1}
+        ---
+        seed: [1, 2]
+        lerning_rate: [0.01, 0.001]
+        """)
+    for flags in ([], ["--dry-run"]):
+        code, out, err = run(flags, tmp_path)
+        assert (code, out) == (2, ""), err
+        assert err == ("params.yaml:6: sweep key 'lerning_rate' is used by no template (did you mean "
+                       "'learning_rate'?); correct it, or rename it if it only names the directories\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_T7_no_orphan_line_without_orphans_and_far_orphans_still_name_directories(tmp_path: Path):
+    write(tmp_path, "template:\n  train: echo {lr}\n---\nlr: [1, 2]\n")
+    code, out, _ = run([], tmp_path)
+    assert code == 0 and "Orphan params" not in out and "set()" not in out
+    write(tmp_path, "template:\n  train: echo {lr}\n---\nlr: [1]\nrepeat: [1, 2]\n")
+    code, out, _ = run([], tmp_path)
+    assert code == 0 and out.startswith("Orphan params: {'repeat'}\n") and "Lr_1-Repeat_2" in out
