@@ -22,6 +22,7 @@ from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TE
 from .executors.local import LocalExecutor
 from .failures import failure_lines
 from .gpu_policy import check_sizes
+from .keep import keep_changes
 from .origin import remember, repeat
 from .report import orphans_line
 from .resume import Review, review
@@ -111,6 +112,10 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
         to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
     specs = host_specs(config, args)
     # Every check is done: from here on, things start.
+    if on_change == "keep" and not streaming:
+        kept = keep_changes(plan, reviews, config.templates, args.no_subdir)
+        if kept:
+            print(f"Kept: {kept} experiment(s) whose config changed; their param records it (_kept)")
     gc.freeze()  # the plan and the records read so far live to the end: the collector skips them
     gc.enable()  # off while planning (cli._planning); a run, a Slurm --wait, lasts hours
     if args.slurm or config.slurm is not None:  # the tasks go to Slurm's job arrays instead (S1)

@@ -26,6 +26,7 @@ from .sweep import safe_name
 
 PARAM, STAT = "param", "stat"
 RUNS = "_runs"  # stat's per-command history: every run, its worker, times, status and owner
+KEPT = "_kept"  # param's record of each --keep-changed: when, the values before, the lines kept (T5)
 FINISHED, FAILED, RUNNING, INTERRUPTED, SKIPPED = "finished", "failed", "running", "interrupted", "skipped"
 CHANGED = "changed"  # shown by --dry-run and --status for a finished command whose config changed (I2)
 RUN = "run"  # the verdict of a claim that started its command
@@ -228,10 +229,13 @@ class Experiment:
             return {}
 
     def _write_param(self, params: Dict[str, Any], notes: List[str]) -> None:
-        """This run's params, keeping `_scripts` of commands that earlier runs ran (R5)."""
-        scripts = dict(self._load(self.param_path, notes).get("_scripts") or {})
+        """This run's params, keeping `_scripts` of commands that earlier runs ran (R5) and the
+        record of kept changes (T5)."""
+        old = self._load(self.param_path, notes)
+        scripts = dict(old.get("_scripts") or {})
         scripts.update(params["_scripts"])
-        write_record(self.param_path, dict(params, _scripts=scripts))
+        kept = {KEPT: old[KEPT]} if KEPT in old and KEPT not in params else {}
+        write_record(self.param_path, dict(params, _scripts=scripts, **kept))
         self.signed[self.param_path] = signature(self.param_path)
 
     def _write_stat(self, stat: Dict[str, Any], durable: bool = False) -> None:

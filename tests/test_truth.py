@@ -170,3 +170,64 @@ def test_T7_no_orphan_line_without_orphans_and_far_orphans_still_name_directorie
     write(tmp_path, "template:\n  train: echo {lr}\n---\nlr: [1]\nrepeat: [1, 2]\n")
     code, out, _ = run([], tmp_path)
     assert code == 0 and out.startswith("Orphan params: {'repeat'}\n") and "Lr_1-Repeat_2" in out
+
+
+# T5, T10: --keep-changed is remembered ---------------------------------------------------------
+
+def test_T5_T10_a_kept_change_is_written_down_and_not_asked_again(tmp_path: Path):
+    write(tmp_path, """
+        template:
+          train: echo acc {seed}
+        resource: ['']
+        metric: {acc: {command: train, regex: 'acc (\\\\d+)'}}
+        ---
+        seed: [1, 2, 3]
+        """)
+    assert run([], tmp_path)[0] == 0
+    config = tmp_path / "params.yaml"  # the script always used adam: say so, as a new param
+    config.write_text(config.read_text().replace("echo acc {seed}", "echo acc {seed} [opt]\ndefault: {opt: adam}"))
+    code, _, err = run([], tmp_path)
+    assert code == 2 and "opt: (unset) -> 'adam'" in err
+    code, out, err = run(["--keep-changed"], tmp_path)
+    assert code == 0 and "Kept: 3 experiment(s)" in out and "commands to run: 0" in out, out + err
+    param = load(tmp_path / "output" / "Seed_2" / "param")
+    assert (param["seed"], param["opt"]) == (2, "adam")
+    entry, = param["_kept"]
+    assert entry["was"] == {"opt": None} and entry["lines"] == {"train": "echo acc 2 --opt adam"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", entry["time"])
+    code, out, err = run([], tmp_path)  # a plain run: nothing to ask, nothing to do
+    assert (code, err) == (0, "") and "commands to run: 0" in out and "already finished: 3" in out
+    code, out, _ = run(["--status"], tmp_path)
+    assert "Experiments: 3; finished: 3" in out
+    from mlrunner.examine import Examiner
+    examiner = Examiner()
+    examiner.exam(tmp_path / "output")
+    groups: dict = {}
+    for experiment in examiner.experiments.values():  # as pandas' groupby('opt') would see them
+        groups.setdefault(experiment.param.get("opt"), []).append(experiment.param["seed"])
+    assert groups == {"adam": [1, 2, 3]}
+    config.write_text(config.read_text().replace("[opt]", "[opt] --v2"))  # changed once more: asked again
+    code, _, err = run([], tmp_path)
+    assert code == 2 and "template of train" in err
+
+
+def test_T5_a_kept_value_change_stays_kept_when_a_later_command_runs(tmp_path: Path):
+    write(tmp_path, """
+        template:
+          train: echo {lr}
+          test: test -e go
+        resource: ['']
+        default: {lr: 0.1}
+        ---
+        seed: [1]
+        """)
+    assert run([], tmp_path)[0] == 1  # train finished, test failed
+    config = tmp_path / "params.yaml"
+    config.write_text(config.read_text().replace("lr: 0.1", "lr: 0.2"))
+    (tmp_path / "go").touch()
+    code, out, err = run(["--keep-changed"], tmp_path)
+    assert code == 0 and "Finished: 1" in out, out + err
+    param = load(tmp_path / "output" / "Seed_1" / "param")
+    assert param["lr"] == 0.2 and param["_kept"][0]["was"] == {"lr": 0.1}
+    code, out, err = run([], tmp_path)
+    assert (code, err) == (0, "") and "already finished: 2" in out
