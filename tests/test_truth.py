@@ -231,3 +231,21 @@ def test_T5_a_kept_value_change_stays_kept_when_a_later_command_runs(tmp_path: P
     assert param["lr"] == 0.2 and param["_kept"][0]["was"] == {"lr": 0.1}
     code, out, err = run([], tmp_path)
     assert (code, err) == (0, "") and "already finished: 2" in out
+
+
+# Small truths ----------------------------------------------------------------------------------
+
+def test_records_only_newline_ends_a_line_so_a_unicode_line_separator_reads_back():
+    from mlrunner import records
+    for value in ("a\u2028b", "a\u2029b", "a\x85b", "a\rb"):
+        data = {"name": value, "_scripts": {"train": f"echo {value}"}}
+        assert records.loads(records.dumps(data, True)) == data, repr(value)
+
+
+def test_a_value_with_a_line_separator_is_finished_not_changed_on_a_rerun(tmp_path: Path):
+    write(tmp_path, "template:\n  train: echo {name}\nresource: ['']\n---\nname: [\"a\\u2028b\", plain]\n")
+    assert run([], tmp_path)[0] == 0
+    for index in (tmp_path / "output").glob(".mlrunner-index*"):  # the records themselves answer
+        index.unlink()
+    code, out, err = run([], tmp_path)
+    assert (code, err) == (0, "") and "commands to run: 0" in out and "NOTE" not in out, out
