@@ -104,7 +104,8 @@ def line_now(task: Task, templates: Dict[str, Template], param: Dict[str, Any], 
              command: str) -> Optional[Tuple[str, str]]:
     """(recorded, now) of a finished command: the line it ran and the line this config makes of it,
     both without what varies by design from run to run: `_time`, the worker's resource and host,
-    the log name (I2). None when its recorded line has another shape."""
+    the log name, the spelling of the output directory (`-o out`, `-o ./out/`, a tree moved since)
+    (I2). None when its recorded line has another shape."""
     scripts = param.get("_scripts") if isinstance(param.get("_scripts"), dict) else {}
     found = recorded_command(scripts.get(command))
     if found is None:
@@ -112,7 +113,8 @@ def line_now(task: Task, templates: Dict[str, Template], param: Dict[str, Any], 
     resource, line = found
     worker = str(last_run(stat, command).get("worker") or "")
     host = worker.rsplit(":", 1)[0] if ":" in worker else "localhost"
-    return line, task.render(templates, str(param.get("_time", "")), resource, host)[command]
+    spelling = param.get("_output") if isinstance(param.get("_output"), str) else None
+    return line, task.render(templates, str(param.get("_time", "")), resource, host, spelling)[command]
 
 
 def kept_lines(param: Dict[str, Any]) -> Dict[str, str]:

@@ -46,9 +46,11 @@ class Task:
         self.name = name
         self.output = root if no_subdir else os.path.join(root, name)
 
-    def render(self, templates: Dict[str, Template], run_time: str, resource: str, host: str) -> Dict[str, str]:
-        """Each command of the task with its placeholders filled for one worker (C6)."""
-        values = dict(self.params, _output=self.output, _name=self.name, _time=run_time,
+    def render(self, templates: Dict[str, Template], run_time: str, resource: str, host: str,
+               output: Optional[str] = None) -> Dict[str, str]:
+        """Each command of the task with its placeholders filled for one worker (C6); `output`:
+        another spelling of the task's directory, as a record holds it."""
+        values = dict(self.params, _output=output or self.output, _name=self.name, _time=run_time,
                       _resource=resource, _host=host)
         return {command: templates[command].render(values) for command in self.commands}
 

@@ -249,3 +249,17 @@ def test_a_value_with_a_line_separator_is_finished_not_changed_on_a_rerun(tmp_pa
         index.unlink()
     code, out, err = run([], tmp_path)
     assert (code, err) == (0, "") and "commands to run: 0" in out and "NOTE" not in out, out
+
+
+def test_the_spelling_of_the_output_tree_does_not_change_a_verdict(tmp_path: Path):
+    """`-o out`, `-o ./out/`, an absolute path, a tree moved since: one experiment, one answer,
+    with or without the index (which a fresh reading must agree with)."""
+    write(tmp_path, "template:\n  train: echo {_output} {seed}\nresource: ['']\n---\nseed: [1, 2]\n")
+    assert run(["-o", "out"], tmp_path)[0] == 0
+    (tmp_path / "out").rename(tmp_path / "moved")
+    for spelling in ("./moved/", str(tmp_path / "moved"), "moved"):
+        for index in (tmp_path / "moved").glob(".mlrunner-index*"):
+            index.unlink()
+        code, out, err = run(["-o", spelling], tmp_path)
+        assert (code, err) == (0, "") and "already finished: 2" in out, (spelling, out, err)
+        assert "changed" not in run(["-o", spelling, "--status"], tmp_path)[1]
