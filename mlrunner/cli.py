@@ -15,7 +15,6 @@ from typing import Iterator, List, Optional
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
-from .origin import DEFAULT_YAML, metrics_of, resolve
 
 DURATION_RE = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[dhms]\s*)+\Z|\s*\d+(?:\.\d+)?\s*\Z")
 PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)")
@@ -99,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample", type=positive_int, metavar="N",
                         help="run N random combinations of each sweep document")
     parser.add_argument("--sample-seed", type=int, metavar="S", help="seed for --sample, to repeat a draw")
+    parser.add_argument("--max-tasks", type=positive_int, metavar="N",
+                        help="refuse a sweep of more combinations, counted before any is made (default: 10^7)")
     parser.add_argument("--no-dedup", action="store_true", help="keep tasks whose params equal an earlier task's")
     parser.add_argument("--no-subdir", action="store_true",
                         help="put every experiment in the output root; logs get the experiment name")
@@ -138,7 +139,7 @@ def _command(args: argparse.Namespace) -> int:
     from . import config as config_module
     from .sweep import expand
 
-    args.yaml = args.yaml or DEFAULT_YAML
+    args.yaml = args.yaml or "params.yaml"
     config = config_module.load(args.yaml)
     for warning in config.warnings:
         print(warning, file=sys.stderr)
@@ -153,7 +154,7 @@ def _command(args: argparse.Namespace) -> int:
     sweeps = config_module.select_sweeps(config, args.title)
     plan = expand(config, sweeps, args.output, commands=args.command, sample=args.sample,
                   sample_seed=args.sample_seed, dedup=not args.no_dedup, no_subdir=args.no_subdir,
-                  lazy=not (args.debug or args.dry_run))
+                  lazy=not (args.debug or args.dry_run), max_tasks=args.max_tasks)
     if args.debug:
         plan.tasks = plan.tasks[:1]
         plan.total = len(plan.tasks)
@@ -189,6 +190,7 @@ def check_output_dir(output: str) -> None:
 def _report(args: argparse.Namespace) -> int:
     """`--report`: the records under -o, with the metrics of the config file when it is there."""
     from .html_report import write_report
+    from .origin import metrics_of, resolve
 
     metrics = metrics_of(resolve(args), missing_ok=True)
     path = write_report(args.output, args.report or os.path.join(args.output, "report.html"), metrics)
@@ -247,6 +249,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.report is not None:
             return _report(args)
         if args.examine:
+            from .origin import metrics_of, resolve
             from .report import print_examine
             with _planning():
                 return print_examine(metrics_of(resolve(args)), args.output, args.format)

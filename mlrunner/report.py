@@ -120,7 +120,7 @@ def _changes_of(args: argparse.Namespace, path: str, title: Optional[str], no_su
     try:
         config = config_module.load(path)
         plan = expand(config, config_module.select_sweeps(config, title), args.output, commands=args.command,
-                      dedup=not args.no_dedup, no_subdir=no_subdir)
+                      dedup=not args.no_dedup, no_subdir=no_subdir, max_tasks=args.max_tasks)
     except UserError as error:
         print(f"warning: {error}: --status cannot tell which results changed", file=sys.stderr)
         return {}

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import re
+import resource
 from pathlib import Path
 
 import yaml
 
-from runlib import load, run, write
+from runlib import load, run, start, write
 
 EXP = """
 template:
@@ -263,3 +264,32 @@ def test_the_spelling_of_the_output_tree_does_not_change_a_verdict(tmp_path: Pat
         code, out, err = run(["-o", spelling], tmp_path)
         assert (code, err) == (0, "") and "already finished: 2" in out, (spelling, out, err)
         assert "changed" not in run(["-o", spelling, "--status"], tmp_path)[1]
+
+
+def _bounded(flags: list, cwd: Path) -> tuple:
+    """mlrunner with 2 GiB of address space and 60 s: a sweep that is made before it is counted
+    fails here with MemoryError, as it would on the user's machine after a long swap."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    process = start(flags, cwd, preexec_fn=limit)
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    return process.returncode, out, err
+
+
+def test_a_sweep_too_large_is_counted_and_refused_before_it_is_made(tmp_path: Path):
+    values = ", ".join(map(str, range(1000)))
+    write(tmp_path, f"template:\n  t: echo {{a}} {{b}} {{c}}\nresource: ['']\n---\na: [{values}]\n"
+                    f"b: [{values}]\nc: [{values}]\n")
+    for flags in ([], ["--dry-run"]):
+        code, out, err = _bounded(flags, tmp_path)
+        assert (code, out) == (2, "") and err == (
+            "params.yaml: the sweep has 1,000,000,000 combinations, more than --max-tasks 10,000,000: each is kept "
+            "in memory (a few hundred bytes); raise --max-tasks, or draw some with --sample N\n"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    code, out, _ = _bounded(["--dry-run", "--sample", "3"], tmp_path)
+    assert code == 0 and "Tasks: 3, commands to run: 3" in out
+    code, _, err = _bounded(["--dry-run", "--sample", "3", "--max-tasks", "2"], tmp_path)
+    assert code == 2 and "the sweep has 3 combinations, more than --max-tasks 2" in err
