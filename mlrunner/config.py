@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import UserError
+from .errors import UserError, shown
 from .template import Template
 from .yamldocs import Doc, read_docs
 
@@ -45,8 +45,8 @@ class Config:
     warnings: List[str] = field(default_factory=list)  # printed by the CLI; nothing stops for them
 
 
-def _suggest(word: str, choices: Tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
+def _suggest(word: Any, choices: Tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1) if isinstance(word, str) and len(word) < 200 else []
     return f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(choices)})"
 
 
@@ -67,7 +67,7 @@ class _Checker:
 
     def name(self, name: Any, what: str, *keys: Any) -> str:
         if not isinstance(name, str) or not NAME_RE.match(name):
-            raise self.fail(f"{what} {name!r} may only use letters, digits, '_' and '-'", *keys)
+            raise self.fail(f"{what} {shown(name)} may only use letters, digits, '_' and '-'", *keys)
         return name
 
     def scalar(self, value: Any, what: str, *keys: Any) -> Any:
@@ -129,7 +129,7 @@ def _parse_resources(check: _Checker, raw: Any, hosts: bool = False) -> Optional
         raise check.fail("'resource' needs at least one entry (an empty list only beside 'hosts:')", "resource")
     for entry in raw:
         if isinstance(entry, bool) or not isinstance(entry, (str, int)):
-            raise check.fail(f"resource entry {entry!r} must be a GPU list like 0 or \"0,1\"", "resource")
+            raise check.fail(f"resource entry {shown(entry)} must be a GPU list like 0 or \"0,1\"", "resource")
     return [str(entry) for entry in raw]
 
 
@@ -140,8 +140,8 @@ def _parse_metrics(check: _Checker, raw: Any, templates: Dict[str, Template]) ->
         if set(spec) != {"command", "regex"}:
             raise check.fail(f"metric '{name}' needs exactly the keys 'command' and 'regex'", "metric", name)
         if not isinstance(spec["command"], str) or spec["command"] not in templates:
-            raise check.fail(f"metric '{name}': unknown command '{spec['command']}'"
-                             + _suggest(str(spec["command"]), tuple(templates)), "metric", name)
+            raise check.fail(f"metric '{name}': unknown command {shown(spec['command'])}"
+                             + _suggest(spec["command"], tuple(templates)), "metric", name)
         try:
             groups = re.compile(str(spec["regex"])).groups
         except re.error as error:
@@ -166,7 +166,7 @@ def _parse_sweep(path: str, doc: Doc, templates: Dict[str, Template], aliases: d
                 raise check.fail("'_cmd' must be a command name or a list of them", key)
             for command in commands:
                 if not isinstance(command, str) or command not in templates:
-                    raise check.fail(f"'_cmd': unknown command {command!r}" + _suggest(str(command), tuple(templates)),
+                    raise check.fail(f"'_cmd': unknown command {shown(command)}" + _suggest(command, tuple(templates)),
                                      key)
             sweep.commands = commands
         else:
@@ -180,7 +180,7 @@ def _parse_sweep(path: str, doc: Doc, templates: Dict[str, Template], aliases: d
                 if type(item) not in SCALARS:  # the check below, without its message per value
                     check.scalar(item, f"'{key}'", key)
                 if key in aliases and item not in aliases[key]:
-                    raise check.fail(f"'{key}': {item!r} is not a case of alias '{key}' "
+                    raise check.fail(f"'{key}': {shown(item)} is not a case of alias '{key}' "
                                      f"(cases: {', '.join(map(str, aliases[key]))})", key)
             sweep.params[key] = values
             sweep.key_lines[key] = doc.line(key)
@@ -204,7 +204,7 @@ def load(path: str) -> Config:
     data = check.mapping(docs[0].data, "the first document")
     for key in data:
         if key not in ALLOWED_KEYS:
-            raise check.fail(f"unknown key '{key}'" + _suggest(str(key), ALLOWED_KEYS), key)
+            raise check.fail(f"unknown key {shown(key)}" + _suggest(key, ALLOWED_KEYS), key)
     templates = _parse_templates(check, data)
     config = Config(path=path, templates=templates)
 

@@ -293,3 +293,17 @@ def test_a_sweep_too_large_is_counted_and_refused_before_it_is_made(tmp_path: Pa
     assert code == 0 and "Tasks: 3, commands to run: 3" in out
     code, _, err = _bounded(["--dry-run", "--sample", "3", "--max-tasks", "2"], tmp_path)
     assert code == 2 and "the sweep has 3 combinations, more than --max-tasks 2" in err
+
+
+def test_an_error_quotes_at_most_about_200_characters_of_a_value_even_a_yaml_bomb(tmp_path: Path):
+    levels = "abcdefgh"  # 9^8 strings behind one alias: 350 MB of message and 14 GB before
+    items = ["&a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    items += [f"&{cur} [" + ", ".join([f"*{prev}"] * 9) + "]" for prev, cur in zip(levels, levels[1:])]
+    write(tmp_path, "template:\n  train: echo {x}\ndefault: {x: 1}\nresource: ['']\n---\n"
+                    "_cmd: [[" + ", ".join(items) + "]]\n")
+    code, out, err = _bounded(["--dry-run"], tmp_path)
+    assert (code, out) == (2, "") and err.startswith("params.yaml:6: '_cmd': unknown command [[")
+    assert err.count("\n") == 1 and len(err) < 300, len(err)
+    write(tmp_path, "template:\n  train: echo {x}\nresource: ['']\n---\nx: [1]\n_cmd: " + "y" * 10**6 + "\n")
+    code, _, err = _bounded(["--dry-run"], tmp_path)
+    assert code == 2 and "unknown command 'yyyy" in err and len(err) < 300, len(err)
