@@ -10,7 +10,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from .config import Config, close_placeholder
 from .errors import EXIT_OK, UserError
 from .resume import Review, review
-from .state import CHANGED, FINISHED, PARAM, STAT, Corrupt, last_run, read_record, statuses
+from .state import CHANGED, FINISHED, PARAM, STAT, Corrupt, last_run, read_record, set_aside_name, statuses
 from .sweep import Plan
 from .template import shell_line
 
@@ -96,7 +96,7 @@ def _records(output: str) -> List[Tuple[str, str]]:
         for entry in entries:
             if entry.is_dir():
                 found.append((entry.name, entry.path + os.sep + STAT))  # os.path.join's result, quicker
-            elif entry.name.startswith(STAT + ".") and ".corrupt." not in entry.name and entry.is_file():
+            elif entry.name.startswith(STAT + ".") and not set_aside_name(entry.name) and entry.is_file():
                 found.append((entry.name[len(STAT) + 1:], entry.path))
     return sorted(found)
 

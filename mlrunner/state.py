@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -121,6 +122,15 @@ def write_record(path: str, data: Dict[str, Any], sort_keys: bool = True, durabl
         finally:
             os.close(descriptor)
     return text
+
+
+_ASIDE_RE = re.compile(r"\.corrupt\.\d{8}\.\d{6}(?:\.\d+)?\Z")
+
+
+def set_aside_name(name: str) -> bool:
+    """Is this file name one `set_aside` made? Only its exact suffix: an experiment may well be
+    called `x.corrupt.y` or `run.tmp` (a value's text), and must not vanish from the views."""
+    return _ASIDE_RE.search(name) is not None
 
 
 def set_aside(path: str) -> str:

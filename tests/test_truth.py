@@ -307,3 +307,17 @@ def test_an_error_quotes_at_most_about_200_characters_of_a_value_even_a_yaml_bom
     write(tmp_path, "template:\n  train: echo {x}\nresource: ['']\n---\nx: [1]\n_cmd: " + "y" * 10**6 + "\n")
     code, _, err = _bounded(["--dry-run"], tmp_path)
     assert code == 2 and "unknown command 'yyyy" in err and len(err) < 300, len(err)
+
+
+def test_no_subdir_names_like_the_trees_own_temporary_files_stay_in_the_views(tmp_path: Path):
+    write(tmp_path, "template:\n  train: echo {name}\nresource: ['']\n---\nname: [a.corrupt.b, run.tmp, plain]\n")
+    code, out, err = run(["--no-subdir"], tmp_path)
+    assert code == 0 and "Finished: 3" in out, out + err
+    code, out, _ = run(["--no-subdir", "--status"], tmp_path)
+    assert "Experiments: 3; finished: 3" in out and "Name_run.tmp " in out and "Name_a.corrupt.b " in out
+    code, out, err = run(["--report", "-o", "output"], tmp_path)
+    page = (tmp_path / "output" / "report.html").read_text()
+    assert code == 0 and "Name_run.tmp" in page and "Name_a.corrupt.b" in page, err
+    (tmp_path / "output" / "stat.Name_plain").rename(tmp_path / "output" / "stat.Name_plain.corrupt.20260101.120000")
+    code, out, _ = run(["--no-subdir", "--status"], tmp_path)
+    assert "Experiments: 2; finished: 2" in out  # a record set aside is not an experiment
