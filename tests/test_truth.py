@@ -180,7 +180,7 @@ def test_T5_T10_a_kept_change_is_written_down_and_not_asked_again(tmp_path: Path
         template:
           train: echo acc {seed}
         resource: ['']
-        metric: {acc: {command: train, regex: 'acc (\\\\d+)'}}
+        metric: {acc: {command: train, regex: 'acc (\\d+)'}}
         ---
         seed: [1, 2, 3]
         """)
@@ -321,3 +321,38 @@ def test_no_subdir_names_like_the_trees_own_temporary_files_stay_in_the_views(tm
     (tmp_path / "output" / "stat.Name_plain").rename(tmp_path / "output" / "stat.Name_plain.corrupt.20260101.120000")
     code, out, _ = run(["--no-subdir", "--status"], tmp_path)
     assert "Experiments: 2; finished: 2" in out  # a record set aside is not an experiment
+
+
+def test_report_shows_and_sorts_non_finite_params(tmp_path: Path):
+    """`.inf`, `-.inf`, `.nan` params: the report is written (it crashed), the plot has a column for
+    each, and the table sorts them as numbers (nan last) in a real Chromium."""
+    from cdp import Chromium
+    from test_html_report import require_chromium
+    write(tmp_path, """
+        template:
+          train: echo loss 0.5 {lr}
+        resource: ['']
+        metric: {loss: {command: train, regex: 'loss (\\S+)'}}
+        ---
+        lr: [.inf, 0.1, 10.0, -.inf, .nan]
+        """)
+    assert run([], tmp_path)[0] == 0
+    code, out, err = run(["--report"], tmp_path)
+    assert (code, err) == (0, ""), err
+    report = tmp_path / "output" / "report.html"
+    plot = re.search(r'data-param="lr">.*?</figure>', report.read_text(), re.S).group(0)
+    ticks = re.findall(r'class="tick">([^<]*)<', plot)
+    assert ticks == ["-inf", "0.1", "10", "inf", "nan"]
+    require_chromium()
+    with Chromium(tmp_path) as browser:
+        browser.open(report.as_uri())
+        order = """(function () {
+            var index = Array.from(document.querySelectorAll("#results th")).findIndex(
+                function (th) { return th.textContent === "lr"; });
+            return Array.from(document.querySelectorAll("#results tbody tr")).map(
+                function (tr) { return tr.cells[index].textContent; }); })()"""
+        browser.evaluate('document.querySelector("#results th[data-column=lr]").click()')
+        assert browser.evaluate(order) == ["-inf", "0.1", "10", "inf", "nan"]
+        browser.evaluate('document.querySelector("#results th[data-column=lr]").click()')
+        assert browser.evaluate(order) == ["inf", "10", "0.1", "-inf", "nan"]
+        assert browser.errors() == []
