@@ -137,7 +137,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
         for note in verdict.notes:
             print(f"NOTE    {note}")
     print(f"Tasks: {plan.total}, commands to run: {to_run}", flush=True)
-    remember(config.path, args.output, args.title, args.no_subdir)  # T1: views read it without -y
+    if not getattr(args, "slurm_element", None):  # T1: views read it without -y
+        remember(config.path, args.output, args.title, args.no_subdir)
     console = Console(to_run, len(executors))
     allocator = Allocator(places, config.gpu, say=console.print)
     scheduler = Scheduler(plan, config, allocator, run_time, args, reviews, console)
