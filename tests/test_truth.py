@@ -356,3 +356,18 @@ def test_report_shows_and_sorts_non_finite_params(tmp_path: Path):
         browser.evaluate('document.querySelector("#results th[data-column=lr]").click()')
         assert browser.evaluate(order) == ["inf", "10", "0.1", "-inf", "nan"]
         assert browser.errors() == []
+
+
+def test_T1_a_titled_run_is_remembered_with_its_title(tmp_path: Path):
+    project = tmp_path / "project"
+    project.mkdir()
+    write(project, "template:\n  train: echo {seed}\nresource: ['']\n---\n_title: small\nseed: [1]\n"
+                   "---\n_title: big\nseed: [2, 3]\n", "sweeps.yaml")
+    assert run(["-y", "sweeps.yaml", "-t", "big", "-o", "out"], project)[0] == 0
+    assert (project / "out" / "params.yaml.big").is_file()
+    sweeps = project / "sweeps.yaml"
+    sweeps.write_text(sweeps.read_text().replace("seed: [2, 3]", "seed: [2, 3, 4]"))
+    code, out, _ = run(["-o", str(project / "out"), "--status"], tmp_path)
+    assert code == 0 and "Experiments: 2; finished: 2" in out  # the big sweep's records, read with its title
+    code, out, err = run(["-y", "sweeps.yaml", "-t", "big", "-o", "out", "--keep-changed", "--dry-run"], project)
+    assert code == 0 and "Tasks: 3, commands to run: 1" in out, out + err
