@@ -14,11 +14,11 @@ import argparse
 import os
 import shlex
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+from .detach import _invocation
 from .state import locked, read_yaml, write_record
 
 RECORD = ".mlrunner-config"
@@ -85,16 +85,6 @@ def resolve(args: argparse.Namespace) -> List[Source]:
     if args.title is not None:
         sources = [s for s in sources if s.title == args.title]
     return sources or [Source(DEFAULT_YAML, args.title, args.no_subdir)]
-
-
-def _invocation() -> str:
-    """How the user started mlrunner, so that a printed command can be pasted as it is."""
-    program = sys.argv[0]
-    if program.endswith("__main__.py") or program == "-m":
-        return f"{os.path.basename(sys.executable)} -m mlrunner"
-    if program.endswith(".pyz"):
-        return f"{os.path.basename(sys.executable)} {shlex.quote(program)}"
-    return os.path.basename(program) or "mlrunner"
 
 
 def repeat(args: Any, *flags: str, config: bool = True) -> str:
