@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                "there with python3; for --hosts, run dist/mlrunner-ssh-<platform>.pyz (build_zipapp.py --with-ssh) "
                "on the machine that drives the hosts, which need only python3.",
         formatter_class=_HelpFormatter)
-    parser.add_argument("-y", "--yaml", default="params.yaml", help="the config file")
+    parser.add_argument("-y", "--yaml", help="the config file (default: params.yaml); without -y, --status, "
+                                             "--examine and --report read the one that ran into -o")
     parser.add_argument("-o", "--output", default="output", help="output root: one directory per experiment")
     parser.add_argument("-t", "--title", help="run only the sweep documents with this _title")
     parser.add_argument("-c", "--command", nargs="+", help="run only these commands (overrides _cmd)")
@@ -93,10 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="after the first failure start no new command; running ones finish (exit 1)")
     parser.add_argument("-d", "--debug", action="store_true",
                         help="run the first task only, show its log on the console, force")
-    parser.add_argument("--dry-run", action="store_true", help="print the shell lines; run and write nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the shell lines a run would start now; run and write nothing")
+    parser.add_argument("--all", action="store_true", help="with --dry-run: also the finished commands, marked")
     parser.add_argument("--sample", type=positive_int, metavar="N",
                         help="run N random combinations of each sweep document")
     parser.add_argument("--sample-seed", type=int, metavar="S", help="seed for --sample, to repeat a draw")
+    parser.add_argument("--max-tasks", type=positive_int, metavar="N",
+                        help="refuse a sweep of more combinations, counted before any is made (default: 10^7)")
     parser.add_argument("--no-dedup", action="store_true", help="keep tasks whose params equal an earlier task's")
     parser.add_argument("--no-subdir", action="store_true",
                         help="put every experiment in the output root; logs get the experiment name")
@@ -138,15 +143,13 @@ def _command(args: argparse.Namespace) -> int:
     from . import config as config_module
     from .sweep import expand
 
+    args.yaml = args.yaml or "params.yaml"
     config = config_module.load(args.yaml)
     for warning in config.warnings:
         print(warning, file=sys.stderr)
     if args.hosts or config.hosts:  # check host settings before anything starts (C10)
         from . import hosts
         hosts.select(args.hosts, hosts.parse_config(config.hosts, config.path), hosts.parse_sync(config.sync, config.path))
-    if args.examine:
-        from .report import print_examine
-        return print_examine(config, args.output, args.format, args.provenance)
     if config.early_stop is not None:  # A1: refused where no rule can see the peers' values
         from .early_stop.settings import refuse_backend
         refusal = refuse_backend(config.early_stop, args.slurm or config.slurm is not None)
@@ -163,7 +166,7 @@ def _command(args: argparse.Namespace) -> int:
     sweeps = config_module.select_sweeps(config, args.title)
     plan = expand(config, sweeps, args.output, commands=args.command, sample=args.sample,
                   sample_seed=args.sample_seed, dedup=not args.no_dedup, no_subdir=args.no_subdir,
-                  lazy=not (args.debug or args.dry_run))
+                  lazy=not (args.debug or args.dry_run), max_tasks=args.max_tasks)
     if args.debug:
         plan.tasks = plan.tasks[:1]
         plan.total = len(plan.tasks)
@@ -198,11 +201,10 @@ def check_output_dir(output: str) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     """`--report`: the records under -o, with the metrics of the config file when it is there."""
-    from . import config as config_module
     from .html_report import write_report
+    from .origin import metrics_of, resolve
 
-    yaml_path = args.yaml if os.path.exists(args.yaml) else os.path.join(args.output, os.path.basename(args.yaml))
-    metrics = config_module.load(yaml_path).metrics if os.path.exists(yaml_path) else {}
+    metrics = metrics_of(resolve(args), missing_ok=True)
     path = write_report(args.output, args.report or os.path.join(args.output, "report.html"), metrics)
     print(f"Report: {path}")
     return EXIT_OK
@@ -238,6 +240,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_long_run_flags(parser, args)
+    if args.all and not args.dry_run:
+        parser.error("--all goes with --dry-run (it lists the finished commands too)")
     try:
         if args.slurm_element:
             from .executors.slurm.element import run_element
@@ -256,6 +260,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return print_status(args)
         if args.report is not None:
             return _report(args)
+        if args.examine:
+            from .origin import metrics_of, resolve
+            from .report import print_examine
+            with _planning():
+                return print_examine(metrics_of(resolve(args), steps=True), args.output, args.format, args.provenance)
         with _planning():
             return _command(args)
     except UserError as error:

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import UserError
+from .errors import UserError, shown
 from .template import Template
 from .yamldocs import Doc, read_docs
 
@@ -27,6 +27,7 @@ class Sweep:
     title: Optional[str] = None
     commands: Optional[List[str]] = None
     line: Optional[int] = None
+    key_lines: Dict[str, Optional[int]] = field(default_factory=dict)  # where each param key is
 
 
 @dataclass
@@ -47,8 +48,8 @@ class Config:
     warnings: List[str] = field(default_factory=list)  # printed by the CLI; nothing stops for them
 
 
-def _suggest(word: str, choices: Tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
+def _suggest(word: Any, choices: Tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1) if isinstance(word, str) and len(word) < 200 else []
     return f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(choices)})"
 
 
@@ -69,7 +70,7 @@ class _Checker:
 
     def name(self, name: Any, what: str, *keys: Any) -> str:
         if not isinstance(name, str) or not NAME_RE.match(name):
-            raise self.fail(f"{what} {name!r} may only use letters, digits, '_' and '-'", *keys)
+            raise self.fail(f"{what} {shown(name)} may only use letters, digits, '_' and '-'", *keys)
         return name
 
     def scalar(self, value: Any, what: str, *keys: Any) -> Any:
@@ -131,7 +132,7 @@ def _parse_resources(check: _Checker, raw: Any, hosts: bool = False) -> Optional
         raise check.fail("'resource' needs at least one entry (an empty list only beside 'hosts:')", "resource")
     for entry in raw:
         if isinstance(entry, bool) or not isinstance(entry, (str, int)):
-            raise check.fail(f"resource entry {entry!r} must be a GPU list like 0 or \"0,1\"", "resource")
+            raise check.fail(f"resource entry {shown(entry)} must be a GPU list like 0 or \"0,1\"", "resource")
     return [str(entry) for entry in raw]
 
 
@@ -142,8 +143,8 @@ def _parse_metrics(check: _Checker, raw: Any, templates: Dict[str, Template]) ->
         if set(spec) != {"command", "regex"}:
             raise check.fail(f"metric '{name}' needs exactly the keys 'command' and 'regex'", "metric", name)
         if not isinstance(spec["command"], str) or spec["command"] not in templates:
-            raise check.fail(f"metric '{name}': unknown command '{spec['command']}'"
-                             + _suggest(str(spec["command"]), tuple(templates)), "metric", name)
+            raise check.fail(f"metric '{name}': unknown command {shown(spec['command'])}"
+                             + _suggest(spec["command"], tuple(templates)), "metric", name)
         try:
             groups = re.compile(str(spec["regex"])).groups
         except re.error as error:
@@ -168,7 +169,7 @@ def _parse_sweep(path: str, doc: Doc, templates: Dict[str, Template], aliases: d
                 raise check.fail("'_cmd' must be a command name or a list of them", key)
             for command in commands:
                 if not isinstance(command, str) or command not in templates:
-                    raise check.fail(f"'_cmd': unknown command {command!r}" + _suggest(str(command), tuple(templates)),
+                    raise check.fail(f"'_cmd': unknown command {shown(command)}" + _suggest(command, tuple(templates)),
                                      key)
             sweep.commands = commands
         else:
@@ -182,9 +183,10 @@ def _parse_sweep(path: str, doc: Doc, templates: Dict[str, Template], aliases: d
                 if type(item) not in SCALARS:  # the check below, without its message per value
                     check.scalar(item, f"'{key}'", key)
                 if key in aliases and item not in aliases[key]:
-                    raise check.fail(f"'{key}': {item!r} is not a case of alias '{key}' "
+                    raise check.fail(f"'{key}': {shown(item)} is not a case of alias '{key}' "
                                      f"(cases: {', '.join(map(str, aliases[key]))})", key)
             sweep.params[key] = values
+            sweep.key_lines[key] = doc.line(key)
     setter: Dict[str, str] = {}  # param -> the sweep key that sets it (itself, or an alias)
     for key in sweep.params:
         for param in next(iter(aliases[key].values())) if key in aliases else [key]:
@@ -205,7 +207,7 @@ def load(path: str) -> Config:
     data = check.mapping(docs[0].data, "the first document")
     for key in data:
         if key not in ALLOWED_KEYS:
-            raise check.fail(f"unknown key '{key}'" + _suggest(str(key), ALLOWED_KEYS), key)
+            raise check.fail(f"unknown key {shown(key)}" + _suggest(key, ALLOWED_KEYS), key)
     templates = _parse_templates(check, data)
     config = Config(path=path, templates=templates)
 
@@ -267,6 +269,34 @@ def close_placeholder(orphan: str, config: Config) -> Optional[str]:
     placeholders = sorted({p for t in config.templates.values() for p in t.params if p in config.defaults})
     close = difflib.get_close_matches(orphan, placeholders, n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def one_edit(a: str, b: str) -> bool:
+    """`a` becomes `b` by one insertion, deletion, substitution or swap of neighbours."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    if len(a) < len(b):
+        return a[start:] == b[start + 1:]
+    swapped = a[start:start + 2] == b[start:start + 2][::-1] and a[start + 2:] == b[start + 2:]
+    return a[start + 1:] == b[start + 1:] or swapped
+
+
+def check_typos(config: Config, sweeps: List[Sweep]) -> None:
+    """A sweep key no template uses, one edit from a param one does (`lerning_rate`), is a typo
+    whose sweep would run without it: refused (T7). Names under 3 letters are too close to all."""
+    used = sorted({p for t in config.templates.values() for p in t.params})
+    for sweep in sweeps:
+        for key in sweep.params:
+            if key in used or key in config.aliases or len(key) < 3:
+                continue
+            near = [param for param in used if len(param) >= 3 and one_edit(key, param)]
+            if near:
+                raise UserError(f"sweep key '{key}' is used by no template (did you mean '{near[0]}'?); "
+                                "correct it, or rename it if it only names the directories",
+                                config.path, sweep.key_lines.get(key) or sweep.line)
 
 
 def select_sweeps(config: Config, title: Optional[str]) -> List[Sweep]:

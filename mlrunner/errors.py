@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import reprlib
+from typing import Any, Optional
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -27,3 +28,16 @@ class UserError(Exception):
         if self.path:
             return f"{self.path}: {self.message}"
         return self.message
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 200
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 8
+_SHOWN.maxlevel = 3
+
+
+def shown(value: Any, limit: int = 200) -> str:
+    """A value from the user's file as an error quotes it: its repr, at most about `limit`
+    characters, built without expanding the rest (a YAML bomb is 10^9 items behind one alias)."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"

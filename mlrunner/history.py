@@ -15,7 +15,7 @@ from .errors import UserError
 from .examine.metrics import compile_metrics, read_metric
 from .processes import owner_alive
 from .provenance import recorded
-from .state import Corrupt, read_record, runs_of
+from .state import Corrupt, read_record, runs_of, set_aside_name
 
 TAIL_LINES = 20  # of each failed command's log
 NOT_FAILURES = ("finished", "skipped", "running", "interrupted", "changed", "pending", "stopped")
@@ -128,7 +128,7 @@ def collect(output: str, metrics: Mapping[str, Mapping[str, str]], now: Optional
     with os.scandir(output) as entries:
         found = [(e.name, False) for e in entries if e.is_dir() and os.path.exists(os.path.join(e.path, "stat"))]
     found += [(n[len("stat."):], True) for n in os.listdir(output)
-              if n.startswith("stat.") and ".corrupt." not in n and not n.endswith(".tmp")]
+              if n.startswith("stat.") and not set_aside_name(n)]  # temporary files start with "."
     for name, shared in sorted(found):
         row, recorded = _experiment(output if shared else os.path.join(output, name), name, now, compiled, shared)
         rows.append(row)

@@ -152,12 +152,23 @@ def _code_cell(code: Dict[str, Any]) -> str:
 def scatter(rows: Sequence[Row], param: str, metric: str) -> str:
     """`metric` against `param`: a numeric axis (log when the values span decades) or categories."""
     points = [(row.params.get(param), number(row.metrics.get(metric)), row.name) for row in rows]
-    points = [(x, y, name) for x, y, name in points if x is not None and y is not None and math.isfinite(y)]
+    points = [(x, y, name) for x, y, name in points if x is not None and y is not None]
+    unplotted = sum(1 for _, y, _ in points if not math.isfinite(y))  # inf or nan on the y axis: counted
+    points = [(x, y, name) for x, y, name in points if math.isfinite(y)]
     if not points:
         return ""
     width, height, pad = 320, 220, 40
     numeric = all(number(x) is not None for x, _, _ in points)
-    if numeric:
+    if numeric and not all(math.isfinite(float(x)) for x, _, _ in points):
+        # inf, -inf or nan among the values: one column each, in numeric order, nan last
+        values = sorted({float(x) for x, _, _ in points}, key=lambda v: (math.isnan(v), v))
+        values = [v for i, v in enumerate(values) if not (math.isnan(v) and i and math.isnan(values[i - 1]))]
+        column = {_fmt(v): i for i, v in enumerate(values)}
+        xs = [float(column[_fmt(float(x))]) for x, _, _ in points]
+        low, high = -0.5, len(values) - 0.5
+        ticks = [(float(i), _fmt(v)) for i, v in enumerate(values)][:12]
+        log, margin = False, 0.0
+    elif numeric:
         xs = [float(x) for x, _, _ in points]
         log = min(xs) > 0 and max(xs) / min(xs) >= 100
         xs = [math.log10(x) for x in xs] if log else xs
@@ -197,7 +208,7 @@ def scatter(rows: Sequence[Row], param: str, metric: str) -> str:
         more = f" (and {len(here) - 1} more here)" if len(here) > 1 else ""
         parts.append(f'<circle cx="{cx}" cy="{cy}" r="3.5"><title>{_e(here[0][0])}: {_e(metric)} '
                      f'{_e(_fmt(here[0][1]))}{more}</title></circle>')
-    scale = " (log)" if log else ""
+    scale = (" (log)" if log else "") + (f"; {unplotted} not finite, not drawn" if unplotted else "")
     parts.append(f'</svg><figcaption>{_e(metric)} against {_e(param)}{scale}</figcaption></figure>')
     return "".join(parts)
 
@@ -233,7 +244,8 @@ pre{background:#f6f6f6;padding:8px;overflow-x:auto;max-height:24em}
 # Sorts the table's rows by the clicked column: numbers (data-v) by value, text by locale,
 # empty cells last; a second click reverses.
 SCRIPT = """
-var NUMBER = /^[-+]?(\\d+\\.?\\d*|\\.\\d+)(e[-+]?\\d+)?$/i;
+var NUMBER = /^[-+]?(\\d+\\.?\\d*|\\.\\d+)(e[-+]?\\d+)?$|^[-+]?(inf|nan)$/i;
+var SPECIAL = {"inf": Infinity, "+inf": Infinity, "-inf": -Infinity};
 document.querySelectorAll("#results th").forEach(function (th, column) {
   th.addEventListener("click", function () {
     var descending = th.getAttribute("aria-sort") === "ascending";
@@ -245,12 +257,16 @@ document.querySelectorAll("#results th").forEach(function (th, column) {
       var cell = row.cells[column];
       var value = cell.getAttribute("data-v");
       var text = value === null ? cell.textContent : value;
-      return NUMBER.test(text) ? parseFloat(text) : text;
+      if (!NUMBER.test(text)) { return text; }
+      var lower = text.toLowerCase();
+      return lower in SPECIAL ? SPECIAL[lower] : /nan$/.test(lower) ? NaN : parseFloat(text);
     }
     rows.sort(function (a, b) {
       var x = key(a), y = key(b);
       if (x === "" || y === "") { return (x === "") - (y === ""); }
-      var order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+      var numbers = typeof x === "number" && typeof y === "number";
+      if (numbers && (x !== x || y !== y)) { return (x !== x) - (y !== y); }  // nan last, either way
+      var order = numbers ? (x === y ? 0 : x < y ? -1 : 1) : String(x).localeCompare(String(y));
       return descending ? -order : order;
     });
     rows.forEach(function (row) { body.appendChild(row); });

@@ -20,7 +20,10 @@ _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _RESOLVERS = yaml.SafeLoader.yaml_implicit_resolvers
 # A line `key: value` or `- key: value`; a single-quoted value may go on over indented lines
 # (and blank ones), as PyYAML writes a shell line with line breaks.
-_ROW = r"( *)(- )?([A-Za-z0-9_.-]+):(?: ('(?:[^'\n]|''|\n(?=[ \n]))*'(?=\n|\Z)|[^\n]*))?(?:\n|\Z)"
+# Only `\n` ends a line here: a text holding another of YAML's line breaks (`\r`, U+0085, U+2028,
+# U+2029), which PyYAML folds inside a quoted value, does not match and goes to PyYAML whole.
+_ROW = (r"( *)(- )?([A-Za-z0-9_.-]+):"
+        r"(?: ('(?:[^'\n\r\x85\u2028\u2029]|''|\n(?=[ \n]))*'(?=\n|\Z)|[^\n\r\x85\u2028\u2029]*))?(?:\n|\Z)")
 _ROW_RE = re.compile(_ROW)
 _TEXT_RE = re.compile(rf"(?:{_ROW})*\Z")
 _DECIMAL_RE = re.compile(r"-?[0-9]+\.[0-9]+\Z")

@@ -10,9 +10,15 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from .config import Config, close_placeholder
 from .errors import EXIT_OK, UserError
 from .resume import Review, review
-from .state import CHANGED, PARAM, STAT, STOPPED, Corrupt, last_run, read_record, record_path, statuses
+from .state import (CHANGED, FINISHED, PARAM, STAT, STOPPED, Corrupt, last_run, read_record, record_path,
+                    set_aside_name, statuses)
 from .sweep import Plan
 from .template import shell_line
+
+
+def orphans_line(orphans: Iterable[str], config: Optional[Config] = None) -> str:
+    """`Orphan params: {...}`, or "" when there are none (T7): a line only when it says something."""
+    return f"Orphan params: {format_orphans(orphans, config)}" if orphans else ""
 
 
 def format_orphans(orphans: Iterable[str], config: Optional[Config] = None) -> str:
@@ -24,19 +30,23 @@ def format_orphans(orphans: Iterable[str], config: Optional[Config] = None) -> s
     return text + (f" (did you mean {' or '.join(dict.fromkeys(guesses))}?)" if guesses else "")
 
 
-def _reviews(plan: Plan, config: Config, args: argparse.Namespace, seconds: bool = False) -> List[Review]:
-    on_change = "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
+def _on_change(args: argparse.Namespace) -> str:
+    return "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
+
+
+def _reviews(plan: Plan, config: Config, args: argparse.Namespace) -> List[Review]:
     return review(plan, config.templates, args.output, no_subdir=args.no_subdir, force=args.force,
-                  on_change=on_change, write_index=False, seconds=seconds,  # they write nothing (R9)
+                  on_change=_on_change(args), write_index=False,  # a dry run writes nothing (R9)
                   rerun_stopped=getattr(args, "rerun_stopped", False))
 
 
 def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], run_time: str,
                   args: argparse.Namespace) -> int:
-    """Print the exact lines a run would start; task i goes to worker i mod n, as it would first.
+    """Print the exact lines a run would start now (T2), the tasks going to the workers in turn as
+    they would first; `--all` adds the finished commands, each marked as a comment.
 
-    A task's header says when a finished command's config changed (I2) and what a run would do
-    about a record that does not parse (I5); the lines are printed either way.
+    A task's header says when a finished command's config changed (I2; it is listed, since a run
+    asks about it) and what a run would do about a record that does not parse (I5).
     """
     if resources is None or resources == ["auto"]:
         from .workers import resolve_resources
@@ -44,19 +54,34 @@ def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], ru
     resources = resources or [""]  # `-r` alone: hosts only, which a dry run does not contact
     reviews = _reviews(plan, config, args)
     write = sys.stdout.write
-    print(f"Orphan params: {format_orphans(plan.orphans, config)}")
+    orphans = orphans_line(plan.orphans, config)
+    if orphans:
+        print(orphans)
     if config.early_stop is not None:
         print(config.early_stop.describe())
+    to_run = 0
     for task, verdict in zip(plan.tasks, reviews):
-        resource = resources[task.index % len(resources)]
-        header = f"# {task.index + 1}/{len(plan.tasks)} {task.output} (gpu: {resource or 'cpu'})"
+        start = len(task.commands) if verdict.start is None else verdict.start
+        if start == len(task.commands) and not (args.all or verdict.changed):
+            continue
+        resource = resources[to_run % len(resources)] if start < len(task.commands) else ""
+        where = f"gpu: {resource or 'cpu'}" if start < len(task.commands) else FINISHED
+        header = f"# {task.index + 1}/{len(plan.tasks)} {task.output} ({where})"
         if verdict.changed:
             header += f" {CHANGED}: {', '.join(verdict.changed)}: {'; '.join(verdict.changes)}"
         lines = [header] + [f"# {note}" for note in verdict.notes + verdict.problems]
-        for command, line in task.render(config.templates, run_time, resource, "localhost").items():
-            lines.append(shell_line(line, resource, task.log(command, run_time, args.no_subdir), args.debug))
+        rendered = task.render(config.templates, run_time, resource, "localhost")
+        for position, (command, line) in enumerate(rendered.items()):
+            text = shell_line(line, resource, task.log(command, run_time, args.no_subdir), args.debug)
+            if position >= start:
+                lines.append(text)
+            elif args.all:
+                mark = CHANGED if command in verdict.changed else FINISHED
+                lines.append(f"# {mark}: " + text.replace("\n", "\n# "))
+        to_run += start < len(task.commands)
         write("\n".join(lines) + "\n")
-    print(f"Tasks: {len(plan.tasks)}, commands to run: {plan.command_count}")
+    commands = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
+    print(f"Tasks: {len(plan.tasks)}, commands to run: {commands}")  # the count a run prints
     if plan.duplicates:
         print(f"Duplicates skipped: {plan.duplicates}")
     changed = sum(1 for verdict in reviews if verdict.changed)
@@ -98,27 +123,37 @@ def _records(output: str) -> List[Tuple[str, str]]:
         for entry in entries:
             if entry.is_dir():
                 found.append((entry.name, entry.path + os.sep + STAT))  # os.path.join's result, quicker
-            elif entry.name.startswith(STAT + ".") and ".corrupt." not in entry.name and entry.is_file():
+            elif entry.name.startswith(STAT + ".") and not set_aside_name(entry.name) and entry.is_file():
                 found.append((entry.name[len(STAT) + 1:], entry.path))
     return sorted(found)
 
 
 def _changes_by_stat(args: argparse.Namespace) -> Dict[str, Review]:
-    """stat path -> review, from the config file when there is one (I2 in --status); {} otherwise."""
+    """stat path -> review, from the configs that ran into the tree (T1) or `-y` (I2 in --status);
+    {} without one."""
+    from .origin import resolve
+    changes: Dict[str, Review] = {}
+    for source in resolve(args):
+        if os.path.exists(source.path):
+            changes.update(_changes_of(args, source.path, source.title, source.no_subdir or args.no_subdir))
+    return changes
+
+
+def _changes_of(args: argparse.Namespace, path: str, title: Optional[str], no_subdir: bool) -> Dict[str, Review]:
+    """stat path -> review for one config file."""
     from . import config as config_module
     from .state import record_path
     from .sweep import expand
-    if not os.path.exists(args.yaml):
-        return {}
     try:
-        config = config_module.load(args.yaml)
-        plan = expand(config, config_module.select_sweeps(config, args.title), args.output, commands=args.command,
-                      dedup=not args.no_dedup, no_subdir=args.no_subdir)
+        config = config_module.load(path)
+        plan = expand(config, config_module.select_sweeps(config, title), args.output, commands=args.command,
+                      dedup=not args.no_dedup, no_subdir=no_subdir, max_tasks=args.max_tasks)
     except UserError as error:
         print(f"warning: {error}: --status cannot tell which results changed", file=sys.stderr)
         return {}
-    reviews = _reviews(plan, config, args, seconds=True)
-    if args.no_subdir:
+    reviews = review(plan, config.templates, args.output, no_subdir=no_subdir, force=args.force,
+                     on_change=_on_change(args), write_index=False, seconds=True)  # it writes nothing (R9)
+    if no_subdir:
         return {record_path(t.output, STAT, t.name, True): r for t, r in zip(plan.tasks, reviews)}
     return {t.output + os.sep + STAT: r for t, r in zip(plan.tasks, reviews)}  # the path as _records makes it
 
@@ -184,13 +219,11 @@ def print_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def print_examine(config: Config, output: str, fmt: str, provenance: bool = False) -> int:
-    """The no-code metrics table of E6; with `provenance`, what made each result (P1)."""
+def print_examine(metrics: Dict[str, Dict[str, str]], output: str, fmt: str, provenance: bool = False) -> int:
+    """The no-code metrics table of E6, with the `metric:` entries of the tree's config (T1); with
+    `provenance`, what made each result (P1)."""
     from .examine.metrics import examine_table
     if not os.path.isdir(output):
         raise UserError(f"no output directory '{output}' (name another with -o)")
-    metrics = config.metrics
-    if config.early_stop is not None and "step" not in metrics:  # A2: the last step each experiment printed
-        metrics = dict(metrics, step={"command": config.early_stop.command, "regex": config.early_stop.step_re.pattern})
     print(examine_table(output, metrics, fmt, provenance=provenance), end="")
     return EXIT_OK

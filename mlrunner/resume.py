@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from .index import Index, Journal, Signature, signature
-from .state import FINISHED, PARAM, RUNNING, RUNS, STAT, STOPPED, Corrupt, last_run, read_record, record_path
+from .state import FINISHED, KEPT, PARAM, RUNNING, RUNS, STAT, STOPPED, Corrupt, last_run, read_record, record_path
 from .sweep import Plan, Task, hashed_name, same_value
 from .template import Template
 
@@ -100,21 +100,42 @@ def recorded_command(script: Any) -> Optional[tuple]:
     return None
 
 
+def line_now(task: Task, templates: Dict[str, Template], param: Dict[str, Any], stat: Dict[str, Any],
+             command: str) -> Optional[Tuple[str, str]]:
+    """(recorded, now) of a finished command: the line it ran and the line this config makes of it,
+    both without what varies by design from run to run: `_time`, the worker's resource and host,
+    the log name, the spelling of the output directory (`-o out`, `-o ./out/`, a tree moved since)
+    (I2). None when its recorded line has another shape."""
+    scripts = param.get("_scripts") if isinstance(param.get("_scripts"), dict) else {}
+    found = recorded_command(scripts.get(command))
+    if found is None:
+        return None
+    resource, line = found
+    worker = str(last_run(stat, command).get("worker") or "")
+    host = worker.rsplit(":", 1)[0] if ":" in worker else "localhost"
+    spelling = param.get("_output") if isinstance(param.get("_output"), str) else None
+    return line, task.render(templates, str(param.get("_time", "")), resource, host, spelling)[command]
+
+
+def kept_lines(param: Dict[str, Any]) -> Dict[str, str]:
+    """command -> the line `--keep-changed` took a finished command's result for (T5), the latest."""
+    kept: Dict[str, str] = {}
+    entries = param.get(KEPT)
+    for entry in entries if isinstance(entries, list) else []:
+        lines = entry.get("lines") if isinstance(entry, dict) else None
+        kept.update((k, v) for k, v in (lines.items() if isinstance(lines, dict) else ()) if isinstance(v, str))
+    return kept
+
+
 def _template_changes(task: Task, templates: Dict[str, Template], param: Dict[str, Any],
                       stat: Dict[str, Any], commands: Sequence[str]) -> List[str]:
-    """Finished commands whose recorded line differs from this run's, ignoring what varies by
-    design from run to run: `_time`, the worker's resource and host, the log name (I2)."""
+    """Finished commands whose line now differs from the one they ran and from the one a
+    `--keep-changed` took them for (I2, T5)."""
     changed = []
-    scripts = param.get("_scripts") if isinstance(param.get("_scripts"), dict) else {}
+    kept = kept_lines(param)
     for command in commands:
-        found = recorded_command(scripts.get(command))
-        if found is None:
-            continue
-        resource, line = found
-        worker = str(last_run(stat, command).get("worker") or "")
-        host = worker.rsplit(":", 1)[0] if ":" in worker else "localhost"
-        rendered = task.render(templates, str(param.get("_time", "")), resource, host)[command]
-        if rendered != line:
+        lines = line_now(task, templates, param, stat, command)
+        if lines is not None and lines[1] != lines[0] and lines[1] != kept.get(command):
             changed.append(command)
     return changed
 

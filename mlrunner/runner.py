@@ -9,22 +9,24 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import shutil
 import signal
 import sys
 import threading
-from typing import List, Optional
+from typing import List
 
 from .allocator import Allocator, Place
 from .config import Config
-from .console import Console, log_tail
+from .console import Console
 from .detach import detach
 from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UserError
 from .executors.claims import lock_dir, trouble as claims_trouble
 from .executors.local import LocalExecutor
+from .failures import failure_lines
 from .gpu_policy import check_sizes
+from .keep import keep_changes
+from .origin import remember, repeat
 from .provenance import Stamp
-from .report import format_orphans
+from .report import orphans_line
 from .resume import Review, review
 from .runs import RunRecord
 from .scheduler import Scheduler, Summary
@@ -33,22 +35,10 @@ from .sweep import Plan
 from .workers import build_executors, host_specs
 
 EXIT_BY_SIGNAL = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
-LOG_TAIL_LINES = 5
 
 
-def _copy_config(config: Config, output: str, title: Optional[str]) -> None:
-    os.makedirs(output, exist_ok=True)
-    target = os.path.join(output, os.path.basename(config.path) + (f".{title}" if title else ""))
-    temporary = f"{target}.{os.getpid()}.tmp"
-    shutil.copyfile(config.path, temporary)
-    os.replace(temporary, target)
-
-
-def _print_summary(console: Console, summary: Summary, halted: bool) -> None:
-    console.print(f"Finished: {summary.finished}, failed: {len(summary.failures)}, skipped: {summary.skipped}, "
-                  f"interrupted: {summary.interrupted}, already finished: {summary.already}")
-    if summary.stopped:
-        console.print(f"Stopped early (early_stop): {summary.stopped}")
+def _print_summary(console: Console, summary: Summary, halted: bool, args: argparse.Namespace) -> None:
+    """What went wrong first, the counts last, where a terminal leaves them in sight (T6)."""
     if summary.requeued:
         console.print(f"Tasks moved to another worker after a host was lost: {summary.requeued}")
     if summary.not_run:
@@ -56,17 +46,15 @@ def _print_summary(console: Console, summary: Summary, halted: bool) -> None:
                else "every worker that could take them was lost")
         console.print(f"Tasks not run ({why}): {summary.not_run}")
     if summary.failures:
-        lines = ["Failed:"]
-        for failure in summary.failures:
-            lines.append(f"    {failure.output} ({failure.command}: {failure.reason})")
-            if failure.log:
-                lines.append(f"        log: {failure.log}")
-                lines.extend(f"        | {line}" for line in log_tail(failure.log, LOG_TAIL_LINES))
-        console.print("\n".join(lines))
+        console.print("\n".join(failure_lines(summary.failures, repeat(args, "--status", config=False))))
     if summary.busy:
         console.print("Left to another mlrunner:\n" + "\n".join(f"    {b}" for b in summary.busy))
     if summary.hosts_left_out:
         console.print("Hosts left out (unreachable at start):\n" + "\n".join(f"    {h}" for h in summary.hosts_left_out))
+    if summary.stopped:
+        console.print(f"Stopped early (early_stop): {summary.stopped}")
+    console.print(f"Finished: {summary.finished}, failed: {len(summary.failures)}, skipped: {summary.skipped}, "
+                  f"interrupted: {summary.interrupted}, already finished: {summary.already}")
 
 
 def _no_records(output: str) -> bool:
@@ -81,7 +69,7 @@ def _no_records(output: str) -> bool:
         return False
 
 
-def _check_changes(plan: Plan, reviews: List[Review]) -> bool:
+def _check_changes(plan: Plan, reviews: List[Review], args: argparse.Namespace) -> bool:
     """I2: say which finished commands' config changed; True when the run must not start."""
     changed = [(task, verdict) for task, verdict in zip(plan.tasks, reviews) if verdict.changed]
     if not changed:
@@ -92,9 +80,10 @@ def _check_changes(plan: Plan, reviews: List[Review]) -> bool:
     for task, verdict in changed[:5]:
         print(f"    {task.output} ({', '.join(verdict.changed)}): {'; '.join(verdict.changes)}", file=sys.stderr)
     if len(changed) > 5:
-        print(f"    ... and {len(changed) - 5} more experiment(s) (mlrunner --dry-run lists them all)", file=sys.stderr)
-    print("mlrunner: run again with --rerun-changed to rerun them (and their tasks' later commands), "
-          "or --keep-changed to keep their results", file=sys.stderr)
+        print(f"    ... and {len(changed) - 5} more experiment(s) ({repeat(args, '--dry-run')} lists them all)",
+              file=sys.stderr)
+    print(f"mlrunner: to rerun them (and their tasks' later commands): {repeat(args, '--rerun-changed')}\n"
+          f"mlrunner: to keep their results: {repeat(args, '--keep-changed')}", file=sys.stderr)
     return True
 
 
@@ -126,7 +115,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
             problem = claims_trouble(lock_dir())
             if problem:
                 raise UserError(problem)
-        if on_change == "ask" and _check_changes(plan, reviews):
+        if on_change == "ask" and _check_changes(plan, reviews, args):
             return EXIT_USAGE
         to_run = sum(len(t.commands) - r.start for t, r in zip(plan.tasks, reviews) if r.start is not None)
     specs = host_specs(config, args)
@@ -138,6 +127,10 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     for spec in specs if snapshot else []:  # hosts get the same snapshot through the code push (H13)
         spec.code, spec.start = os.path.join(code_dir(args.output), snapshot), workdir
     # Every check is done: from here on, things start.
+    if on_change == "keep" and not streaming:
+        kept = keep_changes(plan, reviews, config.templates, args.no_subdir)
+        if kept:
+            print(f"Kept: {kept} experiment(s) whose config changed; their param records it (_kept)")
     gc.freeze()  # the plan and the records read so far live to the end: the collector skips them
     gc.enable()  # off while planning (cli._planning); a run, a Slurm --wait, lasts hours
     if args.slurm or config.slurm is not None:  # the tasks go to Slurm's job arrays instead (S1)
@@ -155,7 +148,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
         return EXIT_FAILED
     places = [Place(e, [g for g in e.resource.split(",") if g], remote=not isinstance(e, LocalExecutor))
               for e in executors]
-    print(f"Orphan params: {format_orphans(plan.orphans, config)}")
+    if plan.orphans:
+        print(orphans_line(plan.orphans, config))
     for verdict in reviews:
         for note in verdict.notes:
             print(f"NOTE    {note}")
@@ -167,7 +161,8 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     for executor in executors:
         if isinstance(executor, LocalExecutor):
             executor.cwd = workdir
-    _copy_config(config, args.output, args.title)
+    if not getattr(args, "slurm_element", None):  # T1: views read it without -y
+        remember(config.path, args.output, args.title, args.no_subdir)
     console = Console(to_run, len(executors))
     allocator = Allocator(places, config.gpu, say=console.print)
     scheduler = Scheduler(plan, config, allocator, run_time, args, reviews, console)
@@ -182,7 +177,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     try:
         with console, RunRecord(args.output, console):  # the record --status/--stop/--follow read (D2)
             summary = scheduler.run()
-            _print_summary(console, summary, scheduler.halted.is_set())
+            _print_summary(console, summary, scheduler.halted.is_set(), args)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

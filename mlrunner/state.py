@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from .sweep import safe_name
 
 PARAM, STAT = "param", "stat"
 RUNS = "_runs"  # stat's per-command history: every run, its worker, times, status and owner
+KEPT = "_kept"  # param's record of each --keep-changed: when, the values before, the lines kept (T5)
 FINISHED, FAILED, RUNNING, INTERRUPTED, SKIPPED = "finished", "failed", "running", "interrupted", "skipped"
 STOPPED = "stopped"  # ended by an early_stop rule (A2): done, as a rerun sees it, unless --rerun-stopped
 CHANGED = "changed"  # shown by --dry-run and --status for a finished command whose config changed (I2)
@@ -122,6 +124,15 @@ def write_record(path: str, data: Dict[str, Any], sort_keys: bool = True, durabl
         finally:
             os.close(descriptor)
     return text
+
+
+_ASIDE_RE = re.compile(r"\.corrupt\.\d{8}\.\d{6}(?:\.\d+)?\Z")
+
+
+def set_aside_name(name: str) -> bool:
+    """Is this file name one `set_aside` made? Only its exact suffix: an experiment may well be
+    called `x.corrupt.y` or `run.tmp` (a value's text), and must not vanish from the views."""
+    return _ASIDE_RE.search(name) is not None
 
 
 def set_aside(path: str) -> str:
@@ -230,11 +241,14 @@ class Experiment:
             return {}
 
     def _write_param(self, params: Dict[str, Any], notes: List[str]) -> None:
-        """This run's params, keeping `_scripts` of commands that earlier runs ran (R5)."""
-        scripts = dict(self._load(self.param_path, notes).get("_scripts") or {})
+        """This run's params, keeping `_scripts` of commands that earlier runs ran (R5) and the
+        record of kept changes (T5)."""
+        old = self._load(self.param_path, notes)
+        scripts = dict(old.get("_scripts") or {})
         scripts.update(params["_scripts"])
+        kept = {KEPT: old[KEPT]} if KEPT in old and KEPT not in params else {}
         # durable like an ended `stat`: a reset never leaves a run whose `param` is missing or torn
-        write_record(self.param_path, dict(params, _scripts=scripts), durable=True)
+        write_record(self.param_path, dict(params, _scripts=scripts, **kept), durable=True)
         self.signed[self.param_path] = signature(self.param_path)
 
     def _write_stat(self, stat: Dict[str, Any], durable: bool = False) -> None:

@@ -11,11 +11,12 @@ import re
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from .config import Config, Sweep
+from .config import Config, Sweep, check_typos
 from .errors import UserError
 from .template import Template, log_name
 
 MAX_NAME_BYTES = 255
+MAX_TASKS = 10**7  # a plan holds each task in memory (a few hundred bytes): past this, say so first
 MAX_VALUE_CHARS = 100
 
 
@@ -46,9 +47,11 @@ class Task:
         self.name = name
         self.output = root if no_subdir else os.path.join(root, name)
 
-    def render(self, templates: Dict[str, Template], run_time: str, resource: str, host: str) -> Dict[str, str]:
-        """Each command of the task with its placeholders filled for one worker (C6)."""
-        values = dict(self.params, _output=self.output, _name=self.name, _time=run_time,
+    def render(self, templates: Dict[str, Template], run_time: str, resource: str, host: str,
+               output: Optional[str] = None) -> Dict[str, str]:
+        """Each command of the task with its placeholders filled for one worker (C6); `output`:
+        another spelling of the task's directory, as a record holds it."""
+        values = dict(self.params, _output=output or self.output, _name=self.name, _time=run_time,
                       _resource=resource, _host=host)
         return {command: templates[command].render(values) for command in self.commands}
 
@@ -267,6 +270,17 @@ class _DocLayout:
         return self.sorted_keys, ordered, tuple(map(type, ordered))
 
 
+def check_size(config: Config, sweeps: Sequence[Sweep], sample: Optional[int], max_tasks: int) -> None:
+    """Count the tasks before making any: a sweep of 10^9 would fill the memory and then fail."""
+    sizes = [math.prod(len(values) for values in sweep.params.values()) for sweep in sweeps]
+    total = sum(size if sample is None else min(sample, size) for size in sizes)
+    if total > max_tasks:
+        each = f" ({' + '.join(f'{size:,}' for size in sizes)})" if len(sizes) > 1 else ""
+        raise UserError(f"the sweep has {total:,} combinations{each}, more than --max-tasks {max_tasks:,}: "
+                        "each is kept in memory (a few hundred bytes); raise --max-tasks, or draw some with "
+                        "--sample N", config.path)
+
+
 def selected_commands(config: Config, sweep: Sweep, override: Optional[Sequence[str]]) -> Tuple[str, ...]:
     """Commands of one sweep, in template order: `-c` wins over `_cmd`, which wins over all (C3)."""
     chosen = override or sweep.commands
@@ -275,13 +289,15 @@ def selected_commands(config: Config, sweep: Sweep, override: Optional[Sequence[
 
 def expand(config: Config, sweeps: Sequence[Sweep], output: str, *, commands: Optional[Sequence[str]] = None,
            sample: Optional[int] = None, sample_seed: Optional[int] = None, dedup: bool = True,
-           no_subdir: bool = False, lazy: bool = False) -> Plan:
+           no_subdir: bool = False, lazy: bool = False, max_tasks: Optional[int] = None) -> Plan:
     """Expand the sweeps, in file order, into the ordered task pool (X1-X4).
 
     Every document is checked first, so a mistake stops everything before a task exists. With
     `lazy`, a plan whose size is known in advance (one document, no alias, no value twice in a
     list: no task can be dropped or merged) is returned empty, for `Plan.fill` to make.
     """
+    check_typos(config, list(sweeps))
+    check_size(config, sweeps, sample, MAX_TASKS if max_tasks is None else max_tasks)
     plan = Plan()
     layouts = [_DocLayout(config, sweep, selected_commands(config, sweep, commands)) for sweep in sweeps]
     for sweep, layout in zip(sweeps, layouts):

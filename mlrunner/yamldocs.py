@@ -7,7 +7,7 @@ from typing import Any, Iterator, List, Optional
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, shown
 
 
 class Doc:
@@ -116,7 +116,7 @@ def _construct(root: yaml.Node, path: str) -> Any:
                 try:
                     yaml.SafeLoader("").construct_object(node)
                 except (ValueError, TypeError, OverflowError):
-                    raise UserError(f"invalid value {node.value!r}: {error}", path,
+                    raise UserError(f"invalid value {shown(node.value)}: {shown(str(error))}", path,
                                     node.start_mark.line + 1) from None
         raise UserError(f"invalid value: {error}", path, root.start_mark.line + 1) from None
 

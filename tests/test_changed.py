@@ -62,8 +62,9 @@ def test_I2_keep_changed_keeps_their_results(tmp_path: Path):
     _config(tmp_path, lr=0.01)
     code, out, _ = run(["--keep-changed"], tmp_path)
     assert code == 0 and "commands to run: 0" in out and "already finished: 4" in out
-    assert load(tmp_path / "output" / "Seed_1" / "param")["lr"] == 0.1  # the record says what ran
-    assert run([], tmp_path)[0] == 2  # and it still differs from the config
+    param = load(tmp_path / "output" / "Seed_1" / "param")
+    assert param["lr"] == 0.01 and param["_kept"][-1]["was"] == {"lr": 0.1}  # what it stands for, what ran (T10)
+    assert run([], tmp_path)[0] == 0  # kept is remembered: not asked again (T5)
 
 
 def test_I2_a_changed_template_reruns_that_command_and_the_later_ones(tmp_path: Path):
@@ -101,7 +102,8 @@ def test_I2_dry_run_and_status_show_what_changed(tmp_path: Path):
     _config(tmp_path, lr=0.01)
     code, out, _ = run(["--dry-run"], tmp_path)
     assert code == 0
-    assert "# 1/2 output/Seed_1 (gpu: 0) changed: train, test: lr: 0.1 -> 0.01" in out
+    assert "# 1/2 output/Seed_1 (finished) changed: train, test: lr: 0.1 -> 0.01" in out  # listed, not started (T2)
+    assert "# 1/2 output/Seed_1 (gpu: 0) changed: train, test:" in run(["--dry-run", "--rerun-changed"], tmp_path)[1]
     assert "Changed since they finished: 2 experiment(s)" in out
     code, out, _ = run(["--status"], tmp_path)
     assert code == 0

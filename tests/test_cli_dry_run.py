@@ -80,7 +80,7 @@ def test_seed_example_counts(seed_dir, seed_out, run_cli, args, tasks, commands,
     else:
         out = seed_out
     lines = out.splitlines()
-    assert lines[0] == "Orphan params: set()"
+    assert not any(line.startswith("Orphan params") for line in lines)  # none: no line (T7)
     assert f"Tasks: {tasks}, commands to run: {commands}" in lines
     assert len(shell_lines(out)) == commands
     assert ("Duplicates skipped: 1" in lines) == (duplicates is not None)

@@ -214,8 +214,9 @@ def test_v1_metrics_come_from_the_config_copy_in_the_output_root(tree: Path, tmp
 
 
 def test_v1_a_bad_config_is_one_line(tree: Path, tmp_path: Path):
+    """A config named with -y (without it, the tree's own config answers: T1)."""
     (tmp_path / "params.yaml").write_text("template: {a: echo}\nmetric: {m: {command: zz, regex: '(x)'}}\n")
-    code, out, err = run(["--report", "-o", str(tree / "output")], tmp_path)
+    code, out, err = run(["--report", "-o", str(tree / "output"), "-y", "params.yaml"], tmp_path)
     assert (code, out) == (2, "") and err.startswith("params.yaml:2: metric 'm': unknown command 'zz'"), err
     assert err.count("\n") == 1
 

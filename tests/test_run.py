@@ -237,7 +237,7 @@ def test_r9_debug_runs_first_task_with_log_on_console(seed_dir: Path):
     assert code == 0
     assert "CUDA_VISIBLE_DEVICES=0" in out and "BLEU4 = 27.31" in out
     assert sorted(p.name for p in (seed_dir / "output").iterdir()
-                  if not p.name.startswith(".mlrunner-index")) == ["Norm_new-Moment_0.1", "params.yaml"]
+                  if not p.name.startswith(".mlrunner-")) == ["Norm_new-Moment_0.1", "params.yaml"]
     log, = (seed_dir / "output" / "Norm_new-Moment_0.1").glob("log.test.*")
     assert "BLEU4" in log.read_text()
 

@@ -124,6 +124,8 @@ def test_seed_example_runs_as_an_array_with_slurms_gpus_S1_S2(slurm, tmp_path):
         assert test_log.read_text() == f"test iwslt14 on {run['worker']}\n"
     assert seen_gpus == {"0", "1", "2", "3"}, "four elements ran at once, each on its own GPU"
     assert (output / "params.yaml").read_text() == (tmp_path / "params.yaml").read_text()
+    (remembered,) = runlib.load(output / ".mlrunner-config")["configs"]  # the user's file, not an element's copy (T1)
+    assert remembered["path"] == str(tmp_path / "params.yaml")
     code, out, err = mlrunner(slurm, [], tmp_path)  # a rerun finds everything finished (S3)
     assert code == 0 and "to submit: 0" in out and "Nothing to submit: every command finished" in out
     assert not queue(slurm)

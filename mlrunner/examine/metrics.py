@@ -116,7 +116,8 @@ def compile_metrics(metrics: Mapping[str, Mapping[str, str]]) -> Dict[str, Tuple
 
 class _IndexedRows:
     """--examine's rows kept in the index (index.py): one is used while its experiment's directory
-    (a new log changes it), `param`, `stat` and the logs it read keep their signatures."""
+    (a new log changes it), `param`, `stat` and the logs it read keep their signatures. Nothing in
+    an entry depends on how -o is spelt or where it is asked from."""
 
     def __init__(self, output: str, compiled: Dict[str, Tuple[str, Pattern[str]]]):
         self.output = output
@@ -135,7 +136,9 @@ class _IndexedRows:
         files = self._signatures(name)
         entry = self.index.get(name, Index.digest(files, self.spec))
         row = entry[1] if entry else None  # a row is all its experiment's own: nothing shared
-        if _row(row) and all(log is None or list(signature(log[0])) == log[1] for log in row[3]):
+        directory = os.path.join(self.output, name)
+        if _row(row) and all(log is None or list(signature(os.path.join(directory, log[0]))) == log[1]
+                             for log in row[3]):
             return Experiment(cache={"status": row[2], "code": row[4]}, metric=row[1], param=row[0])
         self.files[name] = files
         return None
@@ -145,7 +148,8 @@ class _IndexedRows:
         logs = self.logs.setdefault(directory.name, [])
         for name, (command, pattern) in self.compiled.items():
             log = latest_log(command, directory)
-            logs.append([str(log), list(signature(str(log)))] if log else None)
+            # by its name in the experiment's directory: the same entry whatever the spelling of -o or the cwd
+            logs.append([log.name, list(signature(str(log)))] if log else None)
             experiment.metric[name] = read_metric(directory, command, pattern, log) if log else None
         experiment.cache["status"], experiment.cache["code"] = status_and_code(directory)
 

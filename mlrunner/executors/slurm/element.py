@@ -65,6 +65,7 @@ def run_element(manifest_path: str) -> int:
     args.resource = [resource]  # Slurm's GPUs are this task's one worker (S1)
     args.force = args.force and restarts == 0  # after a requeue, what finished stays finished
     args.keep_changed = not args.rerun_changed  # the submission already asked (I2)
+    args.slurm_element = manifest_path  # the submission told the tree its config (T1): not this copy
     config = config_module.load(manifest["config"])
     config.slurm, config.hosts = None, {}  # here the task runs on this node, nowhere else
     if hasattr(config, "gpu"):

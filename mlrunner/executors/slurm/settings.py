@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional
 
-from ...errors import UserError
+from ...errors import UserError, shown
 
 KEYS = ("partition", "gpus", "cpus", "mem", "time", "account", "max_running", "options", "max_requeue", "signal")
 MEM_RE = re.compile(r"\d+[KMGT]?\Z")
@@ -51,20 +51,20 @@ def parse(value: Any, path: str, line: Callable[..., Optional[int]]) -> Settings
         if key in ("gpus", "cpus", "max_running", "max_requeue", "signal"):
             least = 0 if key in ("gpus", "max_requeue") else 1
             if isinstance(item, bool) or not isinstance(item, int) or item < least:
-                raise fail(f"'{key}' must be a whole number >= {least}, not {item!r}", key)
+                raise fail(f"'{key}' must be a whole number >= {least}, not {shown(item)}", key)
         elif key == "options":
             if not isinstance(item, list) or not all(isinstance(o, str) and o.startswith("-") for o in item):
                 raise fail("'options' must be a list of sbatch flags, e.g. ['--constraint=a100']", key)
         elif key == "mem":
-            item = str(item)
-            if not MEM_RE.match(item):
-                raise fail(f"'mem' must be a size such as 32G or 4000M, not {item!r}", key)
+            item = str(item) if isinstance(item, (str, int)) else item
+            if not isinstance(item, str) or not MEM_RE.match(item):
+                raise fail(f"'mem' must be a size such as 32G or 4000M, not {shown(item)}", key)
         elif key == "time":
             if not isinstance(item, str) or not TIME_RE.match(item):
                 raise fail(f"'time' must be a quoted Slurm time such as '24:00:00' or '1-12:00:00', "
-                           f"not {item!r}", key)
+                           f"not {shown(item)}", key)
         elif not isinstance(item, str) or not item.strip() or any(c.isspace() for c in item):
-            raise fail(f"'{key}' must be one word, not {item!r}", key)
+            raise fail(f"'{key}' must be one word, not {shown(item)}", key)
         setattr(settings, key, item)
     return settings
 

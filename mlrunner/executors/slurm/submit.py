@@ -13,12 +13,13 @@ import shlex
 import shutil
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from ...config import Config
 from ...detach import _invocation
 from ...errors import EXIT_OK, UserError
-from ...report import format_orphans
+from ...origin import remember
+from ...report import orphans_line
 from ...resume import Review
 from ...state import RUNNING, last_run, owner_alive
 from ...sweep import Plan, Task
@@ -105,7 +106,8 @@ def submit(plan: Plan, config: Config, reviews: List[Review], run_time: str, arg
     settings: Settings = config.slurm or Settings()
     held = _held(plan, reviews, args.output)
     todo = [(t, r) for t, r in zip(plan.tasks, reviews) if r.start is not None and t.output not in held]
-    print(f"Orphan params: {format_orphans(plan.orphans)}")
+    if plan.orphans:
+        print(orphans_line(plan.orphans, config))
     for verdict in reviews:
         for note in verdict.notes:
             print(f"NOTE    {note}")
@@ -120,7 +122,7 @@ def submit(plan: Plan, config: Config, reviews: List[Review], run_time: str, arg
               flush=True)
         return _wait([], plan, todo, held, args) if args.wait and held else EXIT_OK
     submission = _write(plan, config, [t for t, _ in todo], run_time, args, settings)
-    _copy_config(config, args.output, args.title)
+    remember(config.path, args.output, args.title, args.no_subdir)  # T1: views read it without -y
     me = _invocation()
     quoted = shlex.quote(args.output)
     chunks = ", ".join(f"{c.job} (array 0-{c.count - 1})" for c in submission.chunks)
@@ -183,11 +185,3 @@ def _write(plan: Plan, config: Config, tasks: List[Task], run_time: str, args: a
                     pass
         raise
     return submission
-
-
-def _copy_config(config: Config, output: str, title: Optional[str]) -> None:
-    """The config beside the experiments, as a local run keeps it (R5)."""
-    target = os.path.join(output, os.path.basename(config.path) + (f".{title}" if title else ""))
-    temporary = f"{target}.{os.getpid()}.tmp"
-    shutil.copyfile(config.path, temporary)
-    os.replace(temporary, target)
