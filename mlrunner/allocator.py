@@ -21,11 +21,15 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from .executors.base import Executor, HostLost, Machine
 from .gpu_policy import GpuPolicy, gib
+from .gpu_fit import Busy, Fit, claim_key, listed, room, with_exited
 from .gpus import Poller, Snapshot
+
+FRESH = 1.0  # seconds: a grant decided on an older reading of nvidia-smi waits for a new one
+AVOID_S = 5.0  # seconds an out-of-memory retry stays off its place when nothing changes there (G10)
 
 
 @dataclass(eq=False)
@@ -36,6 +40,7 @@ class Place:
     gpus: List[str]
     remote: bool = False  # a host's: its GPUs are named with the host in console lines
     taken: int = 0  # tasks running here (static places take one)
+    released: int = 0  # tasks that ended here: a change an out-of-memory retry waits for (G10)
 
     @property
     def machine(self) -> Machine:
@@ -51,12 +56,16 @@ class Grant:
     place: Place
     mib: int = 0
     claims: List[str] = field(default_factory=list)  # the held claims, by path in the machine's claim directory
+    session: Optional[int] = None  # of the command running under it now
+    peak: Optional[int] = None  # the most GPU memory nvidia-smi showed for that session (G12); None: never read
 
 
 @dataclass(eq=False)
 class _Request:
     mib: int
     machine: Machine
+    avoid: Optional[Place] = None  # where it just ran out of memory (G10)
+    avoid_mark: Tuple[int, Dict[str, Optional[int]], float] = (0, {}, 0.0)  # its ends and GPUs' use then; until
     grant: Optional[Grant] = None
     error: Optional[Exception] = None
     reasons: List[str] = field(default_factory=list)  # why no place took it in its machine's last round
@@ -81,6 +90,10 @@ class _Site:
         self.claims = machine.claim_dir() if policy else None
         self.snapshot: Optional[Snapshot] = None  # read and written under the allocator's lock
         self.polling = False
+        self.hurry = False  # a decision wants a reading fresher than FRESH: poll now
+        self.running: List[Grant] = []  # grants whose command runs: the poller watches their memory (G12)
+        self.ours: Set[int] = set()  # listed pids seen in the session of one of our commands (G8)
+        self.fresh_at = 0.0  # when the snapshot came in
         # Something changed since this machine's last round (a snapshot, a request, a release): a
         # round without a change would decide the same, and costs a host's agent round trips.
         self.changed = True
@@ -91,7 +104,8 @@ class Allocator:
 
     def __init__(self, places: List[Place], policy: Optional[GpuPolicy] = None, say: Callable[[str], None] = print):
         self.places = places
-        self.policy = policy
+        # Without a GPU (`auto` with no usable nvidia-smi: one CPU worker) there is nothing to pack (G9).
+        self.policy = policy if any(p.gpus for p in places) else None
         self.say = say
         self.sites: Dict[Machine, _Site] = {}
         for place in places:
@@ -107,10 +121,12 @@ class Allocator:
         return list(self.sites)
 
     def workers(self, machine: Machine) -> int:
-        """How many workers take tasks on a machine: one per place, or per_gpu of them per place
-        when a policy packs them."""
-        places = len(self.sites[machine].places)
-        return places * self.policy.slots_per_gpu() if self.policy else places
+        """How many workers take tasks on a machine: one per place, or per_gpu of them per GPU
+        place when a policy packs them (a CPU place, `""`, takes one)."""
+        places = self.sites[machine].places
+        if not self.policy:
+            return len(places)
+        return sum(self.policy.slots_per_gpu() if p.gpus else 1 for p in places)
 
     def size(self, commands: Sequence[str], params: Dict[str, Any]) -> int:
         """MiB a task needs: the most any of its commands still to run declares."""
@@ -118,20 +134,23 @@ class Allocator:
             return 0
         return max((self.policy.size(c, params) for c in commands), default=0)
 
-    def acquire(self, mib: int, stopping: threading.Event, machine: Machine) -> Optional[Grant]:
+    def acquire(self, mib: int, stopping: threading.Event, machine: Machine,
+                avoid: Optional[Place] = None) -> Optional[Grant]:
         """A place on `machine` for a task needing `mib` (waiting for one); None once the run stops.
-        HostLost when the machine is a host that went away meanwhile.
+        HostLost when the machine is a host that went away meanwhile. `avoid`: the place where the
+        task just ran out of memory, taken again only once something there changed (G10).
 
         Requests wait in one queue and are served oldest first, each round: a task that fits
         starts at once, even behind an older one that does not (backfill)."""
         site = self.sites[machine]
         request = _Request(mib, machine)
         with self._changed:
+            if avoid is not None and self.policy:
+                request.avoid = avoid
+                request.avoid_mark = (avoid.released, self._use(site, avoid), time.monotonic() + AVOID_S)
             self._queue.append(request)
             site.changed = True
-            if self.policy and not site.polling:
-                site.polling = True
-                threading.Thread(target=self._poll, args=(site,), daemon=True).start()
+            self._start_poller(site)
             try:
                 while not stopping.is_set() and request.grant is None:
                     self._serve()
@@ -146,6 +165,11 @@ class Allocator:
                 return None
             return request.grant
 
+    def _start_poller(self, site: _Site) -> None:
+        if self.policy and not site.polling:
+            site.polling = True
+            threading.Thread(target=self._poll, args=(site,), daemon=True).start()
+
     def release(self, grant: Optional[Grant]) -> None:
         if grant is None:
             return
@@ -155,6 +179,9 @@ class Allocator:
     def _give_back(self, grant: Grant) -> None:
         site = self.sites[grant.place.machine]
         grant.place.taken -= 1
+        grant.place.released += 1
+        if grant in site.running:
+            site.running.remove(grant)
         for path in grant.claims:
             site.claims.remove(path)
         grant.claims.clear()
@@ -165,16 +192,27 @@ class Allocator:
         """Tell the other runners on the machine which processes hold this grant's memory (their session)."""
         if not self.policy or session is None:
             return
-        claims = self.sites[grant.place.machine].claims
+        site = self.sites[grant.place.machine]
         for path in grant.claims:
-            claims.attach(path, session)
+            site.claims.attach(path, session)
+        with self._changed:
+            grant.session, grant.peak = session, None
+            if grant not in site.running:
+                site.running.append(grant)
+            self._start_poller(site)
+
+    def gpu_mib(self, grant: Optional[Grant]) -> Optional[int]:
+        """The peak GPU memory of the grant's last command, as nvidia-smi showed its session's
+        processes; None when no reading was taken while it ran (G12)."""
+        with self._changed:
+            return None if grant is None else grant.peak
 
     def oom_size(self, grant: Grant) -> int:
         """What a command that ran out of memory asks next: 1.5x its size, at most a whole GPU;
         a whole GPU when it declared none (G5)."""
         poller = self.sites[grant.place.machine].poller
         snapshot = poller.snapshot(max_age=3600) if poller else Snapshot()
-        totals = [g.total for i in grant.place.gpus for g in [snapshot.gpus.get(i)] if g and g.total]
+        totals = [g.total for i in grant.place.gpus for g in [listed(snapshot, i)] if g and g.total]
         whole = min(totals) if totals else 0
         wanted = grant.mib * 3 // 2
         if wanted == 0:
@@ -215,32 +253,66 @@ class Allocator:
 
     def _poll(self, site: _Site) -> None:
         """A machine's one poller (G6): a fresh snapshot every interval while a request for that
-        machine waits, taken outside the lock so that grants and releases never wait for nvidia-smi."""
-        while True:
-            snapshot = site.poller.snapshot(max_age=0)
-            with self._changed:
-                site.snapshot, site.changed = snapshot, True
+        machine waits or a command of ours runs there (G12), sooner when a decision needs one; taken
+        outside the lock so that grants and releases never wait for nvidia-smi."""
+        try:
+            while True:
+                snapshot = site.poller.snapshot(max_age=0)  # never raises: trouble is a warning in it
+                self._watch(site, snapshot)
+                with self._changed:
+                    site.snapshot, site.changed, site.hurry = snapshot, True, False
+                    site.fresh_at = time.monotonic()
+                    self._changed.notify_all()
+                    deadline = site.fresh_at + site.poller.interval
+                    while time.monotonic() < deadline and not site.hurry:  # releases wake this wait too
+                        if not site.running and not any(r.grant is None and r.error is None and
+                                                        r.machine is site.machine for r in self._queue):
+                            return
+                        self._changed.wait(deadline - time.monotonic())
+        finally:
+            with self._changed:  # however it ends, the next request starts a poller again
+                site.polling = False
                 self._changed.notify_all()
-                deadline = time.monotonic() + site.poller.interval
-                while time.monotonic() < deadline:  # releases wake this wait too: keep to the interval
-                    if not any(r.grant is None and r.error is None and r.machine is site.machine for r in self._queue):
-                        site.polling = False
-                        return
-                    self._changed.wait(deadline - time.monotonic())
+
+    def _watch(self, site: _Site, snapshot: Snapshot) -> None:
+        """Each running command's GPU memory in this reading, summed over its session's processes,
+        kept as its peak (G12). Outside the lock: a host's sessions are a round trip."""
+        with self._changed:
+            running = [(g, g.session) for g in site.running]
+        if not running or snapshot.warning and not snapshot.apps:
+            return
+        try:
+            sessions = site.machine.sessions(sorted({a.pid for a in snapshot.apps}))
+        except Exception:  # a host lost meanwhile, or an answer of no use: no reading this time
+            return
+        with self._changed:
+            site.ours |= {pid for pid, sid in sessions.items() if sid is not None and sid in {s for _, s in running}}
+            for grant, session in running:
+                apps = [a for a in snapshot.apps if sessions.get(a.pid) == session]
+                if grant.session == session and all(a.used is not None for a in apps):  # [N/A]: no reading
+                    grant.peak = max(grant.peak or 0, sum(a.used for a in apps))
 
     def _serve_site(self, site: _Site, pending: List[_Request]) -> bool:
         """Serve one machine's requests under that machine's lock; a host lost meanwhile fails them."""
         snapshot = site.snapshot
-        if snapshot.warning and (site.machine, snapshot.warning) not in self._warned:
-            self._warned.add((site.machine, snapshot.warning))
+        if snapshot.warning and (site.machine, snapshot.trouble) not in self._warned:
+            self._warned.add((site.machine, snapshot.trouble))  # one warning per kind of trouble
             where = "" if site.machine.name == "localhost" else f"host {site.machine.name}: "
             self.say(f"warning: {where}{snapshot.warning}")
+        if not snapshot.warning and time.monotonic() - site.fresh_at > FRESH:
+            # Another user may have filled a GPU since: decide on a new reading (a failed one tells
+            # nothing new, so it is not waited for).
+            site.hurry, site.changed = True, False
+            self._start_poller(site)
+            self._changed.notify_all()
+            return False
         granted = False
         try:
             with site.claims.locked():
                 claims = site.claims.claims()
                 pids = sorted({a.pid for a in snapshot.apps if a.used})
-                sessions = site.machine.sessions(pids) if pids else {}
+                site.ours, sessions = with_exited(site.ours, snapshot, site.machine.sessions(pids) if pids else {},
+                                                  claims)
                 for request in pending:
                     granted |= self._serve_request(site, request, claims, sessions)
         except HostLost as error:
@@ -263,9 +335,10 @@ class Allocator:
         except NoPlace as error:
             request.error = error
             return True
-        fits = []  # (memory left after this task, order, place): the tightest fit keeps big holes
+        fits = []  # (fit, order, place): the tightest fit keeps big holes; where memory is unknown, spread
         for order, place in enumerate(usable):
-            why = self._why_not(place, request.mib, snapshot, claims, sessions)
+            why = self._ran_out_here(site, request, place) or self._why_not(place, request.mib, snapshot, claims,
+                                                                            sessions)
             if isinstance(why, str):
                 request.reasons.append(why)
             else:
@@ -275,55 +348,50 @@ class Allocator:
         request.grant = self._grant(site, min(fits)[2], request.mib, claims)
         return True
 
+    def _use(self, site: _Site, place: Place) -> Dict[str, Optional[int]]:
+        """Each GPU's memory.used in the machine's latest snapshot (None: unknown)."""
+        snapshot = site.snapshot or Snapshot()
+        return {i: g.used if g else None for i in place.gpus for g in [listed(snapshot, i)]}
+
+    def _ran_out_here(self, site: _Site, request: _Request, place: Place) -> Optional[str]:
+        """G10: the place where the task just ran out of memory is taken again only once one of our
+        tasks there ended, nvidia-smi shows less memory used on one of its GPUs, or, where nothing
+        changes, on a reading AVOID_S later: never at once."""
+        if place is not request.avoid:
+            return None
+        released, used, until = request.avoid_mark
+        now = self._use(site, place)
+        if place.released > released or site.fresh_at > until or any(
+                now[i] is not None and before is not None and now[i] < before for i, before in used.items()):
+            request.avoid = None
+            return None
+        return f"{' and '.join('GPU ' + place.gpu(i) for i in place.gpus)} ran out of memory for it, unchanged since"
+
     def _check_size(self, mib: int, places: List[Place], snapshot: Snapshot) -> None:
-        totals = [min(snapshot.gpus[g].total or 0 for g in p.gpus) for p in places
-                  if all(g in snapshot.gpus for g in p.gpus)]
+        totals = [min(listed(snapshot, g).total or 0 for g in p.gpus) for p in places
+                  if p.gpus and all(listed(snapshot, g) for g in p.gpus)]
         if totals and all(totals) and mib > max(totals):
             raise NoPlace(f"it needs {gib(mib)}, more than any GPU has ({gib(max(totals))})")
 
     def _why_not(self, place: Place, mib: int, snapshot: Snapshot, claims: List[Dict[str, Any]],
-                 sessions: Dict[int, Optional[int]]) -> Union[str, int]:
-        """Why the place cannot take `mib` more now, for the console; else the MiB it would have left."""
-        left = 0
-        for index in place.gpus:
-            name = place.gpu(index)
-            gpu = snapshot.gpus.get(index)
-            if gpu is None:
-                if snapshot.gpus:
-                    return f"GPU {name} is not listed by nvidia-smi"
-                continue  # nvidia-smi failed: judged by our own bookkeeping below
-            mine = [c for c in claims if c["uuid"] == gpu.uuid]
-            if len(mine) >= self.policy.slots_per_gpu():
-                return f"GPU {name} runs {len(mine)} of ours (per_gpu {self.policy.slots_per_gpu()})"
-            if gpu.total is None or gpu.used is None:
-                continue
-            apps = [a for a in snapshot.apps if a.uuid == gpu.uuid and a.used]
-            gone = sum(a.used for a in apps if sessions.get(a.pid) is None)  # exited since the snapshot
-            held = [sum(a.used for a in apps if c["sid"] is not None and sessions.get(a.pid) == c["sid"]) for c in mine]
-            claimed = {c["sid"] for c in mine if c["sid"] is not None}
-            listed = sum(a.used for a in apps if sessions.get(a.pid) not in claimed and sessions.get(a.pid) is not None)
-            # memory.used and the process list are two nvidia-smi calls: a job of ours that allocated
-            # between them is in the list but not in `used`, and subtracting it would hide as much
-            # of another user's memory. What the list shows of others is a floor.
-            others = max(gpu.used - gone - sum(held), listed)
-            if others > self.policy.busy_above:
-                if not self.policy.wait:
-                    self.skipped[name] = f"GPU {name} is busy ({gib(others)} used by other processes)"
-                    self.say(f"SKIP    {self.skipped[name]}: left out of this run (gpu.wait is false)")
-                return f"GPU {name} busy ({gib(others)} used by other processes)"
-            free = gpu.total - others - sum(max(c["mib"], h) for c, h in zip(mine, held))
-            if mib > free:
-                return f"GPU {name} has {gib(max(free, 0))} free"
-            left += free - mib
-        return left
+                 sessions: Dict[int, Optional[int]]) -> Union[str, Fit]:
+        """Why the place cannot take `mib` more now, for the console; else how it would fit. A GPU
+        busy with other people's memory is left out of the run when the policy does not wait (G2)."""
+        why = room(self.policy, place, mib, snapshot, claims, sessions)
+        if not isinstance(why, Busy):
+            return why
+        name, others = why
+        if not self.policy.wait:
+            self.skipped[name] = f"GPU {name} is busy ({gib(others)} used by other processes)"
+            self.say(f"SKIP    {self.skipped[name]}: left out of this run (gpu.wait is false)")
+        return f"GPU {name} busy ({gib(others)} used by other processes)"
 
     def _grant(self, site: _Site, place: Place, mib: int, claims: List[Dict[str, Any]]) -> Grant:
         """Claim the place's GPUs (seen by this round's later requests too); all of them or none."""
         grant = Grant(place, mib)
         try:
             for index in place.gpus:
-                gpu = site.snapshot.gpus.get(index)
-                claim = {"uuid": gpu.uuid if gpu else f"index-{index}", "mib": mib, "sid": None}
+                claim = {"uuid": claim_key(listed(site.snapshot, index), index), "mib": mib, "sid": None}
                 grant.claims.append(site.claims.add(claim))
                 claims.append(claim)
         except HostLost:
@@ -332,3 +400,4 @@ class Allocator:
             raise
         place.taken += 1
         return grant
+

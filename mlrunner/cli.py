@@ -31,6 +31,16 @@ def duration(text: str) -> float:
     return seconds
 
 
+def resource_value(text: str) -> str:
+    """A `-r` value: a GPU id (G11) or `auto`; `-r gpu0` is refused before anything starts."""
+    from .gpus import GPU_ID_HINT, gpu_id
+
+    checked = "auto" if text == "auto" else gpu_id(text)
+    if checked is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a GPU id ({GPU_ID_HINT}) or auto")
+    return checked
+
+
 def positive_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
@@ -48,6 +58,17 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        """`-dry-run` would read as `-d -r y-run` and run: a single-dash word that is a long option
+        without one of its dashes is refused (G11)."""
+        for word in sys.argv[1:] if args is None else args:
+            if word == "--":
+                break
+            name = word.split("=")[0]
+            if re.match(r"-[a-z][a-z-]+\Z", name) and "-" + name in self._option_string_actions:
+                self.error(f"{word}: long options take two dashes: did you mean -{word}?")
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> None:  # one line, exit 2 (R4), no usage dump
         self.exit(EXIT_USAGE, f"{self.prog}: {message}{self._hint(message)} (see --help)\n")
 
@@ -79,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", default="output", help="output root: one directory per experiment")
     parser.add_argument("-t", "--title", help="run only the sweep documents with this _title")
     parser.add_argument("-c", "--command", nargs="+", help="run only these commands (overrides _cmd)")
-    parser.add_argument("-r", "--resource", nargs="*",
+    parser.add_argument("-r", "--resource", nargs="*", type=resource_value,
                         help="workers' CUDA_VISIBLE_DEVICES, e.g. `-r 0 1 2,3`, or `-r auto` (overrides 'resource'); "
                              "`-r` alone: no local worker, hosts only")
     parser.add_argument("-f", "--force", action="store_true", help="rerun commands that already finished")
@@ -172,9 +193,10 @@ def _command(args: argparse.Namespace) -> int:
         plan.total = len(plan.tasks)
         args.force = True
     run_time = datetime.now().strftime("%Y%m%d.%H%M%S")
+    from .workers import check_resources
+    resources = check_resources(args.resource, config.resources)
     if args.dry_run:
         from .report import print_dry_run
-        resources = [str(r) for r in args.resource] if args.resource else config.resources
         return print_dry_run(plan, config, resources, run_time, args)
     check_output_dir(args.output)
     from .runner import run

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import UserError, shown
+from .gpus import GPU_ID_HINT, gpu_id
 from .template import Template
 from .yamldocs import Doc, read_docs
 
@@ -130,10 +131,11 @@ def _parse_resources(check: _Checker, raw: Any, hosts: bool = False) -> Optional
         raise check.fail("'resource' must be a list (one entry per worker) or 'auto'", "resource")
     if not raw and not hosts:
         raise check.fail("'resource' needs at least one entry (an empty list only beside 'hosts:')", "resource")
-    for entry in raw:
-        if isinstance(entry, bool) or not isinstance(entry, (str, int)):
-            raise check.fail(f"resource entry {shown(entry)} must be a GPU list like 0 or \"0,1\"", "resource")
-    return [str(entry) for entry in raw]
+    entries = [gpu_id(entry) for entry in raw]
+    for entry, checked in zip(raw, entries):
+        if checked is None:
+            raise check.fail(f"resource entry {shown(entry)} is not a GPU id ({GPU_ID_HINT})", "resource")
+    return entries
 
 
 def _parse_metrics(check: _Checker, raw: Any, templates: Dict[str, Template]) -> Dict[str, Dict[str, str]]:

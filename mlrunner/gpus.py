@@ -25,6 +25,7 @@ _Runner = Callable[[List[str]], Tuple[int, str, str]]
 _CPU_ONLY = "running one CPU worker (CUDA_VISIBLE_DEVICES='')"
 _NUMBER = re.compile(r"^(\d+)\s*(?:MiB|%)?$")
 _GPU_LINE = re.compile(r"^GPU (\d+):")
+_INDEX = re.compile(r"[0-9]+\Z")
 _MIG_LINE = re.compile(r"^\s+MIG\b.*\(UUID: (MIG-[^)\s]+)\)")
 
 
@@ -98,6 +99,46 @@ def parse_list(text: str) -> list[str]:
             migs.append(mig_match.group(1))
     flush()
     return devices
+
+
+_GPU_ID = re.compile(r"[0-9]+|(?:GPU|MIG)-[A-Za-z0-9][A-Za-z0-9/-]*\Z")
+GPU_ID_HINT = "a GPU id is a number, a comma list of them like \"0,1\", a GPU-... or MIG-... UUID, or \"\" (no GPU)"
+
+
+def gpu_id(entry: object) -> Optional[str]:
+    """A `resource` entry or `-r` value as CUDA_VISIBLE_DEVICES reads it (G11); None when it is not
+    one, so that `gpu0` is refused before anything starts instead of running on no GPU."""
+    if isinstance(entry, bool) or not isinstance(entry, (int, str)):
+        return None
+    text = str(entry).strip()
+    if text == "":
+        return ""
+    parts = [part.strip() for part in text.split(",")]
+    return ",".join(parts) if all(_GPU_ID.match(part) for part in parts) else None
+
+
+def inherited_devices() -> Optional[List[str]]:
+    """The CUDA_VISIBLE_DEVICES mlrunner itself was given (a Slurm job, a container); None when unset."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+
+
+def translate(entry: str, visible: Optional[List[str]]) -> str:
+    """An entry's GPU numbers counted within the inherited CUDA_VISIBLE_DEVICES, as the physical
+    GPUs they are there (`1` of `3,5` is `5`), since a command's CUDA_VISIBLE_DEVICES replaces the
+    inherited one (G11). ValueError for a number past what is visible."""
+    if visible is None or entry == "":
+        return entry
+    out = []
+    for part in entry.split(","):
+        if part.isdigit():
+            if int(part) >= len(visible):
+                shown = ",".join(visible)
+                raise ValueError(f"GPU {part} is not visible: CUDA_VISIBLE_DEVICES={shown!r} "
+                                 f"makes {len(visible)} GPU(s) visible, numbered from 0")
+            part = visible[int(part)]
+        out.append(part)
+    return ",".join(out)
 
 
 def run_tool(args: List[str]) -> Tuple[int, str, str]:
@@ -188,6 +229,7 @@ class Snapshot:
     apps: List[GpuApp] = field(default_factory=list)
     taken: float = 0.0
     warning: Optional[str] = None
+    trouble: str = ""  # the kind of warning ("failed", "unreadable", "n/a"): each is said once per machine
 
 
 def parse_memory_csv(text: str) -> List[GpuMemory]:
@@ -236,23 +278,41 @@ class Poller:
             return self._snapshot
 
     def _poll(self) -> Snapshot:
+        """A reading, or an empty one with a warning: whatever the tool (or a host's agent) answers,
+        the poller lives on (G9)."""
         snapshot = Snapshot(taken=time.monotonic())
+        try:
+            self._read(snapshot)
+        except Exception as error:  # a reply of a shape nobody expected: nothing of it is trusted
+            snapshot.gpus, snapshot.apps = {}, []
+            snapshot.warning, snapshot.trouble = f"could not read nvidia-smi's answer ({type(error).__name__})", "unreadable"
+        if snapshot.warning and not snapshot.gpus:
+            snapshot.warning += ": one command per GPU at a time"
+        return snapshot
+
+    def _read(self, snapshot: Snapshot) -> None:
         code, out, err = self._run(POLL_GPU_ARGS)
         if code != 0:
-            snapshot.warning = f"nvidia-smi failed (exit {code}: {_first_line(err, out)})"
-            return snapshot
+            snapshot.warning, snapshot.trouble = f"nvidia-smi failed (exit {code}: {_first_line(err, out)})", "failed"
+            return
         try:
-            snapshot.gpus = {gpu.index: gpu for gpu in parse_memory_csv(out)}
+            gpus = parse_memory_csv(out)
         except ValueError as error:
-            snapshot.warning = f"could not read {error}"
-            return snapshot
-        if any(gpu.total is None or gpu.used is None for gpu in snapshot.gpus.values()):
-            snapshot.warning = "nvidia-smi reports [N/A] for GPU memory: packing by our own reservations only"
+            snapshot.warning, snapshot.trouble = f"could not read {error}", "unreadable"
+            return
+        if len({g.index for g in gpus}) != len(gpus) or not all(_INDEX.match(g.index) and g.uuid.startswith(("GPU-", "MIG-"))
+                                                                 for g in gpus):
+            snapshot.warning, snapshot.trouble = "could not read nvidia-smi's GPU list (bad indices)", "unreadable"
+            return
+        snapshot.gpus = {gpu.index: gpu for gpu in gpus}
+        if any(gpu.total is None or gpu.used is None for gpu in gpus):
+            snapshot.warning, snapshot.trouble = ("nvidia-smi reports [N/A] for GPU memory: packing by the totals "
+                                                  "and our own reservations", "n/a")
         code, out, err = self._run(POLL_APPS_ARGS)
         try:
             snapshot.apps = parse_apps_csv(out) if code == 0 else []
         except ValueError as error:
-            snapshot.warning = f"could not read {error}"
+            snapshot.warning, snapshot.trouble = f"could not read {error}", "unreadable"
         if code != 0:
             snapshot.warning = f"nvidia-smi --query-compute-apps failed (exit {code}: {_first_line(err, out)})"
-        return snapshot
+            snapshot.trouble = "failed"

@@ -15,7 +15,7 @@ from .errors import UserError
 from .examine.metrics import compile_metrics, read_metric
 from .processes import owner_alive
 from .provenance import recorded
-from .state import Corrupt, read_record, runs_of, set_aside_name
+from .state import Corrupt, gpu_mib, read_record, runs_of, set_aside_name
 
 TAIL_LINES = 20  # of each failed command's log
 NOT_FAILURES = ("finished", "skipped", "running", "interrupted", "changed", "pending", "stopped")
@@ -45,6 +45,7 @@ class Row:
     metrics: Dict[str, Any] = field(default_factory=dict)
     failures: List[Tuple[str, str, str]] = field(default_factory=list)  # (command, status, log path)
     code: Dict[str, Any] = field(default_factory=dict)  # what made its newest run (P1): provenance.recorded
+    gpu_mib: Optional[int] = None  # the peak GPU memory its commands were seen to take (G12)
 
 
 def number(value: Any) -> Optional[float]:
@@ -109,6 +110,7 @@ def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tu
     row.status = (values.pop() if len(values) == 1 else
                   " ".join(f"{c}:{s}" for c, s in status_of.items()) if values else "pending")
     row.seconds = round(total, 3) if status_of else None
+    row.gpu_mib = gpu_mib(stat)
     for metric, (command, pattern) in compiled.items():
         log = row.logs.get(command)
         row.metrics[metric] = read_metric(directory, command, pattern, log) if log or not shared else None

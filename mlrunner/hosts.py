@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .errors import UserError
+from .gpus import GPU_ID_HINT, gpu_id
 
 HOST_RE = re.compile(r"(?:(?P<user>[^@\s,]+)@)?(?P<host>[A-Za-z0-9_.\-]+)(?::(?P<port>\d+))?\Z")
 HOST_KEYS = ("resource", "workdir")
@@ -60,7 +61,10 @@ def parse_config(raw: Dict[Any, Any], path: str) -> List[HostSpec]:
         if resource is not None and resource != "auto":
             if not isinstance(resource, list) or not resource or any(isinstance(r, bool) for r in resource):
                 raise UserError(f"hosts: '{address}': 'resource' must be a list like [0, 1] or 'auto'", path)
-            spec.resources = [str(r) for r in resource]
+            if any(gpu_id(r) is None for r in resource):
+                bad = next(r for r in resource if gpu_id(r) is None)
+                raise UserError(f"hosts: '{address}': resource entry {bad!r} is not a GPU id ({GPU_ID_HINT})", path)
+            spec.resources = [gpu_id(r) for r in resource]
         workdir = settings.get("workdir")
         if workdir is not None and not isinstance(workdir, str):
             raise UserError(f"hosts: '{address}': 'workdir' must be a path", path)

@@ -122,10 +122,12 @@ def _href(path: str, base: str) -> str:
 
 
 def results_table(rows: Sequence[Row], params: Sequence[str], metrics: Sequence[str], base: str) -> str:
-    """Params that differ, the code (P1, P2), metrics, status, duration and log links; a click on a
-    header sorts."""
+    """Params that differ, the code (P1, P2), metrics, status, duration, peak GPU memory and log
+    links; a click on a header sorts."""
     code = any(row.code for row in rows)
-    headers = ["experiment", *params, *(["code"] if code else []), *metrics, "status", "duration", "logs"]
+    gpu = any(row.gpu_mib is not None for row in rows)  # peak GPU memory, when nvidia-smi was read (G12)
+    headers = ["experiment", *params, *(["code"] if code else []), *metrics, "status", "duration",
+               *(["GPU MiB"] if gpu else []), "logs"]
     out = ['<table id="results"><thead><tr>'
            + "".join(f'<th data-column="{_e(h)}">{_e(h)}</th>' for h in headers) + "</tr></thead><tbody>"]
     for row in rows:
@@ -134,7 +136,8 @@ def results_table(rows: Sequence[Row], params: Sequence[str], metrics: Sequence[
         out.append("<tr>" + _cell(row.name) + "".join(_cell(row.params.get(p)) for p in params)
                    + (_code_cell(row.code) if code else "")
                    + "".join(_cell(row.metrics.get(m)) for m in metrics)
-                   + f'<td class="status">{_e(row.status)}</td>' + duration + f"<td>{logs}</td></tr>")
+                   + f'<td class="status">{_e(row.status)}</td>' + duration
+                   + (_cell(row.gpu_mib) if gpu else "") + f"<td>{logs}</td></tr>")
     out.append("</tbody></table>")
     return "".join(out)
 

@@ -218,8 +218,10 @@ class Scheduler:
                                    for c in task.commands}
                         param = dict(task.params, _name=task.name, _output=task.output, _time=self.run_time,
                                      _scripts=scripts)
+                    # A retry of ours reruns only what is still not finished: another run on the
+                    # tree may have finished it meanwhile (G10).
                     ending = self._run_command(lease, experiment, task, command, lines[command],
-                                               ran or oom_try > 0 or command in verdict.rerun, param, later,
+                                               ran or command in verdict.rerun, param, later,
                                                oom_left=oom_try < OOM_TRIES)
                 except HostLost:
                     raise
@@ -250,7 +252,7 @@ class Scheduler:
                            f"{OOM_TRIES + 1})")
         self.allocator.release(old)
         lease.grant = None
-        lease.grant = self.allocator.acquire(size, self.stopping, old.place.machine)
+        lease.grant = self.allocator.acquire(size, self.stopping, old.place.machine, avoid=old.place)
         return lease.grant is not None
 
     def _no_place(self, task: Task, reason: str) -> None:
@@ -277,7 +279,7 @@ class Scheduler:
                 return STOPPED
             log = self._log(task, command) + (f".retry{attempt}" if attempt else "")
             claim = experiment.start(
-                command, rerun=rerun or attempt > 0, worker=executor.label, log=log, param=param,
+                command, rerun=rerun, worker=executor.label, log=log, param=param,
                 line=lambda path: shell_line(line, executor.resource, path, self.args.debug),
                 launch=lambda script: self._launch(lease, script), grace=self.args.grace,
                 extra=self.stamp.fields(executor) if self.stamp else None)
@@ -297,14 +299,15 @@ class Scheduler:
             with self._lock:
                 self._running.discard(claim.process)
             missing = self._collect(executor, task, claim.log, outcome)
+            seen = self.allocator.gpu_mib(lease.grant)  # its peak GPU memory (G12)
             if outcome.lost:
                 self.console.ended_command("lost", outcome.seconds)
-                self._notes(experiment.finish(command, INTERRUPTED, outcome.seconds, outcome.reason))
+                self._notes(experiment.finish(command, INTERRUPTED, outcome.seconds, outcome.reason, gpu_mib=seen))
                 self.console.print(f"LOST    {info} ({outcome.reason})")
                 return LOST
             if self.stopping.is_set():
                 self.console.ended_command(INTERRUPTED, outcome.seconds)
-                self._notes(experiment.finish(command, INTERRUPTED, outcome.seconds, "interrupted"))
+                self._notes(experiment.finish(command, INTERRUPTED, outcome.seconds, "interrupted", gpu_mib=seen))
                 self._count("interrupted", 1)
                 self.console.print(f"STOP    {info}")
                 return STOPPED
@@ -314,23 +317,23 @@ class Scheduler:
                 outcome.reason = missing if outcome.code == 0 else f"{outcome.reason}; {missing}"
             elif outcome.code == 0:
                 self.console.ended_command(FINISHED, outcome.seconds)
-                self._notes(experiment.finish(command, FINISHED, outcome.seconds))
+                self._notes(experiment.finish(command, FINISHED, outcome.seconds, gpu_mib=seen))
                 self._count("finished", 1)
                 self.console.print(f"DONE    {info}")
                 return DONE
             self.console.ended_command(FAILED, outcome.seconds)
             if self.allocator.policy and oom_in_log(claim.log):
                 if oom_left:
-                    self._notes(experiment.finish(command, FAILED, outcome.seconds, "out of GPU memory"))
+                    self._notes(experiment.finish(command, FAILED, outcome.seconds, "out of GPU memory", gpu_mib=seen))
                     return OOM
                 outcome.reason = "out of GPU memory, every try"
             if attempt < self.args.retry:
-                self._notes(experiment.finish(command, FAILED, outcome.seconds, outcome.reason))
+                self._notes(experiment.finish(command, FAILED, outcome.seconds, outcome.reason, gpu_mib=seen))
                 self.console.print(f"RETRY   {info} ({outcome.reason}; attempt {attempt + 2} of "
                                    f"{self.args.retry + 1})")
                 continue
             return self._fail(experiment, task, command, outcome.reason or "failed", later, outcome.seconds,
-                              claim.log, info)
+                              claim.log, info, seen)
         return STOPPED
 
     def _launch(self, lease: Lease, script: str) -> Process:
@@ -345,10 +348,11 @@ class Scheduler:
         return process
 
     def _fail(self, experiment: Experiment, task: Task, command: str, reason: str, later: List[str],
-              seconds: Optional[float] = None, log: Optional[str] = None, info: Optional[str] = None) -> str:
+              seconds: Optional[float] = None, log: Optional[str] = None, info: Optional[str] = None,
+              gpu_mib: Optional[int] = None) -> str:
         """Record a failed command and skip the task's later ones; with --fail-fast, stop starting."""
         try:
-            self._notes(experiment.finish(command, FAILED, seconds, reason, skipped=later))
+            self._notes(experiment.finish(command, FAILED, seconds, reason, skipped=later, gpu_mib=gpu_mib))
         except Exception as error:  # the record itself cannot be written (I4): say so, and go on
             reason = f"{reason}; its record could not be written either: {type(error).__name__}: {error}"
         with self._lock:

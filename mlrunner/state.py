@@ -173,6 +173,13 @@ def last_run(stat: Dict[str, Any], command: str) -> Dict[str, Any]:
     return runs[-1] if runs else {}
 
 
+def gpu_mib(stat: Dict[str, Any]) -> Optional[int]:
+    """The most GPU memory any command's last run was seen to take (G12); None when none was read."""
+    seen = [run.get("gpu_mib") for key in stat if key != RUNS for run in [last_run(stat, key)]]
+    seen = [mib for mib in seen if type(mib) is int]
+    return max(seen) if seen else None
+
+
 def statuses(stat: Dict[str, Any]) -> Dict[str, str]:
     """Command -> status, with a `running` whose owner is gone shown as `interrupted` (R6)."""
     out = {}
@@ -299,9 +306,11 @@ class Experiment:
         return Claim(RUN, process, reserved, notes)
 
     def finish(self, command: str, status: str, seconds: Optional[float] = None, reason: Optional[str] = None,
-               skipped: Optional[List[str]] = None, details: Optional[Dict[str, Any]] = None) -> List[str]:
-        """Record how a command ended (and mark the task's later ones skipped); returns notes.
-        `details` go into the run's record (an early stop's decision: A2)."""
+               skipped: Optional[List[str]] = None, details: Optional[Dict[str, Any]] = None,
+               gpu_mib: Optional[int] = None) -> List[str]:
+        """Record how a command ended (and mark the task's later ones skipped), with the peak GPU
+        memory nvidia-smi showed for it when known (G12); returns notes. `details` go into the
+        run's record (an early stop's decision: A2)."""
         notes: List[str] = []
         with locked(self.directory):
             stat = self._load(self.stat_path, notes)
@@ -319,6 +328,8 @@ class Experiment:
                 run["reason"] = reason
             if details:
                 run.update(details)
+            if gpu_mib is not None:
+                run["gpu_mib"] = gpu_mib
             stat[command] = status
             for later in skipped or []:
                 stat[later] = SKIPPED

@@ -10,18 +10,40 @@ from .config import Config
 from .errors import UserError
 from .executors.base import Executor
 from .executors.local import LocalExecutor
+from .gpus import inherited_devices, translate
 
 
 def resolve_resources(option: Optional[List[str]], configured: Optional[List[str]]) -> List[str]:
-    """Workers' CUDA_VISIBLE_DEVICES strings: `-r` wins over the file; `auto` asks nvidia-smi (R1)."""
+    """Workers' CUDA_VISIBLE_DEVICES strings: `-r` wins over the file; `auto` asks nvidia-smi (R1).
+
+    Under an inherited CUDA_VISIBLE_DEVICES, `auto` is the GPUs it names, and numbers in entries
+    count within it: the command gets the physical GPU (G11)."""
     chosen = option if option else configured
+    visible = inherited_devices()
     if chosen is None or list(chosen) == ["auto"]:
         from .gpus import discover
         found, warning = discover()
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
+        elif visible is not None:
+            found = visible or [""]
+            if not visible:
+                print("warning: CUDA_VISIBLE_DEVICES is empty: running one CPU worker", file=sys.stderr)
         return found
-    return [str(r) for r in chosen]
+    try:
+        return [translate(str(r), visible) for r in chosen]
+    except ValueError as error:
+        raise UserError(f"{'-r' if option else 'resource'}: {error}") from None
+
+
+def check_resources(option: Optional[List[str]], configured: Optional[List[str]]) -> Optional[List[str]]:
+    """The chosen entries as the commands will get them; entries that name more GPUs than an
+    inherited CUDA_VISIBLE_DEVICES shows are refused before anything starts (G11). `auto` (None)
+    is left to nvidia-smi."""
+    chosen = option if option else configured
+    if chosen and list(chosen) != ["auto"]:
+        return resolve_resources(option, configured)
+    return chosen
 
 
 def host_specs(config: Config, args: argparse.Namespace) -> List[Any]:

@@ -9,7 +9,9 @@
 #      the index in CUDA_VISIBLE_DEVICES (CUDA_DEVICE_ORDER=PCI_BUS_ID, R1);
 #   2. small jobs are packed by memory: more jobs than GPUs run at once, and never more than fit;
 #   3. a job that declares less memory than it takes hits a real CUDA out-of-memory error next to
-#      another job, is requeued larger (`OOM` on the console) and finishes.
+#      another job, is requeued larger (`OOM` on the console) and finishes;
+#   4. where docker or podman can start a CUDA image already present, it also records what
+#      nvidia-smi prints inside a container (nothing depends on this step).
 # It saves the real nvidia-smi outputs it used as golden files under tests/data/nvidia-smi/real-*
 # and prints the figures; commit both. Exit status 0 when every check passed.
 set -euo pipefail
@@ -94,4 +96,34 @@ EOF
 (cd "$work/oom" && JOB_RECORD=$work/oom/jobs.jsonl python3 -m mlrunner) | tee "$work/oom/console.txt" | grep -E "OOM|DONE|FAIL|Finished"
 grep -q "^OOM " "$work/oom/console.txt" && grep -q "Finished: 2, failed: 0" "$work/oom/console.txt" \
   && echo "OOM check: requeued and finished" || { echo "OOM check FAILED"; exit 1; }
+echo "== 4 (optional, never fails the check): nvidia-smi seen from inside a container (G8)"
+# With a job of ours holding memory on GPU 0, record what nvidia-smi prints inside a container: the
+# processes it lists are the host's, under pids the container's /proc does not show (or none at
+# all). Uses docker or podman with an image already here whose name has "cuda" in it (no pull).
+container_check() {
+  local engine image gpus
+  for engine in docker podman; do
+    command -v "$engine" > /dev/null || continue
+    image=$("$engine" images --format '{{.Repository}}:{{.Tag}}' 2> /dev/null | grep -i cuda | head -n 1) || true
+    [ -n "$image" ] || { echo "$engine: no CUDA image here; skipped"; continue; }
+    gpus=(--gpus all)
+    [ "$engine" = podman ] && gpus=(--device nvidia.com/gpu=all)
+    CUDA_VISIBLE_DEVICES=0 JOB_RECORD=$work/container-job.jsonl python3 "$work/job.py" 1024 30 &
+    local holder=$!
+    sleep 10
+    echo "host pid of our job holding 1 GiB: $holder" > "$golden/real-container-notes.txt"
+    timeout 120 "$engine" run --rm "${gpus[@]}" "$image" sh -c \
+      'nvidia-smi --query-gpu=index,uuid,memory.total,memory.used --format=csv,noheader,nounits;
+       echo ---; nvidia-smi --query-compute-apps=gpu_uuid,pid,used_memory --format=csv,noheader,nounits;
+       echo ---; echo "pids in this /proc: $(ls /proc | grep -c "^[0-9]")"' \
+      > "$golden/real-container-$engine.txt" 2>&1 \
+      && echo "recorded $golden/real-container-$engine.txt" || echo "$engine run failed; see $golden/real-container-$engine.txt"
+    kill "$holder" 2> /dev/null || true
+    wait "$holder" 2> /dev/null || true
+    return 0
+  done
+  echo "no docker or podman that can start a CUDA container here: skipped"
+}
+container_check || true
+
 echo "gpu-check: all checks passed; commit $golden/real-* and the figures above"

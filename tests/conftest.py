@@ -30,6 +30,7 @@ def run_mlrunner(args: Sequence[str], cwd: Path, timeout: float = 60) -> Tuple[i
     """Run the real command `python3 -m mlrunner ARGS` in `cwd`; return (rc, stdout, stderr)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
     env.pop("CUDA_DEVICE_ORDER", None)
+    env.pop("CUDA_VISIBLE_DEVICES", None)  # one inherited from a GPU job would renumber `resource` (G11)
     done = subprocess.run([sys.executable, "-m", "mlrunner", *map(str, args)], cwd=str(cwd), env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
     return done.returncode, done.stdout, done.stderr

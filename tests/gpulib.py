@@ -4,11 +4,12 @@ tests/bin/fake-cuda-job changes (FAKE_GPU_STATE), and another user's process on 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, Sequence, Tuple
 
 H100 = 81559  # MiB, as nvidia-smi reports an H100 80GB
 
@@ -29,6 +30,26 @@ def outsider(mib: int, gpu: int = 0) -> Tuple["subprocess.Popen[bytes]", dict]:
     """Another user's process holding `mib` on a GPU: a live `sleep` and its entry in the state."""
     process = subprocess.Popen(["sleep", "300"], start_new_session=True)
     return process, {"pid": process.pid, "gpu": f"GPU-{gpu:04d}", "used": mib}
+
+
+def foreign(mib: int, gpu: int = 0) -> dict:
+    """A process of another pid namespace (a container, the host seen from one, `/proc` mounted
+    hidepid): nvidia-smi lists it with a pid that this machine's /proc does not show."""
+    pid = 4_000_000
+    while Path(f"/proc/{pid}").exists():
+        pid += 1
+    return {"pid": pid, "gpu": f"GPU-{gpu:04d}", "used": mib, "foreign": True, "ours": False}
+
+
+def change(path: Path, edit: Callable[[dict], None]) -> None:
+    """Change the state file in place under its flock, as tests/bin/fake-cuda-job does, mid-run too."""
+    with open(path, "r+") as stream:
+        fcntl.flock(stream, fcntl.LOCK_EX)
+        state = json.load(stream)
+        edit(state)
+        stream.seek(0)
+        stream.truncate()
+        json.dump(state, stream)
 
 
 @contextlib.contextmanager

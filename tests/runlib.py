@@ -25,6 +25,7 @@ def write(directory: Path, text: str, name: str = "params.yaml") -> Path:
 def environment(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("CUDA_DEVICE_ORDER", None)
+    env.pop("CUDA_VISIBLE_DEVICES", None)  # one inherited from a GPU job would renumber `resource` (G11)
     env.update(extra or {})
     return env
 

@@ -166,3 +166,21 @@ def test_G6_remote_nvidia_smi_trouble_is_a_warning_never_a_crash(gpu_host, tmp_p
     code, out, err = run(["-r"], project, dict(env, MLRUNNER_NVIDIA_SMI_TIMEOUT="1"), timeout=90)
     assert code == 0 and "Finished: 3" in out, out + err
     assert "warning: host gpuhost1: " in out and "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("mode", ["garbage", "nvml"])
+def test_G9_a_malformed_remote_nvidia_smi_reply_is_a_failed_nvidia_smi_for_that_host(gpu_host, tmp_path: Path,
+                                                                                     mode: str):
+    """The host's nvidia-smi answers garbage (or cannot reach NVML): one warning naming the host, the
+    poller goes on, and the host's GPUs take one command each, spread over both, never all on 0."""
+    state = gpulib.gpu_state(tmp_path / "gpus.json", totals=(H100, H100))
+    gpulib.change(state, lambda s: s.update(mode=mode))
+    server = gpu_host()
+    project, env = _project(tmp_path, server, "template: {train: fake-cuda-job 1000 0.8}\nHOSTS\n"
+                            "gpu: {memory: 1GiB}\n---\ni: [1, 2, 3, 4]\n", "[0, 1]")
+    code, out, err = run(["-r"], project, env, timeout=90)
+    assert code == 0 and "Finished: 4" in out, out + err
+    warnings = [line for line in out.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: host gpuhost1: "), out
+    history = gpulib.history(state)
+    assert {entry["gpu"] for entry in history} == {0, 1} and max(entry["jobs"] for entry in history) == 1

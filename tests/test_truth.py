@@ -7,7 +7,6 @@ import re
 import resource
 from pathlib import Path
 
-import yaml
 
 from runlib import load, run, start, write
 

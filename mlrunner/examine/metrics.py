@@ -25,6 +25,7 @@ from ..provenance import COLUMNS, recorded
 from .examiner import Examiner, Experiment, experiment_names, latest_log, varying_params
 
 FORMATS = ("tsv", "csv", "markdown")
+GPU_MIB = "gpu_mib"  # the column of each experiment's peak GPU memory (G12), when one was seen
 _INT = re.compile(r"[+-]?\d+")
 
 
@@ -152,6 +153,12 @@ class _IndexedRows:
             logs.append([log.name, list(signature(str(log)))] if log else None)
             experiment.metric[name] = read_metric(directory, command, pattern, log) if log else None
         experiment.cache["status"], experiment.cache["code"] = status_and_code(directory)
+        try:
+            seen = state.gpu_mib(state.read_record(str(Path(directory, "stat"))))
+        except state.Corrupt:
+            seen = None
+        if seen is not None:
+            experiment.metric[GPU_MIB] = seen
 
     def keep(self, name: str, experiment: Optional[Experiment]) -> None:
         status = experiment.cache.get("status") if experiment else None
@@ -232,10 +239,11 @@ def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: st
     params = varying_params(experiments)
     codes = [experiment.cache.get("code") or {} for experiment in experiments]
     extra = (["code"] if any("code" in code for code in codes) else []) + (list(COLUMNS) if provenance else [])
-    headers = ["experiment"] + params + extra + list(compiled) + ["status"]
+    shown = list(compiled) + [GPU_MIB] * (GPU_MIB not in compiled and any(GPU_MIB in e.metric for e in experiments))
+    headers = ["experiment"] + params + extra + shown + ["status"]
     rows = [[name] + [experiment.param.get(key) for key in params]
             + [_provenance_cell(code.get(key)) for key in extra]
-            + [experiment.metric.get(metric) for metric in compiled]
+            + [experiment.metric.get(metric) for metric in shown]
             + [experiment.cache.get("status")]
             for name, experiment, code in zip(names, experiments, codes)]
     return render(headers, rows, fmt)

@@ -61,8 +61,9 @@ def run_element(manifest_path: str) -> int:
     OWNER.update(job=queue.own_job(), host=HOST)
     args = build_parser().parse_args([])
     vars(args).update(manifest["args"])
-    resource = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    args.resource = [resource]  # Slurm's GPUs are this task's one worker (S1)
+    # Slurm's GPUs are this task's one worker (S1), named as they are: nothing to translate (G11).
+    resource = os.environ.pop("CUDA_VISIBLE_DEVICES", "")
+    args.resource = [resource]
     args.force = args.force and restarts == 0  # after a requeue, what finished stays finished
     args.keep_changed = not args.rerun_changed  # the submission already asked (I2)
     args.slurm_element = manifest_path  # the submission told the tree its config (T1): not this copy

@@ -209,7 +209,10 @@ class Host(Machine):
             return 255, "", str(error)
 
     def sessions(self, pids: List[int]) -> Dict[int, Optional[int]]:
-        return dict(zip(pids, self._gpu_request("sessions", pids=pids)["sessions"]))
+        found = self._gpu_request("sessions", pids=pids).get("sessions")
+        if not isinstance(found, list) or not all(s is None or type(s) is int for s in found):
+            return {}  # a malformed answer: none of that memory is taken for ours (G8)
+        return dict(zip(pids, found))
 
     def claim_dir(self) -> "RemoteClaims":
         return RemoteClaims(self)
