@@ -121,8 +121,9 @@ class Console:
 
 
 def fit(text: str, columns: int) -> str:
-    """Cut to one column less than the terminal: writing the last column makes some terminals wrap."""
-    return text[:max(columns - 1, 1)]
+    """Cut to one column less than the terminal: writing the last column makes some terminals wrap.
+    A terminal that does not say its width (0 columns: a pty nobody sized) counts as 80."""
+    return text[:max((columns if columns > 1 else 80) - 1, 1)]
 
 
 def log_tail(path: Optional[str], count: int = 5) -> List[str]:

@@ -235,10 +235,16 @@ class Follower:
 
     def _progress(self, tail: Tail) -> None:
         if self.terminal:
-            self._erase()
-            self.live = tail
+            self.live, self.drawn = tail, False  # drawn again, over the old, at the end of `show`
         else:
             self.out.write(tail.tag + tail.state + b"\n")
+
+    def leave(self) -> None:
+        """Ctrl-C: end the redrawn line, so that the shell's prompt starts on a line of its own."""
+        if self.drawn:
+            self.out.write(b"\n")
+            self.out.flush()
+            self.drawn = False
 
     def _erase(self) -> None:
         if self.drawn:
@@ -271,12 +277,16 @@ def follow(output: str, regex: Optional[str]) -> int:
         return EXIT_OK
     follower = Follower(output, pattern, sys.stdout.buffer)
     scanned = 0.0
-    while _in_progress(output):
-        everything = time.monotonic() - scanned >= FULL_SCAN
-        scanned = time.monotonic() if everything else scanned
-        follower.scan(everything)
-        follower.show()
-        time.sleep(POLL)
+    try:
+        while _in_progress(output):
+            everything = time.monotonic() - scanned >= FULL_SCAN
+            scanned = time.monotonic() if everything else scanned
+            follower.scan(everything)
+            follower.show()
+            time.sleep(POLL)
+    except KeyboardInterrupt:
+        follower.leave()
+        raise
     follower.scan(final=True)
     for tail in follower.tails.values():  # a `running` left by a killed run ends here too
         tail.ended = True

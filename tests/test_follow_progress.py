@@ -13,6 +13,7 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -103,6 +104,41 @@ def test_t8_on_a_terminal_the_bar_is_redrawn_in_place_and_cut_to_its_width(tree:
     assert all(STATE.match(part[:49]) or part.startswith("Name_a train step ") for part in redrawn)
     final = [part for part in drawn if part.endswith("\n")]
     assert final == [f"Name_a train step 30/30{'.' * 80}\r\nName_a train after\r\n"], final
+
+
+def _read_pty(master: int, until, timeout: float = 30) -> bytes:
+    """What the pty shows, until `until(text so far)` or the other end closes."""
+    chunks: List[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until(b"".join(chunks)):
+        ready, _, _ = select.select([master], [], [], 0.5)
+        try:
+            chunk = os.read(master, 65536) if ready else None
+        except OSError:  # the pty's other end closed
+            break
+        if chunk == b"":
+            break
+        chunks.append(chunk or b"")
+    return b"".join(chunks)
+
+
+def test_t8_ctrl_c_on_a_terminal_ends_the_redrawn_line(tree: Path):
+    """Ctrl-C while a bar is drawn: exit 130, and the shell's prompt gets a line of its own."""
+    runner = _start_bar(tree, pause=0.5)
+    master, slave = pty.openpty()
+    follower = subprocess.Popen([sys.executable, "-m", "mlrunner", "--follow"], cwd=tree, env=environment(),
+                                stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    shown = _read_pty(master, lambda text: text.count(b"train step") >= 2)
+    assert shown.count(b"train step") >= 2, shown
+    follower.send_signal(signal.SIGINT)
+    follower.wait(timeout=30)
+    shown += _read_pty(master, lambda text: False, timeout=2)
+    os.close(master)
+    runner.send_signal(signal.SIGINT)
+    runner.communicate(timeout=60)
+    assert follower.returncode == 130 and b"Traceback" not in follower.stderr.read()
+    assert shown.endswith(b"\r\n") and not shown.endswith(b"\r\n\r\n"), shown[-200:]
 
 
 def _follower_of(log: Path) -> Tuple[Follower, io.BytesIO]:
