@@ -8,6 +8,7 @@ tests, and its rows are counted there.
 
 from __future__ import annotations
 
+import doctest
 import os
 import re
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 
 import gpulib
 from cdp import Chromium
-from mlrunner import history, html_report
+from mlrunner import history, html_report, slots
 from mlrunner.slots import host_of, parse
 from runlib import load, run, write
 from test_html_report import require_chromium
@@ -157,3 +158,7 @@ def test_t11_old_worker_names_still_read_and_draw(tmp_path: Path):
     assert [host_of(w) for w in ("0", "cpu", "gpu:0#1", "cpu:1", "gpu1:0", "gpu1:0#2", "gpu1:cpu:1", "GPU-1a")] == [
         "localhost", "localhost", "localhost", "localhost", "gpu1", "gpu1", "gpu1", "localhost"]
     assert parse("gpu1:0#2") == ("gpu1:0", 2)
+
+
+def test_t11_slot_names_as_the_module_documents():
+    assert doctest.testmod(slots).failed == 0
