@@ -27,6 +27,7 @@ from .executors.base import Executor, HostLost, Machine
 from .gpu_policy import GpuPolicy, gib
 from .gpu_fit import Busy, Fit, claim_key, listed, room, with_exited
 from .gpus import Poller, Snapshot
+from .slots import SlotBook
 
 FRESH = 1.0  # seconds: a grant decided on an older reading of nvidia-smi waits for a new one
 AVOID_S = 5.0  # seconds an out-of-memory retry stays off its place when nothing changes there (G10)
@@ -58,6 +59,7 @@ class Grant:
     claims: List[str] = field(default_factory=list)  # the held claims, by path in the machine's claim directory
     session: Optional[int] = None  # of the command running under it now
     peak: Optional[int] = None  # the most GPU memory nvidia-smi showed for that session (G12); None: never read
+    slot: str = ""  # the worker slot it holds, as records and console lines name it (T11): `gpu:0#1`
 
 
 @dataclass(eq=False)
@@ -115,6 +117,7 @@ class Allocator:
         self._warned: set = set()  # nvidia-smi trouble already reported
         self._queue: List[_Request] = []
         self._changed = threading.Condition()
+        self._slots = SlotBook()
 
     @property
     def machines(self) -> List[Machine]:
@@ -179,6 +182,7 @@ class Allocator:
     def _give_back(self, grant: Grant) -> None:
         site = self.sites[grant.place.machine]
         grant.place.taken -= 1
+        self._slots.give(grant.place.executor.label, grant.slot)
         grant.place.released += 1
         if grant in site.running:
             site.running.remove(grant)
@@ -228,8 +232,7 @@ class Allocator:
             for request in pending:
                 free = [p for p in self.sites[request.machine].places if p.taken == 0]
                 if free:
-                    free[0].taken += 1
-                    request.grant, granted = Grant(free[0]), True
+                    request.grant, granted = self._held(Grant(free[0])), True
         else:
             served = False
             for site in self.sites.values():
@@ -398,6 +401,11 @@ class Allocator:
             for path in grant.claims:
                 site.claims.remove(path)
             raise
-        place.taken += 1
+        return self._held(grant)
+
+    def _held(self, grant: Grant) -> Grant:
+        """A grant made: its place has one task more, in the lowest slot free there (T11)."""
+        grant.place.taken += 1
+        grant.slot = self._slots.take(grant.place.executor.label, grant.place.remote)
         return grant
 

@@ -83,7 +83,7 @@ class Console:
         text += f", left {left}, elapsed {clock(time.monotonic() - self.started)}"
         if self.done and left + self.running:
             text += f", ETA {clock(self.seconds / self.done * (left + self.running) / self.workers)}"
-        return _fit(text + "]", self._width())
+        return fit(text + "]", self._width())
 
     def _width(self) -> int:
         try:
@@ -120,9 +120,10 @@ class Console:
             self._thread.join()
 
 
-def _fit(text: str, columns: int) -> str:
-    """Cut to one column less than the terminal: writing the last column makes some terminals wrap."""
-    return text[:max(columns - 1, 1)]
+def fit(text: str, columns: int) -> str:
+    """Cut to one column less than the terminal: writing the last column makes some terminals wrap.
+    A terminal that does not say its width (0 columns: a pty nobody sized) counts as 80."""
+    return text[:max((columns if columns > 1 else 80) - 1, 1)]
 
 
 def log_tail(path: Optional[str], count: int = 5) -> List[str]:

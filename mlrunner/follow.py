@@ -5,6 +5,11 @@ records have no `log`, and then the newest `log.<cmd>.*` written since the comma
 taken. A log already running when following begins starts at its last lines, as `tail -f` does;
 a command that starts later is shown from its first line, each line once. Following ends when no
 run is in progress on the tree any more, after the last lines are shown, or on Ctrl-C.
+
+A line that a progress bar rewrites with carriage returns is shown as it changes, at most
+PROGRESS_RATE times a second per command (T8): on a terminal in one line at the bottom, redrawn
+in place; elsewhere each state shown is a line of its own. Its final state (when the newline
+comes) is printed once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any, Dict, Iterator, Optional, Set, Tuple
 
+from .console import CLEAR_LINE, fit
 from .errors import EXIT_OK, UserError
 from .runs import live_runs
 from .state import RUNNING, RUNS, STAT, Corrupt, read_record, runs_of
@@ -25,6 +31,7 @@ POLL = 0.2
 FULL_SCAN = 2.0  # every experiment's record, for commands that started; in between only running ones
 FIRST_LINES = 10  # of a log that was already running when following began
 LONGEST_LINE = 65536  # a longer run of bytes without a newline is shown as it is
+PROGRESS_RATE = 4  # most states of one command's redrawn line shown per second
 
 
 @dataclass
@@ -36,6 +43,8 @@ class Tail:
     position: int = 0
     partial: bytes = b""
     ended: bool = False  # its command ended: show the rest, then forget it
+    state: bytes = b""  # the state of its redrawn line shown last, until the newline comes (T8)
+    shown_at: float = -1e9  # when (time.monotonic) that state was shown
 
 
 def _start_time(run: Dict[str, Any]) -> Optional[float]:
@@ -57,6 +66,13 @@ def _as_shown(line: bytes) -> bytes:
     """What a terminal shows of a line that progress bars rewrote with carriage returns."""
     line = line.rstrip(b"\r")
     return line[line.rfind(b"\r") + 1:]
+
+
+def _redrawn(partial: bytes) -> bytes:
+    """A line not ended yet, cut to what the next carriage return can still show: a progress bar
+    that redraws for hours without a newline keeps one state, not all of them."""
+    cut = partial.rfind(b"\r", 0, len(partial.rstrip(b"\r")))
+    return partial[cut:] if cut > 0 else partial
 
 
 def _last_lines_offset(path: str, count: int) -> int:
@@ -88,6 +104,9 @@ class Follower:
         self.quiet: Dict[str, int] = {}  # stat path -> mtime seen, while none of its commands runs
         self.watched: Dict[str, str] = {}  # stat path -> experiment name, while one of its commands runs
         self.first = True
+        self.terminal = out.isatty()
+        self.live: Optional[Tail] = None  # on a terminal: whose redrawn line is at the bottom
+        self.drawn = False  # that line is on the screen now
 
     def _stats(self) -> Iterator[Tuple[str, str]]:
         """(stat path, experiment name) of every experiment: `<name>/stat`, or `stat.<name>` (--no-subdir)."""
@@ -169,7 +188,9 @@ class Follower:
         self.first = False
 
     def show(self) -> None:
-        """Print every followed log's new complete lines; finish the logs whose command ended."""
+        """Print every followed log's new complete lines and the redrawn lines' new states; finish
+        the logs whose command ended."""
+        now = time.monotonic()
         for log, tail in list(self.tails.items()):
             try:
                 with open(log, "rb") as stream:
@@ -179,18 +200,64 @@ class Follower:
                 data = b""
             tail.position += len(data)
             lines = (tail.partial + data).split(b"\n")
-            tail.partial = lines.pop()
+            tail.partial = _redrawn(lines.pop())
             if len(tail.partial) > LONGEST_LINE:
                 lines.append(tail.partial)
                 tail.partial = b""
             if tail.ended:
                 if tail.partial:
                     lines.append(tail.partial)
+                    tail.partial = b""
                 del self.tails[log]
                 self.done.add(log)
-            if lines:
-                self.out.write(b"".join(tail.tag + _as_shown(line) + b"\n" for line in lines))
+            for line in lines:
+                self._line(tail, _as_shown(line))
+            state = _as_shown(tail.partial) if b"\r" in tail.partial else b""
+            if state and state != tail.state and now - tail.shown_at >= 1 / PROGRESS_RATE:
+                tail.state, tail.shown_at = state, now
+                self._progress(tail)
+        if self.terminal and self.live is not None and not self.drawn:
+            self.out.write(CLEAR_LINE.encode() + self._cut(self.live.tag + self.live.state))
+            self.drawn = True
         self.out.flush()
+
+    def _line(self, tail: Tail, text: bytes) -> None:
+        """A complete line; the final state of a redrawn line that was just shown is not repeated."""
+        repeated = text == tail.state
+        tail.state = b""
+        if self.terminal:
+            self._erase()
+            if self.live is tail:
+                self.live = None
+        elif repeated:
+            return
+        self.out.write(tail.tag + text + b"\n")
+
+    def _progress(self, tail: Tail) -> None:
+        if self.terminal:
+            self.live, self.drawn = tail, False  # drawn again, over the old, at the end of `show`
+        else:
+            self.out.write(tail.tag + tail.state + b"\n")
+
+    def leave(self) -> None:
+        """Ctrl-C: end the redrawn line, so that the shell's prompt starts on a line of its own."""
+        if self.drawn:
+            self.out.write(b"\n")
+            self.out.flush()
+            self.drawn = False
+
+    def _erase(self) -> None:
+        if self.drawn:
+            self.out.write(CLEAR_LINE.encode())
+            self.drawn = False
+
+    def _cut(self, text: bytes) -> bytes:
+        """Cut to the terminal's width: a line that wraps could not be redrawn in place."""
+        try:
+            columns = os.get_terminal_size(self.out.fileno()).columns
+        except (OSError, ValueError):
+            columns = 80
+        return fit(text.decode("utf-8", "replace"), columns).encode()
 
 
 def _in_progress(output: str) -> bool:
@@ -210,12 +277,16 @@ def follow(output: str, regex: Optional[str]) -> int:
         return EXIT_OK
     follower = Follower(output, pattern, sys.stdout.buffer)
     scanned = 0.0
-    while _in_progress(output):
-        everything = time.monotonic() - scanned >= FULL_SCAN
-        scanned = time.monotonic() if everything else scanned
-        follower.scan(everything)
-        follower.show()
-        time.sleep(POLL)
+    try:
+        while _in_progress(output):
+            everything = time.monotonic() - scanned >= FULL_SCAN
+            scanned = time.monotonic() if everything else scanned
+            follower.scan(everything)
+            follower.show()
+            time.sleep(POLL)
+    except KeyboardInterrupt:
+        follower.leave()
+        raise
     follower.scan(final=True)
     for tail in follower.tails.values():  # a `running` left by a killed run ends here too
         tail.ended = True

@@ -7,6 +7,7 @@ The HTML report draws these; they are plain data, so that drawing stays a pure f
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -17,6 +18,7 @@ from .processes import owner_alive
 from .provenance import recorded
 from .state import Corrupt, gpu_mib, read_record, runs_of, set_aside_name
 
+RUN_TIME = re.compile(r"\.(\d{8}\.\d{6})(?=\.|$)")  # in `log.<cmd>.<time>[.<name>][.retryN]`
 TAIL_LINES = 20  # of each failed command's log
 NOT_FAILURES = ("finished", "skipped", "running", "interrupted", "changed", "pending", "stopped")
 
@@ -31,6 +33,7 @@ class Run:
     start: float
     end: float
     status: str
+    began: str = ""  # when the mlrunner that ran it began (its log's name says), "" when unknown (T9)
 
 
 @dataclass
@@ -94,8 +97,10 @@ def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tu
             last = position == len(history) - 1
             run_status = status if last else str(run.get("status") or "")
             if start is not None:
+                began = RUN_TIME.search(os.path.basename(str(run.get("log") or "")))
                 runs.append(Run(name, command, str(run.get("worker") or "?"), start,
-                                end if end is not None else (now if run_status == "running" else start), run_status))
+                                end if end is not None else (now if run_status == "running" else start), run_status,
+                                began.group(1) if began else ""))
             if last:
                 total += seconds or 0.0
                 if run.get("log"):

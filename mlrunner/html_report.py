@@ -1,7 +1,7 @@
 """`--report`: the sweep as one self-contained HTML page (SPEC V1).
 
 `history.collect` reads the records into plain rows and runs, and `render` turns them into HTML
-with no I/O: a timeline of the workers (inline SVG, one bar per command run, the hover text in
+with no I/O: a timeline of the worker slots (inline SVG, one bar per command run, the hover text in
 SVG <title>s), the results table (sorted by a few lines of inline JS), one plot per metric and
 swept param, and the failures with their logs' last lines. Nothing is fetched: no network, no
 library, no font. Params and log lines are the user's and the commands' text, so everything
@@ -13,7 +13,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import re
 import time
 import urllib.parse
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
@@ -21,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 from .errors import UserError
 from .examine.examiner import Experiment, varying_params
 from .history import Row, Run, collect, number, tail
+from .timeline import layout
 
 MAX_FAILURES = 100  # shown in full; the rest are counted
 COLOURS = {"finished": "#3a9a4a", "failed": "#d0453a", "interrupted": "#e69a2e", "running": "#3a78c8",
@@ -48,21 +48,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _worker_key(worker: str) -> Tuple:
-    """Natural order: 0, 1, 2, 10, cpu, gpu1:0."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", worker) if part)
-
-
-def _busy(intervals: Sequence[Tuple[float, float]]) -> float:
-    """Length of the union of intervals: two runs on one worker never count twice."""
-    total, reach = 0.0, -math.inf
-    for start, end in sorted(intervals):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total
-
-
 def _status_style() -> str:
     return "".join(f".s-{s}{{fill:{c}}}" for s, c in COLOURS.items()) + f".s-other{{fill:{OTHER_COLOUR}}}"
 
@@ -72,43 +57,46 @@ def _status_class(status: str) -> str:
 
 
 def timeline(runs: Sequence[Run]) -> str:
-    """One row per worker, one bar per run; idle time per worker and the utilisation of all."""
+    """One row per worker slot, one bar per run; the pauses between separate runs cut out and
+    marked; idle time per slot and the utilisation of all (T9, `timeline.layout`)."""
     if not runs:
         return "<p>No command has run yet.</p>"
-    t0 = min(r.start for r in runs)
-    span = max(max(r.end for r in runs) - t0, 1e-9)
-    workers = sorted({r.worker for r in runs}, key=_worker_key)
-    by_worker: Dict[str, List[Run]] = {w: [] for w in workers}
-    for run in runs:
-        by_worker[run.worker].append(run)
+    drawn = layout(runs)
+    span = max(drawn.span, 1e-9)
+    rows = drawn.lanes
     label, width, height, top = 110, 1000, 22, 24
     plot = width - label - 170
-    parts = [f'<svg class="timeline" viewBox="0 0 {width} {top + height * len(workers) + 4}" '
-             f'width="{width}" role="img" aria-label="timeline of the workers">']
+    bottom = top + height * len(rows)
+    parts = [f'<svg class="timeline" viewBox="0 0 {width} {bottom + 4}" '
+             f'width="{width}" role="img" aria-label="timeline of the worker slots">']
     for tick in range(6):
         x = label + plot * tick / 5
-        parts.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{top + height * len(workers)}" '
+        parts.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{bottom}" '
                      f'class="grid"/><text x="{x:.1f}" y="{top - 10}" class="tick">{_duration(span * tick / 5)}</text>')
-    busy_total = 0.0
-    for index, worker in enumerate(workers):
-        y = top + index * height
-        busy = _busy([(r.start, r.end) for r in by_worker[worker]])
-        busy_total += busy
-        parts.append(f'<g class="worker" data-worker="{_e(worker)}" transform="translate(0 {y})">'
-                     f'<text x="{label - 8}" y="15" class="label">{_e(worker)}</text>')
-        for run in by_worker[worker]:  # 10^4 runs: every byte of a bar counts, so colours are classes
-            x = label + plot * (run.start - t0) / span
+    for offset, seconds in drawn.cuts():
+        x = label + plot * offset / span
+        parts.append(f'<g class="cut"><title>{_e(_duration(seconds))} between two runs, left out</title>'
+                     f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{bottom}"/>'
+                     f'<text x="{x + 3:.1f}" y="{bottom + 2}">✂</text></g>')
+    for index, lane in enumerate(rows):
+        parts.append(f'<g class="worker" data-worker="{_e(lane.name)}" transform="translate(0 {top + index * height})">'
+                     f'<text x="{label - 8}" y="15" class="label">{_e(lane.name)}</text>')
+        for run in lane.runs:  # 10^4 runs: every byte of a bar counts, so colours are classes
+            x = label + plot * drawn.at(run.start) / span
             w = max(plot * (run.end - run.start) / span, 0.5)
             tip = f"{run.experiment} · {run.command} · {_duration(run.end - run.start)} · {run.status}"
             parts.append(f'<rect class="bar {_status_class(run.status)}" x="{x:.1f}" width="{w:.1f}">'
                          f'<title>{_e(tip)}</title></rect>')
-        parts.append(f'<text x="{label + plot + 10}" y="15" class="idle">idle {_duration(span - busy)} '
-                     f'({100 * (span - busy) / span:.0f}%)</text></g>')
+        share = 100 * lane.idle / lane.available if lane.available > 0 else 0.0
+        parts.append(f'<text x="{label + plot + 10}" y="15" class="idle">idle {_duration(lane.idle)} '
+                     f'({share:.0f}%)</text></g>')
     parts.append("</svg>")
-    utilisation = busy_total / (span * len(workers))
+    cuts = drawn.cuts()
+    left_out = (f" ({len(cuts)} pause{'s' if len(cuts) > 1 else ''} between runs left out: "
+                f"{_duration(sum(s for _, s in cuts))})" if cuts else "")
     legend = " ".join(f'<span class="key" style="background:{c}"></span>{s}' for s, c in COLOURS.items())
-    return (f'<p id="utilisation">Workers: {len(workers)}, runs: {len(runs)}, span {_duration(span)}, '
-            f'utilisation {100 * utilisation:.1f}% (busy worker-time / available)</p>'
+    return (f'<p id="utilisation">Workers: {len(rows)}, runs: {len(runs)}, span {_duration(drawn.span)}{left_out}, '
+            f'utilisation {100 * drawn.utilisation:.1f}% (busy worker-time / available)</p>'
             + "".join(parts) + f'<p class="legend">{legend}</p>')
 
 
@@ -235,6 +223,7 @@ body{font:14px system-ui,sans-serif;margin:24px;color:#202124}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px}
 svg text{font:11px system-ui,sans-serif;fill:#444}
 .label,.ytick{text-anchor:end}.tick{text-anchor:middle}.grid{stroke:#e3e3e3}
+.cut line{stroke:#888;stroke-dasharray:3 3}
 .frame{fill:none;stroke:#ccc}circle{fill:#3a78c8;fill-opacity:.7}.bar{y:3px;height:16px}
 .key{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
 table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left}

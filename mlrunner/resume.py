@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from .index import Index, Journal, Signature, signature
+from .slots import host_of
 from .state import FINISHED, KEPT, PARAM, RUNNING, RUNS, STAT, STOPPED, Corrupt, last_run, read_record, record_path
 from .sweep import Plan, Task, hashed_name, same_value
 from .template import Template
@@ -111,8 +112,7 @@ def line_now(task: Task, templates: Dict[str, Template], param: Dict[str, Any], 
     if found is None:
         return None
     resource, line = found
-    worker = str(last_run(stat, command).get("worker") or "")
-    host = worker.rsplit(":", 1)[0] if ":" in worker else "localhost"
+    host = host_of(str(last_run(stat, command).get("worker") or ""))
     spelling = param.get("_output") if isinstance(param.get("_output"), str) else None
     return line, task.render(templates, str(param.get("_time", "")), resource, host, spelling)[command]
 

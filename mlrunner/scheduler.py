@@ -26,6 +26,7 @@ from .gpu_policy import OOM_TRIES, gib, oom_in_log
 from .pool import Pool
 from .provenance import Stamp
 from .resume import Memory, Review
+from .slots import shown
 from .state import FAILED, FINISHED, INTERRUPTED, RUN, STOPPED as STOPPED_EARLY, Experiment
 from .sweep import Plan, Task
 from .sync import Scope
@@ -247,7 +248,7 @@ class Scheduler:
         """After an out-of-memory end: give the place back and wait for one with more room (G5)."""
         old = lease.grant
         size = self.allocator.oom_size(old)
-        self.console.print(f"OOM     gpu: {lease.executor.label}, {self._info_plain(command, task)} (out of GPU "
+        self.console.print(f"OOM     gpu: {shown(old.slot)}, {self._info_plain(command, task)} (out of GPU "
                            f"memory with {gib(old.mib)} reserved; again with {gib(size)}, try {oom_try + 2} of "
                            f"{OOM_TRIES + 1})")
         self.allocator.release(old)
@@ -273,13 +274,13 @@ class Scheduler:
                      rerun: bool, param: Optional[Dict], later: List[str], oom_left: bool = False) -> str:
         """Run one command, with its retries, and record how it ended."""
         executor = lease.executor
-        info = self._info(executor, command, task)
+        info = self._info(lease.grant.slot, command, task)
         for attempt in range(self.args.retry + 1):
             if self.stopping.is_set() or self.halted.is_set():
                 return STOPPED
             log = self._log(task, command) + (f".retry{attempt}" if attempt else "")
             claim = experiment.start(
-                command, rerun=rerun, worker=executor.label, log=log, param=param,
+                command, rerun=rerun, worker=lease.grant.slot, log=log, param=param,
                 line=lambda path: shell_line(line, executor.resource, path, self.args.debug),
                 launch=lambda script: self._launch(lease, script), grace=self.args.grace,
                 extra=self.stamp.fields(executor) if self.stamp else None)
@@ -414,8 +415,8 @@ class Scheduler:
     def _log(self, task: Task, command: str) -> str:
         return task.log(command, self.run_time, self.args.no_subdir)
 
-    def _info(self, executor: Executor, command: str, task: Task) -> str:
-        return f"gpu: {executor.label}, " + self._info_plain(command, task)
+    def _info(self, slot: str, command: str, task: Task) -> str:
+        return f"gpu: {shown(slot)}, " + self._info_plain(command, task)
 
     def _info_plain(self, command: str, task: Task) -> str:
         total = self.plan.total or len(self.plan.tasks)

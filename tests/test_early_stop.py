@@ -158,7 +158,7 @@ def test_A1_A2_asha_stops_exactly_the_experiments_the_rule_says(tmp_path):
     expected = _expected_asha(after=1, eta=2, min_peers=2)
     assert sum(1 for step in expected.values() if step) >= 3
     assert _observed(tmp_path) == expected
-    assert "STOPPED gpu: cpu, train:" in out and "early_stop asha:" in out
+    assert "STOPPED gpu: cpu:0, train:" in out and "early_stop asha:" in out
 
 
 SCRIPT = """

@@ -180,7 +180,7 @@ def test_G10_an_oom_retry_goes_to_another_gpu_where_one_fits(tmp_path: Path):
     code, out, err = run([], tmp_path, _env(tmp_path, state), timeout=60)
     assert code == 0 and "Finished: 1" in out, out + err
     runs = load(tmp_path / "output" / "default" / "stat")["_runs"]["train"]
-    assert [(run["worker"], run["status"]) for run in runs] == [("0", "failed"), ("1", "finished")]
+    assert [(run["worker"], run["status"]) for run in runs] == [("gpu:0", "failed"), ("gpu:1", "finished")]
 
 
 def test_G10_an_oom_retry_never_reruns_what_another_run_finished_meanwhile(tmp_path: Path):

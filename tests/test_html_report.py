@@ -187,12 +187,12 @@ _runs:
 
 def test_v1_idle_and_utilisation_are_worker_time(tmp_path: Path):
     runs = [history.Run("a", "train", "0", 0.0, 50.0, "finished"),
-            history.Run("b", "train", "0", 40.0, 60.0, "finished"),  # overlaps: counted once
+            history.Run("b", "train", "0", 40.0, 60.0, "finished"),  # overlaps: a second slot of GPU 0 (T9)
             history.Run("c", "train", "1", 80.0, 100.0, "failed")]
     page = html_report.timeline(runs)
-    assert "utilisation 40.0%" in page  # (60 + 20) / (2 workers * 100 s)
-    assert "idle 40.0 s (40%)" in page and "idle 1:20 (80%)" not in page
-    assert "idle 0:01:20 (80%)" in page
+    assert "Workers: 3," in page and "utilisation 30.0%" in page  # (50 + 20 + 20) / (3 slots * 100 s)
+    assert "idle 50.0 s (50%)" in page and "idle 1:20 (80%)" not in page
+    assert page.count("idle 0:01:20 (80%)") == 2
 
 
 def test_v1_a_running_command_reaches_the_time_of_the_report(tmp_path: Path):
@@ -230,7 +230,7 @@ def test_v1_no_subdir_tree(tmp_path: Path):
     rows, runs = history.collect(str(tmp_path / "output"), {"loss": {"command": "train", "regex": r"loss ([\d.]+)"}})
     assert [(r.name, r.params, r.metrics, r.status) for r in rows] == [
         ("Lr_1", {"lr": 1}, {"loss": 1}, "finished"), ("Lr_2", {"lr": 2}, {"loss": 2}, "finished")]
-    assert [(r.experiment, r.command, r.worker) for r in runs] == [("Lr_1", "train", "0"), ("Lr_2", "train", "0")]
+    assert [(r.experiment, r.command, r.worker) for r in runs] == [("Lr_1", "train", "gpu:0"), ("Lr_2", "train", "gpu:0")]
     assert all(Path(path).name.endswith(f".{row.name}") for row in rows for path in row.logs.values())
 
 

@@ -74,7 +74,7 @@ def test_G2_G6_a_busy_remote_gpu_is_skipped_with_wait_false(gpu_host, tmp_path: 
     assert code == 0 and "Finished: 4" in out, out + err
     assert "SKIP    GPU gpuhost1:0 is busy (70.0 GiB used by other processes)" in out
     assert {entry["gpu"] for entry in gpulib.history(state)} == {1}
-    assert all(re.match(r"gpuhost1:1$", load(d / "stat")["_runs"]["train"][-1]["worker"])
+    assert all(re.match(r"gpuhost1:1(#\d+)?$", load(d / "stat")["_runs"]["train"][-1]["worker"])
                for d in (project / "output").iterdir() if d.is_dir())
 
 

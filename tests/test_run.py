@@ -201,7 +201,7 @@ def test_r1_no_gpu_means_one_cpu_worker_and_a_warning(tmp_path: Path):
     assert code == 0
     assert "nvidia-smi not found" in err and "one CPU worker" in err
     assert _log(tmp_path / "output" / "I_1") == "[]\n"
-    assert "gpu: cpu, show: 1/ 2" in out
+    assert "gpu: cpu:0, show: 1/ 2" in out
 
 
 def test_r1_resource_entries_and_user_device_order(tmp_path: Path):

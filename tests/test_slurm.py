@@ -117,11 +117,11 @@ def test_seed_example_runs_as_an_array_with_slurms_gpus_S1_S2(slurm, tmp_path):
         assert run["job"].startswith(f"{job}_") and run["host"] == slurm.node
         (log,) = directory.glob("log.train.*")
         cuda = re.search(r"CUDA=(\S*) GPUS=(\S*)", log.read_text())
-        assert cuda.group(1) == run["worker"] and cuda.group(1) in "0123", log.read_text()
+        assert run["worker"] == f"gpu:{cuda.group(1)}" and cuda.group(1) in "0123", log.read_text()
         assert cuda.group(2) == cuda.group(1)  # Slurm's own GPU, kept as it is
         seen_gpus.add(cuda.group(1))
         (test_log,) = directory.glob("log.test.*")
-        assert test_log.read_text() == f"test iwslt14 on {run['worker']}\n"
+        assert test_log.read_text() == f"test iwslt14 on {cuda.group(1)}\n"
     assert seen_gpus == {"0", "1", "2", "3"}, "four elements ran at once, each on its own GPU"
     assert (output / "params.yaml").read_text() == (tmp_path / "params.yaml").read_text()
     (remembered,) = runlib.load(output / ".mlrunner-config")["configs"]  # the user's file, not an element's copy (T1)

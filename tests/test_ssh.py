@@ -138,13 +138,13 @@ def test_h1_h4_h5_fan_out_over_hosts_and_local_workers(servers, tmp_path: Path):
         log, = directory.glob("log.train.*")  # synced back from the host that ran it
         gpu, order, host = log.read_text().split()
         assert order == "PCI_BUS_ID"
-        if worker != "0":
+        if worker != "gpu:0":  # this machine's GPU 0, named as a slot (T11)
             assert worker == f"{host}:{gpu}" and host in {"host1", "host2", "host3"}
             assert (directory / "notes.txt").read_text() == "kept\n"
             assert not (directory / "model.pt").exists()  # sync.exclude left it on the host
             script = load(directory / "param")["_scripts"]["train"]
             assert f"CUDA_VISIBLE_DEVICES={gpu}" in script and "sleep 0.3" in script
-    assert {w.split(":")[0] for w in workers} >= {"0", "host1", "host2", "host3"}
+    assert {w.split(":")[0] for w in workers} >= {"gpu", "host1", "host2", "host3"}
     assert re.search(r"^START   gpu: host\d:\d, train:", out, re.M)
     code, table, _ = run(["--examine"], project, env)
     assert code == 0

@@ -92,7 +92,7 @@ class Machine(ABC):
 class Executor(ABC):
     """One worker's way to run a shell line with its GPUs."""
 
-    label: str  # as shown after `gpu:` in console lines, e.g. "0" or "gpu1:0"
+    label: str  # its place's name, "0", "cpu" or "gpu1:0": its worker slots are named from it (slots.py)
     host: str  # what `{_host}` renders to
     resource: str  # the CUDA_VISIBLE_DEVICES string
     machine: Machine  # where it runs

@@ -16,6 +16,7 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from ...errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from ...state import FAILED, FINISHED, INTERRUPTED, RUNNING, SKIPPED, STAT, read_yaml, record_path, runs_of
+from ...slots import shown
 from ...sweep import Task
 from . import queue
 from ...console import log_tail
@@ -84,7 +85,7 @@ def _events(position: int, task: Task, total: int, width: int, stat: Dict,
             continue
         run = runs[-1] if runs else {}
         digits = max(2, len(str(total)))
-        line = (f"{word} node: {run.get('host', '?')}, gpu: {run.get('worker', '?')}, {command:<{width}}:"
+        line = (f"{word} node: {run.get('host', '?')}, gpu: {shown(str(run.get('worker', '?')))}, {command:<{width}}:"
                 f"{position + 1:{digits}d}/{total:{digits}d}, {task.output}")
         if status in (FAILED, INTERRUPTED) and run.get("reason"):
             line += f" ({run['reason']})"
