@@ -128,7 +128,7 @@ def describe(run: Dict[str, Any]) -> str:
             f"failed {run.get('failed', 0)}, left {run.get('left', 0)}")
     if isinstance(run.get("eta"), int):  # as of the record's last writing: less by now (T3)
         text += f", ETA {clock(max(run['eta'] - _age(run), 0))}"
-    elif run.get("running"):
+    elif run.get("running") or run.get("left"):
         text += ", ETA once a command has finished"
     if run.get("host") != HOST and not run.get("job"):  # a Slurm element's was checked with the queue
         text += " (another host: not checked from here)"

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Pattern, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Pattern, Tuple, Union
 
 import yaml
 
@@ -128,7 +128,6 @@ class _IndexedRows:
         self.index = Index(output, "examine")
         self.spec = Index.inputs(sorted((name, command, pattern.pattern) for name, (command, pattern) in compiled.items()),
                                  tree.digest() if tree else "")  # a row's `changed` depends on the config
-        self.changed: Dict[str, List[str]] = {}  # name -> changed commands, of the rows read anew
         self.files: Dict[str, list] = {}  # name -> signatures taken before its files were read
         self.logs: Dict[str, list] = {}  # name -> [log, signature] of each metric's log, or None
 
@@ -155,12 +154,13 @@ class _IndexedRows:
             # by its name in the experiment's directory: the same entry whatever the spelling of -o or the cwd
             logs.append([log.name, list(signature(str(log)))] if log else None)
             experiment.metric[name] = read_metric(directory, command, pattern, log) if log else None
-        experiment.cache["status"], experiment.cache["code"] = status_and_code(directory,
-                                                                               self.changed.get(directory.name, ()))
         try:
-            seen = state.gpu_mib(state.read_record(str(Path(directory, "stat"))))
+            stat = state.read_record(str(Path(directory, "stat")))
         except state.Corrupt:
-            seen = None
+            stat = {}
+        changed = self.tree.changed(directory.name, experiment.param, stat) if self.tree and stat else ()
+        experiment.cache["status"], experiment.cache["code"] = status_and_code(directory, changed)
+        seen = state.gpu_mib(stat)
         if seen is not None:
             experiment.metric[GPU_MIB] = seen
 
@@ -201,8 +201,6 @@ def examined(output: str, metrics: Mapping[str, Mapping[str, str]], *, regex: st
             examiner.experiments[name] = known
         else:
             todo.append(Path(output, name))
-    if tree is not None:
-        rows.changed = tree.changed(path.name for path in todo)
     with contextlib.redirect_stdout(sys.stderr):
         examiner.exam_dirs(todo, workers=workers)
     for path in todo:

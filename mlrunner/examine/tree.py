@@ -26,6 +26,7 @@ class Tree:
         self.output = output
         self.commands = list(commands) if commands else None
         self.max_tasks = max_tasks
+        self._tasks: Optional[Dict[str, Tuple[Any, Dict[str, Any]]]] = None
         self.configs: List[Tuple[Source, Config]] = [(s, load(s.path)) for s in sources if os.path.exists(s.path)]
         self.order: List[str] = []  # columns in sweep order: aliases and params
         self.aliases: Dict[str, Dict[Any, Dict[str, Any]]] = {}  # the aliases the sweeps use: name -> cases
@@ -70,26 +71,24 @@ class Tree:
                                         for key, value in values.items())), None)
         return found
 
-    def changed(self, names: Iterable[str]) -> Dict[str, List[str]]:
-        """experiment name -> its finished commands whose config changed (I2), for these
-        experiments (the others are not read). Only the records are read; nothing is written."""
-        from ..resume import review
-        from ..sweep import Plan, expand
-        wanted = set(names)
-        if not wanted:
-            return {}
-        stems = {name.rsplit("-", 1)[0] for name in wanted}  # a hash-suffixed name's plain one (I1)
-        found: Dict[str, List[str]] = {}
+    def changed(self, name: str, param: Dict[str, Any], stat: Dict[str, Any]) -> List[str]:
+        """The finished commands of experiment `name` whose config changed (I2), from its records
+        as the caller read them; the plan is made at the first call, only when one is needed."""
+        from ..resume import changes
+        if self._tasks is None:
+            self._tasks = self._plan()
+        found = self._tasks.get(name)
+        return changes(found[0], found[1], param, stat)[0] if found else []
+
+    def _plan(self) -> Dict[str, Tuple[Any, Dict[str, Any]]]:
+        """name -> (task, templates) of every experiment the configs make."""
+        from ..sweep import expand
+        tasks: Dict[str, Tuple[Any, Dict[str, Any]]] = {}
         for source, config in self.configs:
             try:
-                whole = expand(config, select_sweeps(config, source.title), self.output, commands=self.commands,
-                               no_subdir=source.no_subdir, max_tasks=self.max_tasks)
+                plan = expand(config, select_sweeps(config, source.title), self.output, commands=self.commands,
+                              no_subdir=source.no_subdir, max_tasks=self.max_tasks)
             except UserError:
                 continue  # the table is still worth showing; --status says what is wrong
-            plan = Plan()
-            plan.tasks = [task for task in whole.tasks if task.name in wanted or task.name in stems]
-            verdicts = review(plan, config.templates, self.output, no_subdir=source.no_subdir, force=False,
-                              write_index=False)
-            found.update((task.name, verdict.changed) for task, verdict in zip(plan.tasks, verdicts)
-                         if task.name in wanted)
-        return found
+            tasks.update((task.name, (task, config.templates)) for task in plan.tasks)
+        return tasks
