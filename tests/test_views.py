@@ -78,6 +78,9 @@ def test_T3_T13_status_counts_pending_shows_elapsed_eta_and_the_last_progress_li
         deadline = time.monotonic() + 30
         out = ""
         while time.monotonic() < deadline:
+            if not (project / "out" / ".mlrunner-config").exists():  # the run has not begun yet
+                time.sleep(0.1)
+                continue
             code, out, err = run(["-o", str(project / "out"), "--status"], elsewhere, env={"COLUMNS": "60"})
             assert code == 0, err
             if re.search(r"epoch [2-9]/20", out):
