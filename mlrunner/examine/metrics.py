@@ -70,16 +70,9 @@ def status_of(output_dir: Union[str, Path]) -> str:
     return status_and_code(output_dir)[0]
 
 
-def status_and_code(output_dir: Union[str, Path], changed: Iterable[str] = ()) -> Tuple[str, Dict[str, Any]]:
-    """One word or a short list for an experiment's `stat`, so the table stays one line per row.
-
-    `finished` (or `failed`, `running`, ...) when every command has that status;
-    otherwise each command with its own, in the file's order: `avg:failed test:skipped
-    train:finished`. `pending` when no command has started (no `stat` yet) and `unreadable`
-    when the file is corrupt. `_`-keys (such as `_runs`) are details, not commands. Beside it,
-    the code that made the experiment's newest run (P1). A finished command in `changed` is
-    `changed`, as `--status` shows it (I2).
-    """
+def status_and_code(output_dir: Union[str, Path]) -> Tuple[str, Dict[str, Any]]:
+    """One word or a short list for an experiment's `stat`, so the table stays one line per row
+    (see `status_from`); `pending` when there is no `stat` yet, `unreadable` when it is corrupt."""
     try:
         with open(Path(output_dir, "stat"), encoding="utf-8", errors="replace") as stream:
             data = records.loads(stream.read())
@@ -91,6 +84,16 @@ def status_and_code(output_dir: Union[str, Path], changed: Iterable[str] = ()) -
         return "pending", {}
     if not isinstance(data, dict):
         return "unreadable", {}
+    return status_from(data)
+
+
+def status_from(data: Dict[str, Any], changed: Iterable[str] = ()) -> Tuple[str, Dict[str, Any]]:
+    """`finished` (or `failed`, `running`, ...) when every command of a `stat` has that status;
+    otherwise each command with its own, in the file's order: `avg:failed test:skipped
+    train:finished`; `pending` when no command has started. `_`-keys (such as `_runs`) are
+    details, not commands. Beside it, the code that made the experiment's newest run (P1). A
+    finished command in `changed` is `changed`, as `--status` shows it (I2).
+    """
     # The runner's own reading: a `running` whose owner is gone shows as `interrupted`, as in --status.
     statuses = {str(command): str(status) for command, status in state.statuses(data).items()
                 if not str(command).startswith("_")}
@@ -155,11 +158,13 @@ class _IndexedRows:
             logs.append([log.name, list(signature(str(log)))] if log else None)
             experiment.metric[name] = read_metric(directory, command, pattern, log) if log else None
         try:
-            stat = state.read_record(str(Path(directory, "stat")))
+            stat = state.read_record(str(Path(directory, "stat")))  # read once: status, changed, GPU memory
         except state.Corrupt:
             stat = {}
-        changed = self.tree.changed(directory.name, experiment.param, stat) if self.tree and stat else ()
-        experiment.cache["status"], experiment.cache["code"] = status_and_code(directory, changed)
+            experiment.cache["status"], experiment.cache["code"] = status_and_code(directory)
+        else:
+            changed = self.tree.changed(directory.name, experiment.param, stat) if self.tree and stat else ()
+            experiment.cache["status"], experiment.cache["code"] = status_from(stat, changed)
         seen = state.gpu_mib(stat)
         if seen is not None:
             experiment.metric[GPU_MIB] = seen

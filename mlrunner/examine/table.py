@@ -193,7 +193,11 @@ def print_examine(args: Any) -> int:
     from ..origin import resolve
     if not os.path.isdir(args.output):
         raise UserError(f"no output directory '{args.output}' (name another with -o)")
-    tree = Tree(args.output, resolve(args), args.command, args.max_tasks)
+    sources = resolve(args)
+    if args.yaml is not None and not os.path.exists(args.yaml):
+        from ..config import load
+        load(args.yaml)  # the usual one line: file not found
+    tree = Tree(args.output, sources, args.command, args.max_tasks)
     metrics = tree.metrics(steps=True)
     try:
         experiments = examined(args.output, metrics, tree=tree)
