@@ -250,3 +250,9 @@ def test_T4_flags_need_examine():
     code = subprocess.run([sys.executable, "-m", "mlrunner", "--sort", "loss"], cwd=REPO, env=environment(),
                           capture_output=True, text=True)
     assert code.returncode == 2 and "--sort goes with --examine" in code.stderr
+
+
+def test_T12_examine_with_a_missing_y_file_is_one_line(tmp_path: Path):
+    _finished(tmp_path)
+    code, out, err = _examine(tmp_path, "-y", "nope.yaml")
+    assert code == 2 and out == "" and err.strip() == "nope.yaml: file not found (create it, or name another one with -y)"
