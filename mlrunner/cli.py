@@ -19,6 +19,7 @@ from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 DURATION_RE = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[dhms]\s*)+\Z|\s*\d+(?:\.\d+)?\s*\Z")
 PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+BEST_ROWS = 10  # rows `--examine --best METRIC` shows when no N is given
 
 
 def duration(text: str) -> float:
@@ -57,17 +58,25 @@ class _HelpFormatter(argparse.HelpFormatter):
         return text
 
 
+def _signed_keys(words: List[str]) -> List[str]:
+    """`--sort -loss` and `--best -acc 3`: argparse would take `-loss` for a flag, but not ` -loss`
+    (`_check_examine_flags` strips the space)."""
+    return [" " + word if previous in ("--sort", "--best") and re.match(r"-[^-\d]", word) else word
+            for previous, word in zip([""] + words, words)]
+
+
 class _Parser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
         """`-dry-run` would read as `-d -r y-run` and run: a single-dash word that is a long option
         without one of its dashes is refused (G11)."""
-        for word in sys.argv[1:] if args is None else args:
+        words = list(sys.argv[1:] if args is None else args)
+        for word in words:
             if word == "--":
                 break
             name = word.split("=")[0]
             if re.match(r"-[a-z][a-z-]+\Z", name) and "-" + name in self._option_string_actions:
                 self.error(f"{word}: long options take two dashes: did you mean -{word}?")
-        return super().parse_known_args(args, namespace)
+        return super().parse_known_args(_signed_keys(words), namespace)
 
     def error(self, message: str) -> None:  # one line, exit 2 (R4), no usage dump
         self.exit(EXIT_USAGE, f"{self.prog}: {message}{self._hint(message)} (see --help)\n")
@@ -141,7 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "until the runs end; REGEX selects experiments")
     parser.add_argument("--examine", action="store_true",
                         help="print the params that differ, the 'metric' values and the status of every experiment")
-    parser.add_argument("--format", choices=("tsv", "csv", "markdown"), default="tsv", help="table format for --examine")
+    parser.add_argument("--format", choices=("tsv", "csv", "markdown", "table"),
+                        help="table format for --examine (default: an aligned table on a terminal, tsv piped)")
+    parser.add_argument("--sort", metavar="KEY", help="with --examine: rows by this column; -KEY descending")
+    parser.add_argument("--best", nargs="+", metavar=("METRIC", "N"), type=str,
+                        help="with --examine: the N (default 10) best rows by METRIC: the lowest first, -METRIC the "
+                             "highest, early_stop's mode for its own metric")
+    parser.add_argument("--mean-over", metavar="PARAM",
+                        help="with --examine: mean ± std of each metric over PARAM, for experiments equal in the "
+                             "other params (n: how many)")
     parser.add_argument("--provenance", action="store_true",
                         help="with --examine: also the git commit, changes, host, Python and GPU of each result")
     parser.add_argument("--report", nargs="?", const="", metavar="FILE",
@@ -243,6 +260,21 @@ def _check_long_run_flags(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error(f"{chosen[0]} cannot go with {', '.join((chosen[1:] + clashes))}")
 
 
+def _check_examine_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--sort, --best and --mean-over shape the --examine table (T4, T12); `--best M N` gets N checked."""
+    given = [flag for flag, value in (("--sort", args.sort), ("--best", args.best), ("--mean-over", args.mean_over))
+             if value is not None]
+    if given and not args.examine:
+        parser.error(f"{given[0]} goes with --examine")
+    if args.sort is not None:
+        args.sort = args.sort.strip()
+    if args.best is not None:
+        args.best = [word.strip() for word in args.best]
+        if len(args.best) > 2 or (len(args.best) == 2 and not (args.best[1].isdigit() and int(args.best[1]) > 0)):
+            parser.error(f"--best takes a metric and a count of rows, e.g. --best loss 5, not {' '.join(args.best)}")
+        args.best = (args.best[0], int(args.best[1]) if len(args.best) == 2 else BEST_ROWS)
+
+
 @contextlib.contextmanager
 def _planning() -> Iterator[None]:
     """No garbage collector while the config, the plan and the records are read: they make
@@ -264,6 +296,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _check_long_run_flags(parser, args)
     if args.all and not args.dry_run:
         parser.error("--all goes with --dry-run (it lists the finished commands too)")
+    _check_examine_flags(parser, args)
     try:
         if args.slurm_element:
             from .executors.slurm.element import run_element
@@ -275,7 +308,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .follow import follow
             return follow(args.output, args.follow)
         if args.status:
-            from .report import print_status
+            from .status import print_status
             from .runs import print_runs
             print_runs(args.output)
             with _planning():
@@ -283,10 +316,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.report is not None:
             return _report(args)
         if args.examine:
-            from .origin import metrics_of, resolve
-            from .report import print_examine
+            from .examine.table import print_examine
             with _planning():
-                return print_examine(metrics_of(resolve(args), steps=True), args.output, args.format, args.provenance)
+                return print_examine(args)
         with _planning():
             return _command(args)
     except UserError as error:

@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .state import Corrupt, read_record
+
 GIT_TIMEOUT_S = 60.0
 DIGEST_CHARS = 16  # of a sha256: enough to tell trees apart, short enough for a table column
 
@@ -246,3 +248,18 @@ def code_notes(stats: Iterable[Dict[str, Any]], now: Code) -> List[str]:
         lines.append(f"Code: {count} finished experiment(s) ran {what}, not the code here now "
                      "(information only: nothing reruns for it)")
     return lines
+
+
+def print_code_notes(output: str, stat_paths: Iterable[str]) -> None:
+    """P1: the finished experiments whose code is not the work tree's now, one line per code."""
+    now = code_state(".", exclude=[output])
+    if not now.known:
+        return
+    stats = []
+    for path in stat_paths:
+        try:
+            stats.append(read_record(path))
+        except (Corrupt, OSError):
+            pass  # --status warns about it on its own
+    for line in code_notes(stats, now):
+        print(line)

@@ -290,15 +290,21 @@ def _read_and_compare(task: Task, templates: Dict[str, Template], root: str, no_
     param = _identify(task, root, no_subdir, notes, problems)
     stat = _read(record_path(task.output, STAT, task.name, no_subdir), problems)
     result = Review(start=None, notes=notes, problems=problems, stat=stat)
-    finished = [c for c in task.commands if stat.get(c) == FINISHED]
     if force or isinstance(param, _Unreadable):
         result.unreadable = True
         return result
-    if param and finished:
-        result.changes = _value_diff(_own_params(param), task.params)
-        if result.changes:
-            result.changed = finished
-        else:
-            result.changed = _template_changes(task, templates, param, stat, finished)
-            result.changes = [f"template of {c}" for c in result.changed]
+    result.changed, result.changes = changes(task, templates, param, stat)
     return result
+
+
+def changes(task: Task, templates: Dict[str, Template], param: Dict[str, Any],
+            stat: Dict[str, Any]) -> Tuple[List[str], List[str]]:
+    """(the finished commands whose config changed, what changed) of a task, from its records (I2)."""
+    finished = [c for c in task.commands if stat.get(c) == FINISHED]
+    if not (param and finished):
+        return [], []
+    changed = _value_diff(_own_params(param), task.params)
+    if changed:
+        return finished, changed
+    commands = _template_changes(task, templates, param, stat, finished)
+    return commands, [f"template of {c}" for c in commands]

@@ -126,13 +126,23 @@ def describe(run: Dict[str, Any]) -> str:
     text = (f"pid {run.get('pid')} on {run.get('host')}, started {when} ({clock(time.time() - started)} ago): "
             f"done {run.get('done', 0)}/{run.get('total', 0)}, running {run.get('running', 0)}, "
             f"failed {run.get('failed', 0)}, left {run.get('left', 0)}")
-    if isinstance(run.get("eta"), int):
-        text += f", ETA {clock(run['eta'])}"
+    if isinstance(run.get("eta"), int):  # as of the record's last writing: less by now (T3)
+        text += f", ETA {clock(max(run['eta'] - _age(run), 0))}"
+    elif run.get("running") or run.get("left"):
+        text += ", ETA once a command has finished"
     if run.get("host") != HOST and not run.get("job"):  # a Slurm element's was checked with the queue
         text += " (another host: not checked from here)"
     if run.get("log"):
         text += f"; console: {run['log']}"
     return text
+
+
+def _age(run: Dict[str, Any]) -> float:
+    """Seconds since the record was last written (it is rewritten only when its counts change)."""
+    try:
+        return max(time.time() - os.stat(run["path"]).st_mtime, 0.0)
+    except (KeyError, OSError):
+        return 0.0
 
 
 def print_runs(output: str) -> None:

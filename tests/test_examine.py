@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from mlrunner.examine import ExamineError, Examiner, Experiment, latest_log
-from mlrunner.examine.metrics import examine_table, read_metric, status_of
+from mlrunner.examine.metrics import read_metric, status_of
+from mlrunner.examine.table import examine_table
 
 GOLDEN_059 = Path(__file__).parent / "data" / "mlrunner-0.5.9"
 BLEU_LINE = "Generate test with beam=5: BLEU4 = {}, 60.2/33.5/21.0/13.6 (BP=1.000, ratio=1.004)\n"

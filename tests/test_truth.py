@@ -321,7 +321,8 @@ def test_no_subdir_names_like_the_trees_own_temporary_files_stay_in_the_views(tm
     assert code == 0 and "Name_run.tmp" in page and "Name_a.corrupt.b" in page, err
     (tmp_path / "output" / "stat.Name_plain").rename(tmp_path / "output" / "stat.Name_plain.corrupt.20260101.120000")
     code, out, _ = run(["--no-subdir", "--status"], tmp_path)
-    assert "Experiments: 2; finished: 2" in out  # a record set aside is not an experiment
+    # a record set aside is no row of its own; its experiment has no record now: pending (T3)
+    assert "Experiments: 3; finished: 2, pending: 1" in out and "Name_plain        train: pending" in out
 
 
 def test_report_shows_and_sorts_non_finite_params(tmp_path: Path):
@@ -369,6 +370,7 @@ def test_T1_a_titled_run_is_remembered_with_its_title(tmp_path: Path):
     sweeps = project / "sweeps.yaml"
     sweeps.write_text(sweeps.read_text().replace("seed: [2, 3]", "seed: [2, 3, 4]"))
     code, out, _ = run(["-o", str(project / "out"), "--status"], tmp_path)
-    assert code == 0 and "Experiments: 2; finished: 2" in out  # the big sweep's records, read with its title
+    # the big sweep's records, read with its title; the seed added since is pending (T3)
+    assert code == 0 and "Experiments: 3; finished: 2, pending: 1" in out and "Seed_4  train: pending" in out
     code, out, err = run(["-y", "sweeps.yaml", "-t", "big", "-o", "out", "--keep-changed", "--dry-run"], project)
     assert code == 0 and "Tasks: 3, commands to run: 1" in out, out + err

@@ -18,7 +18,7 @@ import sys
 import traceback
 from collections import namedtuple
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -149,8 +149,9 @@ def _distinct_key(value: Any) -> Any:
         return ("<unhashable>", repr(value))
 
 
-def varying_params(experiments: Iterable[Experiment], concise: bool = True) -> List[str]:
-    """Sorted names of the params worth a column: those with 2+ distinct values (all if not concise).
+def varying_params(experiments: Iterable[Experiment], concise: bool = True, order: Sequence[str] = ()) -> List[str]:
+    """Names of the params worth a column: those with 2+ distinct values (all if not concise), in
+    `order` (the sweep's, T4), then the others sorted.
 
     `_`-params (name, output, time, scripts) are bookkeeping and never shown. As in 0.5.9, an
     experiment that lacks a param does not count as a distinct value.
@@ -160,7 +161,9 @@ def varying_params(experiments: Iterable[Experiment], concise: bool = True) -> L
         for key, value in experiment.param.items():
             if not str(key).startswith("_"):
                 values.setdefault(key, set()).add(_distinct_key(value))
-    return sorted((key for key, seen in values.items() if not concise or len(seen) > 1), key=str)
+    position = {key: place for place, key in enumerate(order)}
+    return sorted((key for key, seen in values.items() if not concise or len(seen) > 1),
+                  key=lambda key: (position.get(key, len(position)), str(key)))
 
 
 class Examiner:
@@ -175,6 +178,31 @@ class Examiner:
         self.exams: List[Parser] = []
         self.caches: Dict[str, Any] = {}
         self.experiments: Dict[str, Experiment] = {}
+        self.tree: Any = None  # tree.Tree, for an Examiner made by `from_output`
+        self.output: Optional[Path] = None
+
+    @classmethod
+    def from_output(cls, output: Union[str, Path] = "output", yaml: Optional[str] = None,
+                    title: Optional[str] = None, regex: str = ".*", workers: int = 0) -> "Examiner":
+        """An Examiner of an output tree alone (T12), examined: the `metric:` regexes of the config
+        that made it (or of `yaml`; `title` picks one of several), its params in sweep order with
+        each alias's case, and per experiment its directory and status (`changed` as `--status`
+        says). Its table's columns: `experiment`, `directory`, alias cases and params, metrics,
+        `status`. Parsers `add`ed later run on `exam(output)` and add their metrics to the same rows.
+        """
+        from ..origin import Source, remembered
+        from .metrics import examined
+        from .tree import Tree
+        if not os.path.isdir(output):
+            raise FileNotFoundError(f"no output directory '{output}'")
+        sources = [Source(yaml, title)] if yaml else [s for s in remembered(str(output))
+                                                     if title is None or s.title == title]
+        examiner = cls()
+        examiner.tree = Tree(str(output), sources)
+        examiner.output = Path(output)
+        examiner.experiments.update(examined(str(output), examiner.tree.metrics(), regex=regex, workers=workers,
+                                             tree=examiner.tree))
+        return examiner
 
     def add(self, func: Parser) -> Parser:
         """Register a parser; parsers run in the order added, each at most once per directory."""
@@ -265,22 +293,33 @@ class Examiner:
         print(f"skip {path}: no 'param' file")
 
     def rows(self, concise: bool = True) -> Tuple[List[str], List[List[Any]]]:
-        """The table as plain data: headers (varying params, then metrics) and one row per experiment."""
-        experiments = [self.experiments[name] for name in sorted(self.experiments)]
-        params = varying_params(experiments, concise)
+        """The table as plain data: headers (varying params, then metrics) and one row per
+        experiment, in directory-name order; from `from_output`, the columns its docstring lists."""
+        names = sorted(self.experiments)
+        experiments = [self.experiments[name] for name in names]
         metrics = sorted({key for experiment in experiments for key in experiment.metric}, key=str)
+        if self.tree is not None:
+            from .table import build
+            known = list(self.tree.metrics())
+            ordered = [m for m in known if m in metrics] + [m for m in metrics if m not in known]
+            headers, rows, _ = build(dict(zip(names, experiments)), ordered, self.tree, concise=concise)
+            directories = [str(Path(self.output or ".", name)) for name in names]
+            return headers[:1] + ["directory"] + headers[1:], [row[:1] + [d] + row[1:] for row, d in zip(rows, directories)]
+        params = varying_params(experiments, concise)
         rows = [[experiment.param.get(key) for key in params] + [experiment.metric.get(key) for key in metrics]
                 for experiment in experiments]
         return params + metrics, rows
 
     def table(self, concise: bool = True, print_tsv: bool = False) -> Any:
-        """One row per experiment, in directory-name order.
+        """One row per experiment, in directory-name order, each carrying the experiment's name.
 
-        Returns a pandas DataFrame when pandas is installed, else a list of {column: value}
-        dicts (None where an experiment lacks the column). `print_tsv` also prints the table
-        as TSV, with missing values shown as `None` like 0.5.9 did.
+        Returns a pandas DataFrame indexed by the experiment names when pandas is installed, else
+        a list of {column: value} dicts whose `.name` is the experiment's (as a DataFrame row's
+        is). None where an experiment lacks the column. `print_tsv` also prints the table as TSV,
+        with missing values shown as `None` like 0.5.9 did.
         """
         headers, rows = self.rows(concise)
+        names = sorted(self.experiments)
         if print_tsv:
             print("\t".join(str(header) for header in headers))
             for row in rows:
@@ -288,8 +327,18 @@ class Examiner:
         try:
             import pandas
         except ImportError:
-            return [dict(zip(headers, row)) for row in rows]
-        return pandas.DataFrame(rows, columns=headers)
+            return [Row(zip(headers, row), name=name) for name, row in zip(names, rows)]
+        frame = pandas.DataFrame(rows, columns=headers, index=names)
+        frame.index.name = None if "experiment" in headers else "experiment"
+        return frame
+
+
+class Row(dict):
+    """One experiment's row of `Examiner.table()` without pandas: its columns, and its name."""
+
+    def __init__(self, items: Iterable[Tuple[str, Any]], name: str):
+        super().__init__(items)
+        self.name = name
 
 
 def _natural_key(name: str) -> List[Union[int, str]]:

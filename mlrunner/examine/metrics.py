@@ -3,28 +3,27 @@
 Document 1 of params.yaml may hold `metric: {bleu: {command: test, regex: 'BLEU4 = ([\\d.]+)'}}`;
 `--examine` then prints, for every experiment, the params that differ, each metric (the first
 group of the last match in the newest log of its command) and the experiment's status. The
-directory walk is the Examiner's: this module only supplies a parser and the rendering.
+directory walk is the Examiner's: this module supplies the parser, the rows kept in the index and
+`examined`, what both `--examine` (table.py) and `Examiner.from_output` read.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Pattern, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Pattern, Tuple, Union
 
 import yaml
 
 from .. import records, state
 from ..index import Index, signature
-from ..provenance import COLUMNS, recorded
-from .examiner import Examiner, Experiment, experiment_names, latest_log, varying_params
+from ..provenance import recorded
+from .examiner import Examiner, Experiment, experiment_names, latest_log
+from .tree import Tree
 
-FORMATS = ("tsv", "csv", "markdown")
 GPU_MIB = "gpu_mib"  # the column of each experiment's peak GPU memory (G12), when one was seen
 _INT = re.compile(r"[+-]?\d+")
 
@@ -72,14 +71,8 @@ def status_of(output_dir: Union[str, Path]) -> str:
 
 
 def status_and_code(output_dir: Union[str, Path]) -> Tuple[str, Dict[str, Any]]:
-    """One word or a short list for an experiment's `stat`, so the table stays one line per row.
-
-    `finished` (or `failed`, `running`, ...) when every command has that status;
-    otherwise each command with its own, in the file's order: `avg:failed test:skipped
-    train:finished`. `pending` when no command has started (no `stat` yet) and `unreadable`
-    when the file is corrupt. `_`-keys (such as `_runs`) are details, not commands. Beside it,
-    the code that made the experiment's newest run (P1).
-    """
+    """One word or a short list for an experiment's `stat`, so the table stays one line per row
+    (see `status_from`); `pending` when there is no `stat` yet, `unreadable` when it is corrupt."""
     try:
         with open(Path(output_dir, "stat"), encoding="utf-8", errors="replace") as stream:
             data = records.loads(stream.read())
@@ -91,11 +84,22 @@ def status_and_code(output_dir: Union[str, Path]) -> Tuple[str, Dict[str, Any]]:
         return "pending", {}
     if not isinstance(data, dict):
         return "unreadable", {}
+    return status_from(data)
+
+
+def status_from(data: Dict[str, Any], changed: Iterable[str] = ()) -> Tuple[str, Dict[str, Any]]:
+    """`finished` (or `failed`, `running`, ...) when every command of a `stat` has that status;
+    otherwise each command with its own, in the file's order: `avg:failed test:skipped
+    train:finished`; `pending` when no command has started. `_`-keys (such as `_runs`) are
+    details, not commands. Beside it, the code that made the experiment's newest run (P1). A
+    finished command in `changed` is `changed`, as `--status` shows it (I2).
+    """
     # The runner's own reading: a `running` whose owner is gone shows as `interrupted`, as in --status.
     statuses = {str(command): str(status) for command, status in state.statuses(data).items()
                 if not str(command).startswith("_")}
     if not statuses:
         return "pending", {}
+    statuses.update((command, state.CHANGED) for command in changed if statuses.get(command) == state.FINISHED)
     code = recorded(data)
     if len(set(statuses.values())) == 1:
         return next(iter(statuses.values())), code
@@ -120,12 +124,13 @@ class _IndexedRows:
     (a new log changes it), `param`, `stat` and the logs it read keep their signatures. Nothing in
     an entry depends on how -o is spelt or where it is asked from."""
 
-    def __init__(self, output: str, compiled: Dict[str, Tuple[str, Pattern[str]]]):
+    def __init__(self, output: str, compiled: Dict[str, Tuple[str, Pattern[str]]], tree: Optional[Tree] = None):
         self.output = output
         self.compiled = compiled
+        self.tree = tree
         self.index = Index(output, "examine")
-        self.spec = Index.inputs(sorted((name, command, pattern.pattern)
-                                        for name, (command, pattern) in compiled.items()))
+        self.spec = Index.inputs(sorted((name, command, pattern.pattern) for name, (command, pattern) in compiled.items()),
+                                 tree.digest() if tree else "")  # a row's `changed` depends on the config
         self.files: Dict[str, list] = {}  # name -> signatures taken before its files were read
         self.logs: Dict[str, list] = {}  # name -> [log, signature] of each metric's log, or None
 
@@ -152,11 +157,15 @@ class _IndexedRows:
             # by its name in the experiment's directory: the same entry whatever the spelling of -o or the cwd
             logs.append([log.name, list(signature(str(log)))] if log else None)
             experiment.metric[name] = read_metric(directory, command, pattern, log) if log else None
-        experiment.cache["status"], experiment.cache["code"] = status_and_code(directory)
         try:
-            seen = state.gpu_mib(state.read_record(str(Path(directory, "stat"))))
+            stat = state.read_record(str(Path(directory, "stat")))  # read once: status, changed, GPU memory
         except state.Corrupt:
-            seen = None
+            stat = {}
+            experiment.cache["status"], experiment.cache["code"] = status_and_code(directory)
+        else:
+            changed = self.tree.changed(directory.name, experiment.param, stat) if self.tree and stat else ()
+            experiment.cache["status"], experiment.cache["code"] = status_from(stat, changed)
+        seen = state.gpu_mib(stat)
         if seen is not None:
             experiment.metric[GPU_MIB] = seen
 
@@ -178,46 +187,15 @@ def _row(row: Any) -> bool:
                                                              and type(log[0]) is str) for log in row[3]))
 
 
-_TSV = str.maketrans("\t\r\n", "   ")
-
-
-def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def render(headers: List[str], rows: List[List[Any]], fmt: str = "tsv") -> str:
-    """The table as text: `tsv`, `csv` or a `markdown` pipe table; missing values are empty."""
-    headers = [str(header) for header in headers]
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(headers)
-        writer.writerows([[_cell(value) for value in row] for row in rows])
-        return buffer.getvalue()
-    if fmt == "tsv":
-        lines = [headers] + [[_cell(value) for value in row] for row in rows]
-        return "".join("\t".join(cell.translate(_TSV) for cell in line) + "\n" for line in lines)
-    if fmt == "markdown":
-        lines = [[re.sub(r"[\r\n]", " ", _cell(value)).replace("|", r"\|") for value in line]
-                 for line in [headers] + rows]
-        widths = [max(3, *(len(line[column]) for line in lines)) for column in range(len(headers))]
-        lines.insert(1, ["-" * width for width in widths])
-        return "".join("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |\n"
-                       for line in lines)
-    raise ValueError(f"unknown table format '{fmt}' (choose from {', '.join(FORMATS)})")
-
-
-def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: str = "tsv", *,
-                  regex: str = ".*", workers: int = 0, provenance: bool = False) -> str:
-    """The `--examine` table of every experiment under `output`: its directory (as the console
-    names it), the params that differ, `code` (the snapshot it ran, P2) when any has one, the
-    metrics in the order given, then `status`; with `provenance`, what else made it (P1). Notes about
-    skipped directories go to stderr so that the table on stdout can be redirected as it is.
-    """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown table format '{fmt}' (choose from {', '.join(FORMATS)})")
+def examined(output: str, metrics: Mapping[str, Mapping[str, str]], *, regex: str = ".*", workers: int = 0,
+             tree: Optional[Tree] = None) -> Dict[str, Experiment]:
+    """name -> Experiment of every experiment under `output` whose name `re.search`es `regex`:
+    its params, its metrics (the `metric:` regexes), and in `cache` its `status` (`changed` as
+    `--status` says, when the tree's config is known) and `code`. Rows whose files did not change
+    since are the index's; notes about skipped directories go to stderr, so that a table on stdout
+    can be redirected as it is."""
     compiled = compile_metrics(metrics)
-    rows = _IndexedRows(output, compiled)
+    rows = _IndexedRows(output, compiled, tree)
     examiner = Examiner()
     examiner.add(rows.parse)
     todo = []
@@ -234,19 +212,7 @@ def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: st
         rows.keep(path.name, examiner.experiments.get(path.name))
     present = set(names)
     rows.index.save(gone=lambda name: name not in present and re.search(regex, name) is not None)
-    names = sorted(examiner.experiments)
-    experiments = [examiner.experiments[name] for name in names]
-    params = varying_params(experiments)
-    codes = [experiment.cache.get("code") or {} for experiment in experiments]
-    extra = (["code"] if any("code" in code for code in codes) else []) + (list(COLUMNS) if provenance else [])
-    shown = list(compiled) + [GPU_MIB] * (GPU_MIB not in compiled and any(GPU_MIB in e.metric for e in experiments))
-    headers = ["experiment"] + params + extra + shown + ["status"]
-    rows = [[name] + [experiment.param.get(key) for key in params]
-            + [_provenance_cell(code.get(key)) for key in extra]
-            + [experiment.metric.get(metric) for metric in shown]
-            + [experiment.cache.get("status")]
-            for name, experiment, code in zip(names, experiments, codes)]
-    return render(headers, rows, fmt)
+    return {name: examiner.experiments[name] for name in sorted(examiner.experiments)}
 
 
 def _provenance_cell(value: Any) -> Any:
