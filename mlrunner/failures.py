@@ -15,9 +15,10 @@ TAIL_LINES = 5  # of the log of the first experiment of each reason
 def failure_lines(failures: Sequence, more: str) -> List[str]:
     """`Failed:`, each reason's first experiments (the first with its log's last lines), `… and N
     more: <more>` when some are left out, and the count of each reason when there is more than one
-    failure. `failures` have `output`, `command`, `reason` and `log`, in the order they came."""
+    failure. `failures` have `output`, `command`, `reason`, `log` and `order` (the task's place in the
+    plan): each reason's experiments are listed in plan order, whatever order they failed in."""
     groups: Dict[Tuple[str, str], List] = {}
-    for failure in failures:
+    for failure in sorted(failures, key=lambda failure: failure.order):
         groups.setdefault((failure.command, failure.reason), []).append(failure)
     lines = ["Failed:"]
     listed = 0

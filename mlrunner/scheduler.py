@@ -45,6 +45,7 @@ class Failure:
     command: str
     reason: str
     log: Optional[str] = None
+    order: int = 0  # the task's place in the plan: the summary lists failures in plan order
 
 
 @dataclass
@@ -267,7 +268,7 @@ class Scheduler:
                 self.console.print(f"STOP    no GPU left to run on: {reason}")
             return
         with self._lock:
-            self.summary.failures.append(Failure(task.output, "-", reason))
+            self.summary.failures.append(Failure(task.output, "-", reason, order=task.index))
         self.console.print(f"FAIL    {task.output} ({reason})")
 
     def _run_command(self, lease: Lease, experiment: Experiment, task: Task, command: str, line: str,
@@ -357,7 +358,7 @@ class Scheduler:
         except Exception as error:  # the record itself cannot be written (I4): say so, and go on
             reason = f"{reason}; its record could not be written either: {type(error).__name__}: {error}"
         with self._lock:
-            self.summary.failures.append(Failure(task.output, command, reason, log))
+            self.summary.failures.append(Failure(task.output, command, reason, log, task.index))
             self.summary.skipped += len(later)
         self.console.print(f"FAIL    {info or self._info_plain(command, task)} ({reason})")
         if self.args.fail_fast and not self.halted.is_set():
@@ -378,9 +379,10 @@ class Scheduler:
         return EARLY
 
     def _fail_untracked(self, task: Task, error: Exception) -> None:
+        reason = f"{type(error).__name__}: {error}"
         with self._lock:
-            self.summary.failures.append(Failure(task.output, "-", f"{type(error).__name__}: {error}"))
-        self.console.print(f"FAIL    {task.output} ({type(error).__name__}: {error})")
+            self.summary.failures.append(Failure(task.output, "-", reason, order=task.index))
+        self.console.print(f"FAIL    {task.output} ({reason})")
 
     def _collect(self, executor: Executor, task: Task, log: str, outcome: Outcome) -> Optional[str]:
         """Bring a remote command's files home, partial logs included (H5): None once they all came,
