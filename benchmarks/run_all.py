@@ -2,8 +2,8 @@
 """Run the benchmark scripts, keep what each printed, and put it into docs/performance.md.
 
 Figures in the documentation come from here and nowhere else: each script's stdout is saved, with
-the date, the machine (cores, CPU, Python, kernel, load from other work) and the command line, as
-benchmarks/results/<name>.txt, and `--render` copies every results file verbatim into
+the date, the machine (cores, CPU, Python, kernel), how busy other work kept the cores just before
+and the command line, as benchmarks/results/<name>.txt, and `--render` copies every results file verbatim into
 docs/performance.md between its markers
 
     <!-- results: name -->
@@ -35,6 +35,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import busy_cores  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -62,12 +65,14 @@ def machine() -> str:
 def run(name: str, extra: List[str]) -> int:
     """Run one script, save its stdout with a header; the exit status goes into the file too."""
     script = HERE / f"{name}.py"
+    busy = busy_cores(1.0)
     argv = [sys.executable, str(script.relative_to(ROOT)), *extra]
     started = time.time()
     done = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     header = [f"# benchmarks/{name}.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))},"
               f" {time.time() - started:.0f} s",
               f"# machine: {machine()}",
+              f"# other work on the cores just before: {'unknown' if busy is None else f'{busy:.1f}'} busy",
               f"# command: {shlex.join(['python3', *argv[1:]])}"]
     body = done.stdout.rstrip("\n")
     if done.returncode != 0:
