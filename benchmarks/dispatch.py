@@ -171,6 +171,10 @@ def durable_floor(root: str, run: int, commands: int, workers: int) -> float:
     os.makedirs(output)
     run_time = time.strftime("%Y%m%d.%H%M%S")
     host, pid, pid_start = socket.gethostname(), os.getpid(), proc_start(os.getpid())
+    which = "import sys; print(sys.executable); print(sys.version.split()[0])"
+    python, version = subprocess.run(["python3", "-c", which], stdout=subprocess.PIPE, text=True,
+                                     check=True).stdout.split()
+    made_by = f"    node: {host}\n    python: {python}\n    python_version: {version}\n"  # provenance, once a run
     bash = shutil.which("bash") or "bash"
     stdin = os.open(os.devnull, os.O_RDONLY)
     pool: "queue.Queue[int]" = queue.Queue()
@@ -215,7 +219,7 @@ def durable_floor(root: str, run: int, commands: int, workers: int) -> float:
             process.wait()
             seconds = round(time.monotonic() - began, 3)
             replace(f"{directory}/stat", f"run: finished\n_runs:\n  run:\n{head}{tail}    status: finished\n"
-                                         f"    log: {log}\n    end: {round(time.time(), 3)!r}\n"
+                                         f"    log: {log}\n{made_by}    end: {round(time.time(), 3)!r}\n"
                                          f"    seconds: {seconds!r}\n", durable=True)
             descriptor = os.open(directory, os.O_RDONLY)
             try:
