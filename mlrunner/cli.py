@@ -15,6 +15,7 @@ from typing import Iterator, List, Optional
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
+from .signals import EXIT_BY_SIGNAL, RECORDER, Interrupted
 
 DURATION_RE = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[dhms]\s*)+\Z|\s*\d+(?:\.\d+)?\s*\Z")
 PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)")
@@ -166,6 +167,7 @@ def _command(args: argparse.Namespace) -> int:
 
     args.yaml = args.yaml or "params.yaml"
     config = config_module.load(args.yaml)
+    RECORDER.checkpoint()
     for warning in config.warnings:
         print(warning, file=sys.stderr)
     if args.hosts or config.hosts:  # check host settings before anything starts (C10)
@@ -195,6 +197,7 @@ def _command(args: argparse.Namespace) -> int:
     run_time = datetime.now().strftime("%Y%m%d.%H%M%S")
     from .workers import check_resources
     resources = check_resources(args.resource, config.resources)
+    RECORDER.checkpoint()
     if args.dry_run:
         from .report import print_dry_run
         return print_dry_run(plan, config, resources, run_time, args)
@@ -259,12 +262,15 @@ def _planning() -> Iterator[None]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    installed_here = RECORDER.install()  # False when __main__ did it; a signal from now on is recorded (R10)
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_long_run_flags(parser, args)
     if args.all and not args.dry_run:
         parser.error("--all goes with --dry-run (it lists the finished commands too)")
     try:
+        if not _runs_commands(args):
+            RECORDER.release()  # these modes stop on Ctrl-C as KeyboardInterrupt, as before
         if args.slurm_element:
             from .executors.slurm.element import run_element
             return run_element(args.slurm_element)
@@ -295,6 +301,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:  # `mlrunner --dry-run | head`
         sys.stderr.close()
         return EXIT_OK
-    except KeyboardInterrupt:  # before any command started (reading, expanding, connecting)
+    except KeyboardInterrupt:  # in a mode that stops on Ctrl-C as usual
         print("mlrunner: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Interrupted as signalled:  # before any command started (reading, expanding, connecting)
+        with contextlib.suppress(OSError):
+            print(f"mlrunner: {signalled}: stopped before any command started", file=sys.stderr)
+        return EXIT_BY_SIGNAL[signalled.number]
+    finally:
+        if installed_here:  # called from Python code: its own handlers come back
+            RECORDER.release(quiet=True)
+
+
+def _runs_commands(args: argparse.Namespace) -> bool:
+    """Does this invocation start commands (a run, a Slurm element), where signals are recorded (R10)?"""
+    return not (args.stop or args.follow is not None or args.status or args.report is not None or args.examine
+                or args.dry_run)
