@@ -275,7 +275,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .executors.slurm.element import run_element
             return run_element(args.slurm_element)
         if args.stop:
-            from .runs import stop
+            from .stop import stop
             return stop(args.output)
         if args.follow is not None:
             from .follow import follow

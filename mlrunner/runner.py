@@ -165,7 +165,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     if streaming:
         threading.Thread(target=plan.fill, name="plan", daemon=True).start()
     try:
-        with console, RunRecord(args.output, console):  # the record --status/--stop/--follow read (D2)
+        with console, RunRecord(args.output, console, args.grace):  # the record --status/--stop/--follow read (D2)
             summary = scheduler.run()
             _print_summary(console, summary, scheduler.halted.is_set(), args)
             scheduler.stopper.act()  # a signal during the summary still sets the exit status
