@@ -10,8 +10,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from .config import Config, close_placeholder
 from .errors import EXIT_OK, UserError
 from .resume import Review, review
-from .state import (CHANGED, FINISHED, PARAM, STAT, STOPPED, Corrupt, last_run, read_record, record_path,
-                    set_aside_name, statuses)
+from .state import (CHANGED, FINISHED, ORPHANED, PARAM, RUNNING, STAT, STOPPED, Corrupt, last_run, read_record,
+                    record_path, set_aside_name, statuses)
 from .sweep import Plan
 from .template import shell_line
 
@@ -200,7 +200,8 @@ def print_status(args: argparse.Namespace) -> int:
         for position, (command, status) in enumerate(statuses(stat).items()):
             if verdict is not None and command in verdict.changed:
                 status = CHANGED
-            counts[status] = counts.get(status, 0) + 1
+            counted = ORPHANED if status.startswith(f"{RUNNING} ({ORPHANED}") else status
+            counts[counted] = counts.get(counted, 0) + 1
             seconds = kept[position] if kept else last_run(stat, command).get("seconds")
             if status == STOPPED:  # early_stop (A2): where the rule stopped it
                 run = last_run(stat, command) or last_run(_read_for_status(path) or {}, command)

@@ -234,7 +234,8 @@ class Scheduler:
                 command, rerun=rerun, worker=executor.label, log=log, param=param,
                 line=lambda path: shell_line(line, executor.resource, path, self.args.debug),
                 launch=lambda script: self._launch(lease, script), grace=self.args.grace,
-                extra=self.stamp.fields(executor) if self.stamp else None)
+                extra=self.stamp.fields(executor) if self.stamp else None,
+                say=lambda note: self.console.print(f"NOTE    {note}"))
             for note in claim.notes:
                 self.console.print(f"NOTE    {note}")
             if claim.verdict == FINISHED:
