@@ -197,21 +197,29 @@ class Stopper:
             running = list(self._running)
         self.close_pool()
         if kill_now:
-            self.say("Ctrl-C again: killing every running command now (SIGKILL)")
             for process in running:
                 process.signal(signal.SIGKILL)
+            self._say("Ctrl-C again: killing every running command now (SIGKILL)")
         elif not again:
-            self._announce(number, len(running))
             for process in running:
                 self._end_in_background(process)
+            self._announce(number, len(running))
+
+    def _say(self, text: str) -> None:
+        """Print, after the stopping work: a console that is gone (a closed pipe, a hung-up
+        terminal) must not keep the trees from being ended."""
+        try:
+            self.say(text)
+        except (OSError, ValueError):
+            pass
 
     def _announce(self, number: int, running: int) -> None:
         name = signal.Signals(number).name
         if running:
-            self.say(f"{name}: ending {running} running command(s): SIGTERM, then SIGKILL after {self.grace:g}s"
+            self._say(f"{name}: ending {running} running command(s): SIGTERM, then SIGKILL after {self.grace:g}s"
                      + ("; Ctrl-C again to kill them now" if number == signal.SIGINT else ""))
         else:
-            self.say(f"{name}: stopping; no command is running")
+            self._say(f"{name}: stopping; no command is running")
 
     def _end_in_background(self, process: Any) -> None:
         ender = threading.Thread(target=process.end, args=(self.grace,), daemon=True)

@@ -90,6 +90,14 @@ class Result:
         return self.code is not None and self.code < 0
 
 
+def _as_on_a_terminal() -> None:
+    """The signals' default actions, as a shell on a terminal gives them: started in the background
+    (`cmd &`, nohup) this process would pass SIGINT or SIGHUP on ignored, and a burst that lands
+    before mlrunner's recorder is installed would then be silently dropped."""
+    for number in NAMES:
+        signal.signal(number, signal.SIG_DFL)
+
+
 def _tagged(token: str) -> List[int]:
     """Pids of live processes whose environment holds the token (zombies have none)."""
     found = []
@@ -122,7 +130,7 @@ def run_burst(directory: Path, burst: Burst, grace: float = 1.0) -> Result:
     env = dict(os.environ, PYTHONPATH=str(REPO), MLRUNNER_BURST=token, MLRUNNER_FSYNC="0")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     runner = subprocess.Popen([sys.executable, "-m", "mlrunner", "--grace", f"{grace:g}s"], cwd=directory, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_as_on_a_terminal)
     began = time.monotonic()
     time.sleep(max(0.0, began + burst.delay - time.monotonic()))
     first = time.monotonic()
