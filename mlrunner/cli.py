@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detach", action="store_true",
                         help="after every check, go on in the background (immune to the terminal closing), "
                              "the console in <output>/mlrunner.log")
-    parser.add_argument("--stop", action="store_true", help="end the runs in progress under -o (as SIGTERM) and wait")
+    parser.add_argument("--stop", action="store_true",
+                        help="end the runs in progress under -o (as SIGTERM) and wait, at most their grace + 5s; "
+                             "exit 1 when a run's record is not proven to be its run, or a run did not end")
     parser.add_argument("--follow", nargs="?", const="", metavar="REGEX",
                         help="print the running commands' logs under -o as they grow, tagged '<experiment> <command>', "
                              "until the runs end; REGEX selects experiments")
