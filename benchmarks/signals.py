@@ -3,8 +3,9 @@
 SIGINT/SIGTERM/SIGHUP on real runs; counts hangs and failures, times first signal -> exit.
 
 A burst that lands while Python itself is still starting, before mlrunner's first line runs,
-kills the interpreter by the signal's default action: that is outside mlrunner's reach (nothing
-had started) and is counted apart, as `before mlrunner`.
+kills the interpreter by the signal's default action, or (Ctrl-C while it imports `site`) makes
+it fail its start-up with exit status 1: that is outside mlrunner's reach (nothing had started)
+and is counted apart, as `before mlrunner`.
 
     python3 benchmarks/signals.py [N] [--seed S] [--grace SECONDS]
 """

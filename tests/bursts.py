@@ -40,6 +40,7 @@ CONFIG = textwrap.dedent("""
     kind: [stubborn, children, plain]
     i: [1, 5, 9]
     """).lstrip()
+STARTUP_FAILED = "Fatal Python error: init_import_site"  # Ctrl-C while the interpreter imports `site`
 TOGETHER = 0.05  # seconds: signals this close may be handled in either order
 LATEST = 1.2  # seconds after the runner's start: the last moment a burst may begin
 
@@ -83,11 +84,14 @@ class Result:
     seconds: float  # from the first signal to the runner's exit (or to the deadline)
     problems: List[str] = field(default_factory=list)
 
+    console: str = ""
+
     @property
     def early(self) -> bool:
-        """The runner died of the signal itself: it came while Python was still starting, before
-        mlrunner's recorder was installed (nothing had started)."""
-        return self.code is not None and self.code < 0
+        """The signal came while Python itself was still starting, before mlrunner's recorder was
+        installed (nothing had started): the interpreter died of it, or failed its own start-up
+        (`site`) with a KeyboardInterrupt."""
+        return self.code is not None and (self.code < 0 or STARTUP_FAILED in self.console)
 
 
 def _as_on_a_terminal() -> None:
@@ -145,11 +149,12 @@ def run_burst(directory: Path, burst: Burst, grace: float = 1.0) -> Result:
     except subprocess.TimeoutExpired:
         code, out = None, ""
     seconds = time.monotonic() - first
-    result = Result(burst, code, seconds)
-    problems = result.problems
     if code is None:
         runner.kill()
         out = runner.communicate()[0]
+    result = Result(burst, code, seconds, console=out)
+    problems = result.problems
+    if code is None:
         problems.append(f"hang: still running {seconds:.1f}s after the first signal")
     elif seconds > limit:
         problems.append(f"ended {seconds:.2f}s after the first signal: more than the grace + 1 s")
