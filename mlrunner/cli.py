@@ -15,6 +15,7 @@ from typing import Iterator, List, Optional
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
+from .signals import EXIT_BY_SIGNAL, RECORDER, Interrupted
 
 DURATION_RE = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[dhms]\s*)+\Z|\s*\d+(?:\.\d+)?\s*\Z")
 PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)")
@@ -144,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detach", action="store_true",
                         help="after every check, go on in the background (immune to the terminal closing), "
                              "the console in <output>/mlrunner.log")
-    parser.add_argument("--stop", action="store_true", help="end the runs in progress under -o (as SIGTERM) and wait")
+    parser.add_argument("--stop", action="store_true",
+                        help="end the runs in progress under -o (as SIGTERM) and wait, at most their grace + 5s; "
+                             "exit 1 when a run's record is not proven to be its run, or a run did not end")
     parser.add_argument("--follow", nargs="?", const="", metavar="REGEX",
                         help="print the running commands' logs under -o as they grow, tagged '<experiment> <command>', "
                              "until the runs end; REGEX selects experiments")
@@ -183,6 +186,7 @@ def _command(args: argparse.Namespace) -> int:
 
     args.yaml = args.yaml or "params.yaml"
     config = config_module.load(args.yaml)
+    RECORDER.checkpoint()
     for warning in config.warnings:
         print(warning, file=sys.stderr)
     if args.hosts or config.hosts:  # check host settings before anything starts (C10)
@@ -212,6 +216,7 @@ def _command(args: argparse.Namespace) -> int:
     run_time = datetime.now().strftime("%Y%m%d.%H%M%S")
     from .workers import check_resources
     resources = check_resources(args.resource, config.resources)
+    RECORDER.checkpoint()
     if args.dry_run:
         from .report import print_dry_run
         return print_dry_run(plan, config, resources, run_time, args)
@@ -291,6 +296,7 @@ def _planning() -> Iterator[None]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    installed_here = RECORDER.install()  # False when __main__ did it; a signal from now on is recorded (R10)
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_long_run_flags(parser, args)
@@ -298,11 +304,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--all goes with --dry-run (it lists the finished commands too)")
     _check_examine_flags(parser, args)
     try:
+        if not _runs_commands(args):
+            RECORDER.release()  # these modes stop on Ctrl-C as KeyboardInterrupt, as before
         if args.slurm_element:
             from .executors.slurm.element import run_element
             return run_element(args.slurm_element)
         if args.stop:
-            from .runs import stop
+            from .stop import stop
             return stop(args.output)
         if args.follow is not None:
             from .follow import follow
@@ -327,6 +335,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:  # `mlrunner --dry-run | head`
         sys.stderr.close()
         return EXIT_OK
-    except KeyboardInterrupt:  # before any command started (reading, expanding, connecting)
+    except KeyboardInterrupt:  # in a mode that stops on Ctrl-C as usual
         print("mlrunner: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Interrupted as signalled:  # before any command started (reading, expanding, connecting)
+        with contextlib.suppress(OSError):
+            print(f"mlrunner: {signalled}: stopped before any command started", file=sys.stderr)
+        return EXIT_BY_SIGNAL[signalled.number]
+    finally:
+        if installed_here:  # called from Python code: its own handlers come back
+            RECORDER.release(quiet=True)
+
+
+def _runs_commands(args: argparse.Namespace) -> bool:
+    """Does this invocation start commands (a run, a Slurm element), where signals are recorded (R10)?"""
+    return not (args.stop or args.follow is not None or args.status or args.report is not None or args.examine
+                or args.dry_run)

@@ -20,6 +20,7 @@ from typing import Optional
 
 from . import __version__
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
+from .signals import RECORDER
 
 LOG_NAME = "mlrunner.log"
 
@@ -79,12 +80,14 @@ def detach(output: str) -> Optional[int]:
             os._exit(1)
         _become_daemon(console, write_end)
         _ready_fd, _log = write_end, log
+        RECORDER.after_fork()
         return None
     os.close(console)
     os.close(write_end)
     os.waitpid(child, 0)  # the first child exits at once
     replies = b""
     try:
+        RECORDER.release()  # here Ctrl-C only stops the waiting, as KeyboardInterrupt
         while True:
             chunk = os.read(read_end, 4096)
             if not chunk:

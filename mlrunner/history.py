@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .errors import UserError
 from .examine.metrics import compile_metrics, read_metric
 from .processes import owner_alive
+from .state import orphan
 from .provenance import recorded
 from .state import Corrupt, gpu_mib, read_record, runs_of, set_aside_name
 
@@ -88,8 +89,9 @@ def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tu
     total = 0.0
     for command, status in status_of.items():
         history = runs_of(stat, command)
-        if status == "running" and not owner_alive(history[-1] if history else {}):
-            status = status_of[command] = "interrupted"  # its runner is gone, as --status says (R6)
+        last = history[-1] if history else {}
+        if status == "running" and not owner_alive(last) and orphan(last) is None:
+            status = status_of[command] = "interrupted"  # its runner is gone, as --status says (R6, R12)
         for position, run in enumerate(history):
             start = number(run.get("start")) or _epoch(run.get("started"))
             seconds = number(run.get("seconds"))

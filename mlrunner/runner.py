@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import signal
 import sys
 import threading
 from typing import List
@@ -18,7 +17,7 @@ from .allocator import Allocator, Place
 from .config import Config
 from .console import Console
 from .detach import detach
-from .errors import EXIT_FAILED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UserError
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UserError
 from .executors.claims import lock_dir, trouble as claims_trouble
 from .executors.local import LocalExecutor
 from .failures import failure_lines
@@ -30,12 +29,10 @@ from .report import orphans_line
 from .resume import Review, review
 from .runs import RunRecord
 from .scheduler import Scheduler, Summary
+from .signals import EXIT_BY_SIGNAL, RECORDER
 from .snapshot import code_dir, code_for_run
 from .sweep import Plan
 from .workers import build_executors, host_specs
-
-EXIT_BY_SIGNAL = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
-
 
 def _print_summary(console: Console, summary: Summary, halted: bool, args: argparse.Namespace) -> None:
     """What went wrong first, the counts last, where a terminal leaves them in sight (T6)."""
@@ -87,17 +84,6 @@ def _check_changes(plan: Plan, reviews: List[Review], args: argparse.Namespace) 
     return True
 
 
-def _on_hangup(scheduler: Scheduler) -> None:
-    """The terminal closed (I3): handled as SIGTERM; the console goes to /dev/null, since writing
-    to a hung-up terminal fails."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for descriptor in (1, 2):
-        if os.isatty(descriptor):
-            os.dup2(devnull, descriptor)
-    os.close(devnull)
-    scheduler.stop(signal.SIGHUP)
-
-
 def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> int:
     """Run the plan and return the exit status (R4)."""
     on_change = "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
@@ -126,6 +112,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     code, snapshot, workdir, code_line = code_for_run(config.code if to_run else None, args)
     for spec in specs if snapshot else []:  # hosts get the same snapshot through the code push (H13)
         spec.code, spec.start = os.path.join(code_dir(args.output), snapshot), workdir
+    RECORDER.checkpoint()  # a signal while planning ends the run here, before anything starts (R10)
     # Every check is done: from here on, things start.
     if on_change == "keep" and not streaming:
         kept = keep_changes(plan, reviews, config.templates, args.no_subdir)
@@ -135,6 +122,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     gc.enable()  # off while planning (cli._planning); a run, a Slurm --wait, lasts hours
     if args.slurm or config.slurm is not None:  # the tasks go to Slurm's job arrays instead (S1)
         from .executors.slurm.submit import submit
+        RECORDER.release()  # submitting and --wait stop on Ctrl-C as KeyboardInterrupt
         if code_line:
             print(code_line, flush=True)
         return submit(plan, config, reviews, run_time, args)
@@ -143,6 +131,12 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
         return detached
     unreachable: List[str] = []
     executors = build_executors(config, args, specs, unreachable)
+    try:
+        RECORDER.checkpoint()  # connecting to hosts takes a while: a signal meanwhile ends the run
+    except BaseException:
+        for executor in executors:
+            executor.close()
+        raise
     if not executors:
         print("mlrunner: no workers: no local resource and no reachable host", file=sys.stderr)
         return EXIT_FAILED
@@ -170,19 +164,14 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     scheduler.stamp = Stamp(code, snapshot, gpus=config.gpu is not None)
     if streaming:
         threading.Thread(target=plan.fill, name="plan", daemon=True).start()
-    handlers = {signal.SIGINT: lambda number, _frame: scheduler.stop(number),
-                signal.SIGTERM: lambda number, _frame: scheduler.stop(number),
-                signal.SIGHUP: lambda _number, _frame: _on_hangup(scheduler)}
-    previous = {number: signal.signal(number, handler) for number, handler in handlers.items()}
     try:
-        with console, RunRecord(args.output, console):  # the record --status/--stop/--follow read (D2)
+        with console, RunRecord(args.output, console, args.grace):  # the record --status/--stop/--follow read (D2)
             summary = scheduler.run()
             _print_summary(console, summary, scheduler.halted.is_set(), args)
+            scheduler.stopper.act()  # a signal during the summary still sets the exit status
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
         for executor in executors:
             executor.close()
-    if scheduler.signal_number is not None:
-        return EXIT_BY_SIGNAL.get(scheduler.signal_number, EXIT_TERMINATED)
+    if scheduler.stopper.signal_number is not None:
+        return EXIT_BY_SIGNAL.get(scheduler.stopper.signal_number, EXIT_TERMINATED)
     return EXIT_FAILED if summary.failures or summary.not_run else EXIT_OK

@@ -4,28 +4,34 @@ A run keeps `<output>/.mlrunner-run.<host>.<pid>` (YAML: who it is, what it runs
 while it schedules, rewrites it atomically as its counts change and removes it when it ends. A
 record's process is checked by pid *and* the kernel's start time of that pid, so a reused pid is
 never taken for the run; a record whose process is gone (a SIGKILLed runner) is stale and the
-next reader deletes it.
+next reader deletes it. The run also answers on an abstract unix socket named by a random token
+kept in its record, so `--stop` (stop.py) can prove that a pid is this run before signalling it.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import signal
+import secrets
+import socket
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
 from .console import Console, clock
 from .detach import announce_ready, console_log
-from .errors import EXIT_FAILED, EXIT_OK
 from .processes import HOST, owner_alive, process_start
 
 PREFIX = ".mlrunner-run."
 UPDATE_INTERVAL = 2.0
+SOCKET_PREFIX = b"\0mlrunner-run-"  # + the record's token: an abstract socket, no file to plant
+
+
+def socket_name(token: str) -> bytes:
+    return SOCKET_PREFIX + token.encode("ascii")
 
 
 def is_alive(run: Dict[str, Any]) -> bool:
@@ -50,18 +56,24 @@ def _write_atomically(path: str, data: Dict[str, Any]) -> None:
 class RunRecord:
     """This run's record, kept up to date from the console's counters while the `with` lasts."""
 
-    def __init__(self, output: str, console: Console):
+    def __init__(self, output: str, console: Console, grace: float = 10.0):
         self.console = console
         self.path = os.path.join(output, f"{PREFIX}{HOST}.{os.getpid()}")
+        token = secrets.token_hex(16)
         self.data: Dict[str, Any] = {
-            "pid": os.getpid(), "pid_start": process_start(os.getpid()), "host": HOST,
-            "cwd": os.getcwd(), "argv": list(sys.argv), "started": round(time.time(), 3),
+            "pid": os.getpid(), "pid_start": process_start(os.getpid()), "host": HOST, "token": token,
+            "grace": grace, "cwd": os.getcwd(), "argv": list(sys.argv), "started": round(time.time(), 3),
             "log": console_log(), "workers": console.workers}
         from .processes import OWNER
         if OWNER.get("job"):  # a Slurm element's run: the queue says whether it still lives (S2)
             self.data["job"] = OWNER["job"]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._update, daemon=True)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(socket_name(token))
+        self._listener.listen(8)
+        self._listener.settimeout(UPDATE_INTERVAL)
+        self._answering = threading.Thread(target=self._answer, daemon=True)
 
     def counts(self) -> Dict[str, Any]:
         console = self.console
@@ -80,26 +92,44 @@ class RunRecord:
                 _write_atomically(self.path, dict(self.data, **counts))
                 written = counts
 
+    def _answer(self) -> None:
+        """Accept whoever connects to the token's socket: `--stop` reads our pid from the kernel
+        (SO_PEERCRED), nothing from what is sent."""
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with connection:
+                try:
+                    connection.sendall(b"mlrunner\n")
+                except OSError:
+                    pass
+
     def __enter__(self) -> "RunRecord":
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         _write_atomically(self.path, dict(self.data, **self.counts()))
         self._thread.start()
+        self._answering.start()
         announce_ready()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._listener.close()
         try:
             os.remove(self.path)
         except FileNotFoundError:
             pass
 
 
-def live_runs(output: str) -> List[Dict[str, Any]]:
-    """The runs in progress on `output`, oldest first; stale records of this host are deleted."""
-    runs = []
-    for path in glob.glob(os.path.join(glob.escape(output), PREFIX + "*")):
+def read_records(output: str) -> List[Tuple[str, Optional[Dict[str, Any]]]]:
+    """Every run record under `output`: (path, its mapping, or None when it is not one)."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(output), PREFIX + "*"))):
         if path.endswith(".tmp"):
             continue
         try:
@@ -109,7 +139,15 @@ def live_runs(output: str) -> List[Dict[str, Any]]:
             continue
         except (OSError, yaml.YAMLError, UnicodeDecodeError):
             run = None
-        if not isinstance(run, dict) or not is_alive(run):
+        found.append((path, run if isinstance(run, dict) else None))
+    return found
+
+
+def live_runs(output: str) -> List[Dict[str, Any]]:
+    """The runs in progress on `output`, oldest first; stale records of this host are deleted."""
+    runs = []
+    for path, run in read_records(output):
+        if run is None or not is_alive(run):
             try:
                 os.remove(path)
             except FileNotFoundError:
@@ -155,57 +193,3 @@ def print_runs(output: str) -> None:
         print(flush=True)
     from .executors.slurm.watch import print_submissions
     print_submissions(output)  # the Slurm jobs of the tree, when it has any (S2)
-
-
-def _terminate(run: Dict[str, Any]) -> bool:
-    """SIGTERM the run's runner if it is still the recorded process; False when it was already gone.
-
-    Where the kernel has pidfds the check and the signal go to one pinned process, so a pid reused
-    between them can never be signalled.
-    """
-    pid = run["pid"]
-    try:
-        pidfd: Optional[int] = os.pidfd_open(pid)  # type: ignore[attr-defined]
-    except (AttributeError, OSError):
-        pidfd = None
-    try:
-        if not is_alive(run):
-            return False
-        if pidfd is None:
-            os.kill(pid, signal.SIGTERM)
-        else:
-            signal.pidfd_send_signal(pidfd, signal.SIGTERM)  # type: ignore[attr-defined]
-        return True
-    except ProcessLookupError:
-        return False
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
-def stop(output: str) -> int:
-    """`--stop` (D3): end this host's runs on `output` as SIGTERM does, wait for them, report."""
-    runs = live_runs(output) if os.path.isdir(output) else []
-    from .executors.slurm.watch import stop_submissions
-    cancelled = stop_submissions(output)  # the Slurm jobs of the tree, when it has any (S2)
-    if not runs:
-        if not cancelled:
-            print(f"mlrunner: no run in progress on {output}; nothing to stop")
-        return EXIT_OK
-    status = EXIT_OK
-    stopping = []
-    for run in runs:
-        if run.get("job"):  # a Slurm element's: cancelled with its job above
-            continue
-        if run.get("host") != HOST:
-            print(f"pid {run.get('pid')} runs on {run.get('host')}: run --stop there", file=sys.stderr)
-            status = EXIT_FAILED
-        elif _terminate(run):
-            print(f"Stopping pid {run['pid']} (SIGTERM): its commands are ended and recorded as interrupted",
-                  flush=True)
-            stopping.append((run, time.monotonic()))
-    for run, sent in stopping:
-        while is_alive(run):
-            time.sleep(0.1)
-        print(f"Stopped pid {run['pid']} after {time.monotonic() - sent:.1f}s", flush=True)
-    return status

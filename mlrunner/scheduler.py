@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional
 
 from .allocator import Allocator, Grant, NoPlace
 from .config import Config
@@ -26,6 +25,7 @@ from .gpu_policy import OOM_TRIES, gib, oom_in_log
 from .pool import Pool
 from .provenance import Stamp
 from .resume import Memory, Review
+from .signals import Stopper
 from .slots import shown
 from .state import FAILED, FINISHED, INTERRUPTED, RUN, STOPPED as STOPPED_EARLY, Experiment
 from .sweep import Plan, Task
@@ -75,7 +75,7 @@ class Lease:
 
 
 class Scheduler:
-    """Runs a plan on executors; `stop()` (from a signal handler) ends every running tree."""
+    """Runs a plan on executors; its `stopper` ends every running tree on a signal (R8, R10)."""
 
     def __init__(self, plan: Plan, config: Config, allocator: Allocator, run_time: str,
                  args: argparse.Namespace, reviews: List[Review], console: Console):
@@ -87,16 +87,14 @@ class Scheduler:
         self.reviews = reviews
         self.console = console
         self.summary = Summary()
-        self.stopping = threading.Event()
         self.halted = threading.Event()  # --fail-fast after a failure: no new command starts
-        self.signal_number: Optional[int] = None
         self._lock = threading.Lock()
         # Tasks finished before this run began need no worker: counted here, never handed out.
         self.memory = Memory(config.templates, args.output, args.no_subdir)
         self.pool = Pool(task for task in plan.stream() if reviews[task.index].start is not None)
         self.summary.already = sum(len(t.commands) for t in plan.tasks if reviews[t.index].start is None)
-        self._running: Set[Process] = set()
-        self._enders: List[threading.Thread] = []
+        self.stopper = Stopper(args.grace, console.print, self.pool.close)
+        self.stopping = self.stopper.stopping  # set by the first SIGINT, SIGTERM or SIGHUP (R8)
         self._width: Optional[int] = None  # of the command names, once the first tasks are there
         # Watches the logs and ends the experiments the early_stop rule stops (A2).
         self.early = Monitor(config.early_stop, args.grace) if config.early_stop is not None else None
@@ -109,62 +107,16 @@ class Scheduler:
                    for machine in self.allocator.machines for _ in range(self.allocator.workers(machine))]
         if self.early is not None:
             self.early.start(list(self.plan.tasks), lambda task: self.reviews[task.index].stat, self.args.no_subdir)
+        self.stopper.act()  # a signal that came while the run was being prepared: nothing starts
         for thread in threads:
             thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)  # short joins keep the main thread free for signal handlers
+        self.stopper.wait(threads)  # the signals are acted on here, in the main thread (R10)
         if self.early is not None:
             self.early.close()
-        for ender in list(self._enders):
-            ender.join()
         if not self.stopping.is_set():
             self.summary.not_run = self.pool.left()
         self.memory.close()
         return self.summary
-
-    def stop(self, number: int) -> None:
-        """End every running command's tree: SIGTERM, then SIGKILL after the grace (R8).
-
-        A second Ctrl-C kills at once. The work is done in a thread: a signal handler must not
-        wait for the console's lock, which the interrupted code may hold.
-        """
-        with self._lock:
-            again = self.stopping.is_set()
-            self.signal_number = self.signal_number or number
-            self.stopping.set()
-            self.pool.close()
-            running = list(self._running)
-            if again:
-                if number == signal.SIGINT:
-                    ender = threading.Thread(target=self._kill_now, args=(running,), daemon=True)
-                    self._enders.append(ender)
-                    ender.start()
-                return
-            announce = threading.Thread(target=self._announce, args=(number, len(running)), daemon=True)
-            self._enders.append(announce)
-            announce.start()
-            for process in running:
-                self._end_in_background(process)
-
-    def _announce(self, number: int, running: int) -> None:
-        name = signal.Signals(number).name
-        if running:
-            self.console.print(f"{name}: ending {running} running command(s): SIGTERM, then SIGKILL after "
-                               f"{self.args.grace:g}s" + ("; Ctrl-C again to kill them now" if number == signal.SIGINT
-                                                          else ""))
-        else:
-            self.console.print(f"{name}: stopping; no command is running")
-
-    def _kill_now(self, processes: List[Process]) -> None:
-        self.console.print("Ctrl-C again: killing every running command now (SIGKILL)")
-        for process in processes:
-            process.signal(signal.SIGKILL)
-
-    def _end_in_background(self, process: Process) -> None:
-        ender = threading.Thread(target=process.end, args=(self.args.grace,), daemon=True)
-        self._enders.append(ender)
-        ender.start()
 
     # -- a worker's loop -------------------------------------------------------------------------
     def _worker(self, machine: Machine) -> None:
@@ -284,7 +236,8 @@ class Scheduler:
                 command, rerun=rerun, worker=lease.grant.slot, log=log, param=param,
                 line=lambda path: shell_line(line, executor.resource, path, self.args.debug),
                 launch=lambda script: self._launch(lease, script), grace=self.args.grace,
-                extra=self.stamp.fields(executor) if self.stamp else None)
+                extra=self.stamp.fields(executor) if self.stamp else None,
+                say=lambda note: self.console.print(f"NOTE    {note}"))
             for note in claim.notes:
                 self.console.print(f"NOTE    {note}")
             if claim.verdict == FINISHED:
@@ -298,8 +251,7 @@ class Scheduler:
             watched = self.early is not None and self.early.watch(command, task.output, claim.log, claim.process)
             outcome = wait_for(claim.process, self.args.timeout, self.args.grace)
             decision = self.early.forget(task.output) if watched else None
-            with self._lock:
-                self._running.discard(claim.process)
+            self.stopper.ended(claim.process)
             missing = self._collect(executor, task, claim.log, outcome)
             seen = self.allocator.gpu_mib(lease.grant)  # its peak GPU memory (G12)
             if outcome.lost:
@@ -341,11 +293,7 @@ class Scheduler:
     def _launch(self, lease: Lease, script: str) -> Process:
         process = lease.executor.start(script, self.args.debug)
         self.allocator.attach(lease.grant, getattr(process, "pgid", None))
-        with self._lock:
-            self._running.add(process)
-            missed_stop = self.stopping.is_set()
-        if missed_stop:  # stop() ran before this process was in the set: end it too
-            self._end_in_background(process)
+        self.stopper.started(process)  # ended at once when a stop began before it was known
         self.console.started_command()
         return process
 

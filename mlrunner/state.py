@@ -33,6 +33,7 @@ FINISHED, FAILED, RUNNING, INTERRUPTED, SKIPPED = "finished", "failed", "running
 STOPPED = "stopped"  # ended by an early_stop rule (A2): done, as a rerun sees it, unless --rerun-stopped
 CHANGED = "changed"  # shown by --dry-run and --status for a finished command whose config changed (I2)
 RUN = "run"  # the verdict of a claim that started its command
+ORPHANED = "orphaned"  # shown for a command still running after its runner died (R12)
 MAX_RUNS = 20  # runs of one command kept in `_runs`, the newest
 ENDED = (FINISHED, FAILED, STOPPED)  # records that must survive a reset before the task goes on (I5)
 FSYNC = os.environ.get("MLRUNNER_FSYNC", "1") != "0"  # 0: no fsync, for benchmarks and scratch runs
@@ -180,14 +181,32 @@ def gpu_mib(stat: Dict[str, Any]) -> Optional[int]:
     return max(seen) if seen else None
 
 
+def orphan(run: Dict[str, Any]) -> Optional[int]:
+    """The process group (its leader's pid) that a dead runner left running on this host (R12):
+    None when there is none. The group is checked with its leader's start time, never by pid alone."""
+    pgid = run.get("pgid")
+    if run.get("host") != HOST or type(pgid) is not int or pgid <= 0:
+        return None
+    return pgid if group_alive(pgid, run.get("pgid_start")) else None
+
+
+def dead_owner_status(run: Dict[str, Any]) -> str:
+    """What a `running` record whose runner is gone means: `interrupted` (R6), or, while the
+    command still runs, `running (orphaned, pid N)` (R12)."""
+    pgid = orphan(run)
+    return INTERRUPTED if pgid is None else f"{RUNNING} ({ORPHANED}, pid {pgid})"
+
+
 def statuses(stat: Dict[str, Any]) -> Dict[str, str]:
-    """Command -> status, with a `running` whose owner is gone shown as `interrupted` (R6)."""
+    """Command -> status; a `running` whose owner is gone as `dead_owner_status` says."""
     out = {}
     for key, status in stat.items():
         if key == RUNS:
             continue
-        if status == RUNNING and not owner_alive(last_run(stat, key)):
-            status = INTERRUPTED
+        if status == RUNNING:
+            run = last_run(stat, key)
+            if not owner_alive(run):
+                status = dead_owner_status(run)
         out[key] = status
     return out
 
@@ -269,13 +288,13 @@ class Experiment:
 
     def start(self, command: str, *, rerun: bool, worker: str, log: str, line: Callable[[str], str],
               launch: Callable[[str], Any], param: Optional[Dict[str, Any]] = None, grace: float = 10.0,
-              extra: Optional[Dict[str, Any]] = None) -> Claim:
+              extra: Optional[Dict[str, Any]] = None, say: Optional[Callable[[str], None]] = None) -> Claim:
         """Claim a command and start it, in one locked step, unless it finished or a live run has it.
 
         `line(log)` is the shell line for the log this claim reserves; `launch(line)` starts it.
         `param`, given at a task's first start in this run, is written before the command starts.
-        A `running` left by a dead run whose process group still lives is ended first (I3).
-        `extra`: more of the run's entry (its provenance, P1).
+        A `running` left by a dead run whose process group still lives is ended first (I3), after
+        `say` told the console so (R12). `extra`: more of the run's entry (its provenance, P1).
         """
         notes: List[str] = []
         with locked(self.directory):
@@ -284,7 +303,7 @@ class Experiment:
             if stat.get(command) == RUNNING:
                 if owner_alive(last):
                     return Claim(f"running in another mlrunner (host {last.get('host')}, pid {last.get('pid')})")
-                notes.extend(_end_leftover(last, grace))
+                _end_leftover(last, grace, say or notes.append)
             elif stat.get(command) == FINISHED and not rerun:
                 return Claim(FINISHED, notes=notes)
             reserved = _reserve(log)
@@ -348,10 +367,12 @@ def _ours(run: Dict[str, Any]) -> bool:
     return run.get("status") == RUNNING and run.get("pid") == OWNER["pid"] and run.get("pid_start") == OWNER["pid_start"]
 
 
-def _end_leftover(run: Dict[str, Any], grace: float) -> List[str]:
-    """End the process group a dead run left behind on this host, before its command runs again (I3)."""
-    pgid = run.get("pgid")
-    if run.get("host") != HOST or not isinstance(pgid, int) or not group_alive(pgid, run.get("pgid_start")):
-        return []
+def _end_leftover(run: Dict[str, Any], grace: float, say: Callable[[str], None]) -> None:
+    """End the process group a dead run left behind on this host, before its command runs again
+    (I3), saying so before the grace is waited (R12)."""
+    pgid = orphan(run)
+    if pgid is None:
+        return
+    say(f"ending process group {pgid}, left running by a dead mlrunner (pid {run.get('pid')}): "
+        f"SIGTERM, then SIGKILL after {grace:g}s")
     end_group(pgid, grace)
-    return [f"ended process group {pgid}, left running by a dead mlrunner (pid {run.get('pid')})"]

@@ -20,7 +20,8 @@ from .console import clock
 from .errors import EXIT_OK, UserError
 from .provenance import print_code_notes
 from .resume import Review, review
-from .state import CHANGED, PARAM, RUNNING, STAT, STOPPED, Corrupt, last_run, read_record, set_aside_name, statuses
+from .state import (CHANGED, ORPHANED, PARAM, RUNNING, STAT, STOPPED, Corrupt, last_run, read_record, set_aside_name,
+                    statuses)
 
 PENDING = "pending"  # a command of the plan that has not started in this tree
 TAIL_BYTES = 64 * 1024  # how much of a log's end is read for its last line: memory stays bounded
@@ -190,7 +191,8 @@ def _cells(name: str, path: str, stat: Dict[str, Any], kept: Optional[List[Any]]
                                                                          if c not in known]):
         if verdict is not None and command in verdict.changed:
             status = CHANGED
-        counts[status] = counts.get(status, 0) + 1
+        counted = ORPHANED if status.startswith(f"{RUNNING} ({ORPHANED}") else status  # R12
+        counts[counted] = counts.get(counted, 0) + 1
         if status == PENDING:
             cells.append(f"{command}: {status}")
             continue

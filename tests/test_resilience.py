@@ -133,8 +133,8 @@ def test_i3_sigkill_leftover_groups_are_ended_before_the_rerun(tmp_path: Path):
     code, out, err = run(["--grace", "2s"], tmp_path, {"SLEEP": "0.1"})
     assert code == 0, out + err
     for pgid in recorded.values():
-        assert f"NOTE    ended process group {pgid}" in out
-    assert out.index("NOTE    ended process group") < out.index("DONE    gpu")
+        assert f"NOTE    ending process group {pgid}" in out
+    assert out.index("NOTE    ending process group") < out.index("DONE    gpu")
     assert not any(alive(p) for p in pids)
     assert all(_group_members(g) == [] for g in recorded.values())
     _finished_all(tmp_path)
@@ -151,7 +151,7 @@ def test_i3_sigkill_leftover_group_already_exited_is_simply_rerun(tmp_path: Path
     assert wait_until(lambda: not any(alive(p) for p in [*pids, *groups]), 30), "the killed trees still run"
     code, out, err = run([], tmp_path, {"SLEEP": "0.1"})
     assert code == 0, out + err
-    assert "ended process group" not in out
+    assert "ending process group" not in out
     _finished_all(tmp_path)
     _no_overlaps(tmp_path)
 
@@ -171,7 +171,7 @@ def test_i3_a_leftover_group_of_zombies_only_is_not_ended(tmp_path: Path):
         began = time.monotonic()
         code, out, err = run(["--grace", "5s"], tmp_path, {"SLEEP": "0.1"})
         assert code == 0, out + err
-        assert "ended process group" not in out
+        assert "ending process group" not in out
         assert time.monotonic() - began < 5, "a zombie-only group was waited on for the whole grace"
     finally:
         assert libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) == 0
@@ -198,7 +198,7 @@ def test_i3_a_reused_pid_of_an_unrelated_group_is_not_signalled(tmp_path: Path):
         (directory / "stat").write_text(yaml.safe_dump({"a": "running", "_runs": {"a": [record]}}))
         code, out, err = run([], tmp_path)
         assert code == 0, out + err
-        assert "ended process group" not in out
+        assert "ending process group" not in out
         assert stranger.poll() is None and alive(stranger.pid), "an unrelated process was signalled"
         assert (tmp_path / "ledger").read_text() == "ran\n"
         assert statuses(directory) == {"a": "finished"}
