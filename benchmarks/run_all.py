@@ -45,7 +45,7 @@ DOC = ROOT / "docs" / "performance.md"
 
 # Every benchmark script, fastest first; `run_all.py` with no names runs them in this order.
 SCRIPTS = ["startup", "early_stop", "packing_sim", "expand", "memory", "follow", "report", "dispatch",
-           "examine", "packing", "snapshot", "remote", "slurm", "large"]
+           "examine", "packing", "snapshot", "remote", "slurm", "large", "signals"]
 NOT_MEASURED = "Not measured in this results set."
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w-]+) -->\n).*?(<!-- /results: (?P=name) -->)", re.S)
 
