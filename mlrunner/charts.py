@@ -67,7 +67,8 @@ class Axis:
         step = min((m * 10 ** math.floor(math.log10(raw)) for m in (1, 2, 5, 10)), key=lambda s: abs(s - raw))
         first = math.ceil(self.low / step - 1e-9)
         marks = [i * step for i in range(first, math.floor(self.high / step + 1e-9) + 1)]
-        return [(v, fmt(float(f"{v:.6g}"))) for v in marks]
+        decimals = max(0, -math.floor(math.log10(step) + 1e-9))  # as many as the step needs: 1234568, 0.25
+        return [(v, f"{v:.{decimals}f}") for v in marks]
 
 
 def axis(values: Sequence[float], pad: float = 0.05) -> Axis:
