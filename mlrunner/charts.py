@@ -13,11 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .examine.logs import points_per_curve
 from .history import Row, number
 
 CHAR_PX = 7.0  # the widest a character of the 11px labels is drawn, digits and letters alike
-MAX_CHART_POINTS = 200_000  # of one curves chart: 10^4 experiments stay a few MB
-MIN_CURVE_POINTS = 20
 
 
 def _e(value: Any) -> str:
@@ -174,7 +173,7 @@ def curves(rows: Sequence[Row], metric: str, command: str) -> str:
     left = 8 + max(label_px(text) for _, text in yticks)
     right = max(16, max(label_px(text) for _, text in xticks) / 2)
     width, height = left + plot_w + right, top + plot_h + bottom
-    size = max(MIN_CURVE_POINTS, MAX_CHART_POINTS // len(series))  # 10^4 curves: 20 points each
+    size = points_per_curve(len(series))
 
     def at(step: float, value: float) -> Tuple[int, int]:
         return (round(left + plot_w * x_axis.fraction(x_axis.scale(step))),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .errors import UserError
-from .examine.logs import read_series
+from .examine.logs import MAX_POINTS, points_per_curve, read_series
 from .examine.metrics import compile_metrics, read_metric
 from .processes import owner_alive
 from .provenance import recorded
@@ -76,10 +76,11 @@ def _read(path: str) -> Optional[Dict[str, Any]]:
 
 
 def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tuple[str, Any]],
-                shared: bool = False, steps: Optional[Mapping[str, Any]] = None) -> Tuple[Row, List[Run]]:
+                shared: bool = False, steps: Optional[Mapping[str, Any]] = None, size: int = MAX_POINTS
+                ) -> Tuple[Row, List[Run]]:
     """One experiment's row and runs; `shared`: its records are `stat.<name>`/`param.<name>` in the
     output root, beside the other experiments' (--no-subdir); `steps`: metric -> its step regex,
-    for the metrics that are series."""
+    for the metrics that are series, each kept to `size` points."""
     suffix = f".{name}" if shared else ""
     stat = _read(os.path.join(directory, "stat" + suffix))
     params = {k: v for k, v in (_read(os.path.join(directory, "param" + suffix)) or {}).items()
@@ -127,7 +128,7 @@ def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tu
         log = row.logs.get(command)
         row.metrics[metric] = read_metric(directory, command, pattern, log) if log or not shared else None
         if steps and metric in steps and log:
-            row.series[metric] = read_series(log, steps[metric], pattern)
+            row.series[metric] = read_series(log, steps[metric], pattern, size)
     return row, runs
 
 
@@ -146,9 +147,10 @@ def collect(output: str, metrics: Mapping[str, Mapping[str, str]], now: Optional
         found = [(e.name, False) for e in entries if e.is_dir() and os.path.exists(os.path.join(e.path, "stat"))]
     found += [(n[len("stat."):], True) for n in os.listdir(output)
               if n.startswith("stat.") and not set_aside_name(n)]  # temporary files start with "."
+    size = points_per_curve(len(found))  # what a chart of as many curves draws of each (T13)
     for name, shared in sorted(found):
         row, recorded = _experiment(output if shared else os.path.join(output, name), name, now, compiled, shared,
-                                    steps)
+                                    steps, size)
         rows.append(row)
         runs.extend(recorded)
     return rows, runs
