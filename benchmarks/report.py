@@ -4,11 +4,14 @@
 The tree is written directly in the runner's layout, with the `_runs` format of SPEC V2: per
 experiment a `param` (4 swept params), a `stat` whose `train` has one or two runs (every tenth
 failed once, then finished on another worker) and whose `test` has one, and a short log per run
-that reports a loss and a BLEU. params.yaml at the root declares both as `metric:`. The report is
+that reports a loss and a BLEU. params.yaml at the root declares both as `metric:`; with --series,
+`loss` is a series (`step: 'epoch (\\d+)'`, SPEC T13) and each train log prints --steps epochs, so
+that the report draws a curve per experiment. The report is
 then written by `python3 -m mlrunner --report` in a fresh process, --repeat times after one
 untimed pass that warms the file cache; the median wall time and the file size are printed.
 
     python3 benchmarks/report.py [--experiments 10000] [--workers 8] [--repeat 3] [--keep]
+    python3 benchmarks/report.py --series --steps 1000
 
 A timing, not a test. Standard library only (plus mlrunner itself).
 """
@@ -44,10 +47,12 @@ metric:
 """
 
 
-def write_tree(root: Path, experiments: int, workers: int) -> None:
+def write_tree(root: Path, experiments: int, workers: int, steps: int = 0) -> None:
+    """`steps`: 0 for 20 lines of epoch 1 per train log, else that many epochs and `loss` a series."""
     output = root / "output"
     output.mkdir(parents=True)
-    (root / "params.yaml").write_text(CONFIG)
+    series = ", step: 'epoch (\\d+)'}" if steps else "}"
+    (root / "params.yaml").write_text(CONFIG.replace("'loss ([\\d.]+)'}", "'loss ([\\d.]+)'" + series))
     grid = itertools.product([0.1, 0.03, 0.01, 0.003, 0.001], [0.0, 0.1, 0.2, 0.3], [2, 4, 6, 8, 12], range(1000))
     clock = [1764305400.0] * workers  # when each worker is free again
     for index, (lr, dropout, layers, seed) in enumerate(itertools.islice(grid, experiments)):
@@ -65,7 +70,8 @@ def write_tree(root: Path, experiments: int, workers: int) -> None:
             clock[worker] = end
             log = f"log.{command}.20261128.0450{number:02d}"
             bleu = 20 + 10 * lr ** 0.5 - dropout + layers / 10 + seed % 7 / 10
-            text = (f"epoch 1 loss {2 + lr:.3f}\n" * 20 + (f"BLEU4 = {bleu:.2f}, 60.1/33.2\n" if command == "test"
+            epochs = "".join(f"epoch {i} loss {(2 + lr) / i ** 0.5:.3f}\n" for i in range(1, steps + 1))
+            text = ((epochs or f"epoch 1 loss {2 + lr:.3f}\n" * 20) + (f"BLEU4 = {bleu:.2f}, 60.1/33.2\n" if command == "test"
                                                            else ("Traceback: CUDA error\n" if status == "failed" else "")))
             (directory / log).write_text(text)
             runs[command].append({"worker": str(worker), "host": "localhost", "start": start, "end": end,
@@ -81,12 +87,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the tree and print where it is")
+    parser.add_argument("--series", action="store_true", help="loss is a series metric: a curve per experiment")
+    parser.add_argument("--steps", type=int, default=20, help="epochs per train log with --series")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mlrunner-report-bench-"))
     try:
         started = time.perf_counter()
-        write_tree(root, args.experiments, args.workers)
-        print(f"tree: {args.experiments} experiments, {args.workers} workers, written in "
+        write_tree(root, args.experiments, args.workers, args.steps if args.series else 0)
+        print(f"tree: {args.experiments} experiments, {args.workers} workers"
+              + (f", loss a series of {args.steps} steps" if args.series else "") + ", written in "
               f"{time.perf_counter() - started:.1f} s")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         command = [sys.executable, "-m", "mlrunner", "--report"]

@@ -138,21 +138,41 @@ def _parse_resources(check: _Checker, raw: Any, hosts: bool = False) -> Optional
     return entries
 
 
+METRIC_KEYS = ("command", "regex", "step")
+
+
+def _regex(check: _Checker, text: Any, what: str, group: str, *keys: Any) -> "re.Pattern[str]":
+    """A regex with a (group) around `group`: a metric's value, or the progress counter of its lines (T13)."""
+    try:
+        pattern = re.compile(str(text))
+    except re.error as error:
+        raise check.fail(f"{what}: bad regex: {error}", *keys) from None
+    if pattern.groups < 1:
+        raise check.fail(f"{what}: the regex needs a (group) around the {group}", *keys)
+    return pattern
+
+
 def _parse_metrics(check: _Checker, raw: Any, templates: Dict[str, Template]) -> Dict[str, Dict[str, str]]:
+    """name -> {command, regex} and, for a series (T13), `step`: the regex of the progress counter."""
     metrics = check.mapping(raw, "'metric'", "metric")
     for name, spec in metrics.items():
         check.mapping(spec, f"metric '{name}'", "metric", name)
-        if set(spec) != {"command", "regex"}:
-            raise check.fail(f"metric '{name}' needs exactly the keys 'command' and 'regex'", "metric", name)
+        for key in spec:
+            if key not in METRIC_KEYS:
+                raise check.fail(f"metric '{name}': unknown key {shown(key)}" + _suggest(key, METRIC_KEYS),
+                                 "metric", name, key)
+        if not {"command", "regex"} <= set(spec):
+            raise check.fail(f"metric '{name}' needs the keys 'command' and 'regex' (and 'step' for a series)",
+                             "metric", name)
         if not isinstance(spec["command"], str) or spec["command"] not in templates:
             raise check.fail(f"metric '{name}': unknown command {shown(spec['command'])}"
                              + _suggest(spec["command"], tuple(templates)), "metric", name)
-        try:
-            groups = re.compile(str(spec["regex"])).groups
-        except re.error as error:
-            raise check.fail(f"metric '{name}': bad regex: {error}", "metric", name) from None
-        if groups < 1:
-            raise check.fail(f"metric '{name}': the regex needs a (group) around the value", "metric", name)
+        _regex(check, spec["regex"], f"metric '{name}'", "value", "metric", name)
+        if "step" in spec:
+            if not isinstance(spec["step"], str):
+                raise check.fail(f"metric '{name}': 'step' must be a regex, e.g. 'epoch (\\d+)'", "metric", name, "step")
+            _regex(check, spec["step"], f"metric '{name}': 'step'", "progress counter, e.g. 'epoch (\\d+)'",
+                   "metric", name, "step")
     return metrics
 
 
@@ -232,6 +252,9 @@ def load(path: str) -> Config:
         from .early_stop.settings import parse as parse_early_stop
         config.early_stop = parse_early_stop(data["early_stop"], config.metrics,
                                              lambda message, *keys: check.fail(message, "early_stop", *keys))
+        watched = config.metrics[config.early_stop.metric]
+        if "step" not in watched:  # the metric early_stop watches is a series with its step (T13)
+            config.metrics[config.early_stop.metric] = dict(watched, step=config.early_stop.step_re.pattern)
     if "gpu" in data:
         from .gpu_policy import parse_policy
         config.gpu = parse_policy(data["gpu"], tuple(templates), check.fail)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .errors import UserError
+from .examine.logs import MAX_POINTS, points_per_curve, read_series
 from .examine.metrics import compile_metrics, read_metric
 from .processes import owner_alive
 from .state import orphan
@@ -50,6 +51,8 @@ class Row:
     failures: List[Tuple[str, str, str]] = field(default_factory=list)  # (command, status, log path)
     code: Dict[str, Any] = field(default_factory=dict)  # what made its newest run (P1): provenance.recorded
     gpu_mib: Optional[int] = None  # the peak GPU memory its commands were seen to take (G12)
+    series: Dict[str, List[Tuple[float, float]]] = field(default_factory=dict)  # metric -> (step, value) (T13)
+    stops: Dict[str, Optional[float]] = field(default_factory=dict)  # command early_stop stopped -> at step (A2)
 
 
 def number(value: Any) -> Optional[float]:
@@ -74,9 +77,11 @@ def _read(path: str) -> Optional[Dict[str, Any]]:
 
 
 def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tuple[str, Any]],
-                shared: bool = False) -> Tuple[Row, List[Run]]:
+                shared: bool = False, steps: Optional[Mapping[str, Any]] = None, size: int = MAX_POINTS
+                ) -> Tuple[Row, List[Run]]:
     """One experiment's row and runs; `shared`: its records are `stat.<name>`/`param.<name>` in the
-    output root, beside the other experiments' (--no-subdir)."""
+    output root, beside the other experiments' (--no-subdir); `steps`: metric -> its step regex,
+    for the metrics that are series, each kept to `size` points."""
     suffix = f".{name}" if shared else ""
     stat = _read(os.path.join(directory, "stat" + suffix))
     params = {k: v for k, v in (_read(os.path.join(directory, "param" + suffix)) or {}).items()
@@ -111,6 +116,9 @@ def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tu
             logs = sorted(n for n in os.listdir(directory) if n.startswith(f"log.{command}.") and n.endswith(suffix))
             if logs:
                 row.logs[command] = os.path.join(directory, logs[-1])
+        if status == "stopped":
+            decided = history[-1].get("early_stop") if history else None
+            row.stops[command] = number(decided.get("step")) if isinstance(decided, dict) else None
         if status not in NOT_FAILURES:
             row.failures.append((command, status, row.logs.get(command, "")))
     values = set(status_of.values())
@@ -121,6 +129,8 @@ def _experiment(directory: str, name: str, now: float, compiled: Mapping[str, Tu
     for metric, (command, pattern) in compiled.items():
         log = row.logs.get(command)
         row.metrics[metric] = read_metric(directory, command, pattern, log) if log or not shared else None
+        if steps and metric in steps and log:
+            row.series[metric] = read_series(log, steps[metric], pattern, size)
     return row, runs
 
 
@@ -131,6 +141,7 @@ def collect(output: str, metrics: Mapping[str, Mapping[str, str]], now: Optional
     if not os.path.isdir(output):
         raise UserError(f"no output directory '{output}' (name another with -o)")
     compiled = compile_metrics(metrics)
+    steps = {name: re.compile(str(spec["step"])) for name, spec in metrics.items() if spec.get("step")}
     now = time.time() if now is None else now
     rows: List[Row] = []
     runs: List[Run] = []
@@ -138,8 +149,10 @@ def collect(output: str, metrics: Mapping[str, Mapping[str, str]], now: Optional
         found = [(e.name, False) for e in entries if e.is_dir() and os.path.exists(os.path.join(e.path, "stat"))]
     found += [(n[len("stat."):], True) for n in os.listdir(output)
               if n.startswith("stat.") and not set_aside_name(n)]  # temporary files start with "."
+    size = points_per_curve(len(found))  # what a chart of as many curves draws of each (T13)
     for name, shared in sorted(found):
-        row, recorded = _experiment(output if shared else os.path.join(output, name), name, now, compiled, shared)
+        row, recorded = _experiment(output if shared else os.path.join(output, name), name, now, compiled, shared,
+                                    steps, size)
         rows.append(row)
         runs.extend(recorded)
     return rows, runs

@@ -11,15 +11,15 @@ that comes from the records is escaped.
 from __future__ import annotations
 
 import html
-import math
 import os
 import time
 import urllib.parse
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from .errors import UserError
 from .examine.examiner import Experiment, varying_params
-from .history import Row, Run, collect, number, tail
+from .charts import curves, fmt, scatter
+from .history import Row, Run, collect, tail
 from .timeline import layout
 
 MAX_FAILURES = 100  # shown in full; the rest are counted
@@ -30,12 +30,6 @@ OTHER_COLOUR = "#6b6f75"
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "" if value is None else str(value)
 
 
 def _duration(seconds: float) -> str:
@@ -102,7 +96,7 @@ def timeline(runs: Sequence[Run]) -> str:
 
 def _cell(value: Any) -> str:
     """A table cell; the sorter reads a number from the text, so none is repeated in an attribute."""
-    return f"<td>{_e(_fmt(value))}</td>"
+    return f"<td>{_e(fmt(value))}</td>"
 
 
 def _href(path: str, base: str) -> str:
@@ -140,70 +134,6 @@ def _code_cell(code: Dict[str, Any]) -> str:
     return f'<td title="{_e(title)}">{_e(text)}</td>'
 
 
-def scatter(rows: Sequence[Row], param: str, metric: str) -> str:
-    """`metric` against `param`: a numeric axis (log when the values span decades) or categories."""
-    points = [(row.params.get(param), number(row.metrics.get(metric)), row.name) for row in rows]
-    points = [(x, y, name) for x, y, name in points if x is not None and y is not None]
-    unplotted = sum(1 for _, y, _ in points if not math.isfinite(y))  # inf or nan on the y axis: counted
-    points = [(x, y, name) for x, y, name in points if math.isfinite(y)]
-    if not points:
-        return ""
-    width, height, pad = 320, 220, 40
-    numeric = all(number(x) is not None for x, _, _ in points)
-    if numeric and not all(math.isfinite(float(x)) for x, _, _ in points):
-        # inf, -inf or nan among the values: one column each, in numeric order, nan last
-        values = sorted({float(x) for x, _, _ in points}, key=lambda v: (math.isnan(v), v))
-        values = [v for i, v in enumerate(values) if not (math.isnan(v) and i and math.isnan(values[i - 1]))]
-        column = {_fmt(v): i for i, v in enumerate(values)}
-        xs = [float(column[_fmt(float(x))]) for x, _, _ in points]
-        low, high = -0.5, len(values) - 0.5
-        ticks = [(float(i), _fmt(v)) for i, v in enumerate(values)][:12]
-        log, margin = False, 0.0
-    elif numeric:
-        xs = [float(x) for x, _, _ in points]
-        log = min(xs) > 0 and max(xs) / min(xs) >= 100
-        xs = [math.log10(x) for x in xs] if log else xs
-        low, high = min(xs), max(xs)
-        margin = (high - low) * 0.05
-        distinct = sorted(set(xs))
-        marks = distinct if len(distinct) <= 8 else [low, high]  # a grid sweep: label every value
-        ticks = [(v, _fmt(10 ** v if log else v)) for v in marks]
-    else:
-        categories = sorted({str(x) for x, _, _ in points})
-        xs = [float(categories.index(str(x))) for x, _, _ in points]
-        low, high = -0.5, len(categories) - 0.5
-        ticks = [(float(i), c) for i, c in enumerate(categories)][:12]
-        log, margin = False, 0.0
-    low, high = low - margin, high + margin
-    ys = [y for _, y, _ in points]
-    bottom, top = min(ys), max(ys)
-    bottom, top = bottom - (top - bottom) * 0.05, top + (top - bottom) * 0.05
-
-    def px(x: float) -> float:
-        return pad + (width - 2 * pad) * ((x - low) / (high - low) if high > low else 0.5)
-
-    def py(y: float) -> float:
-        return height - pad - (height - 2 * pad) * ((y - bottom) / (top - bottom) if top > bottom else 0.5)
-
-    parts = [f'<figure class="plot"><svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-             f'data-metric="{_e(metric)}" data-param="{_e(param)}">',
-             f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" class="frame"/>']
-    for value, text in ticks:
-        parts.append(f'<text x="{px(value):.1f}" y="{height - pad + 14}" class="tick">{_e(text)}</text>')
-    for value in (min(ys), max(ys)):
-        parts.append(f'<text x="{pad - 4}" y="{py(value) + 4:.1f}" class="ytick">{_e(_fmt(value))}</text>')
-    shown: Dict[Tuple[int, int], List[Tuple[str, float]]] = {}  # one dot per pixel: 10^4 points stay small
-    for x, (_, y, name) in zip(xs, points):
-        shown.setdefault((round(px(x)), round(py(y))), []).append((name, y))
-    for (cx, cy), here in shown.items():
-        more = f" (and {len(here) - 1} more here)" if len(here) > 1 else ""
-        parts.append(f'<circle cx="{cx}" cy="{cy}" r="3.5"><title>{_e(here[0][0])}: {_e(metric)} '
-                     f'{_e(_fmt(here[0][1]))}{more}</title></circle>')
-    scale = (" (log)" if log else "") + (f"; {unplotted} not finite, not drawn" if unplotted else "")
-    parts.append(f'</svg><figcaption>{_e(metric)} against {_e(param)}{scale}</figcaption></figure>')
-    return "".join(parts)
-
-
 def failures(rows: Sequence[Row], base: str) -> str:
     found = [(row, f) for row in rows for f in row.failures]
     if not found:
@@ -224,7 +154,10 @@ h1{font-size:20px}h2{font-size:16px;margin-top:28px}
 svg text{font:11px system-ui,sans-serif;fill:#444}
 .label,.ytick{text-anchor:end}.tick{text-anchor:middle}.grid{stroke:#e3e3e3}
 .cut line{stroke:#888;stroke-dasharray:3 3}
-.frame{fill:none;stroke:#ccc}circle{fill:#3a78c8;fill-opacity:.7}.bar{y:3px;height:16px}
+.frame{fill:none;stroke:#ccc}circle{fill:#3a78c8;fill-opacity:.7}
+.curve{fill:none;stroke-width:1.5;stroke-opacity:.8;pointer-events:stroke}.curve:hover{stroke-width:4;stroke-opacity:1}
+.c0{stroke:#3a78c8}.c1{stroke:#e69a2e}.c2{stroke:#3a9a4a}.c3{stroke:#8e4fc1}.c4{stroke:#d0453a}.c5{stroke:#1b9e9e}.c6{stroke:#c2459a}.c7{stroke:#6b6f75}
+.stopped{stroke-dasharray:5 3}.stop{stroke:#b5651d;stroke-width:2;fill:none}.bar{y:3px;height:16px}
 .key{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
 table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left}
 th{cursor:pointer;background:#f4f4f4;user-select:none}th[aria-sort=ascending]::after{content:" ▲"}
@@ -268,11 +201,13 @@ document.querySelectorAll("#results th").forEach(function (th, column) {
 
 
 def render(rows: Sequence[Row], runs: Sequence[Run], metrics: Sequence[str], title: str, base: str,
-           generated: float) -> str:
-    """The whole page. `base` is the report's directory, for the relative links to the logs."""
+           generated: float, series: Optional[Mapping[str, str]] = None) -> str:
+    """The whole page. `base` is the report's directory, for the relative links to the logs;
+    `series`: metric -> command, for the metrics read with their steps (T13)."""
     experiments = [Experiment(cache={}, metric={}, param=row.params) for row in rows]
     params = varying_params(experiments)
-    plots = "".join(scatter(rows, p, m) for m in metrics for p in params) or "<p>No metric to plot.</p>"
+    drawn = "".join(curves(rows, m, command) for m, command in (series or {}).items())
+    plots = drawn + "".join(scatter(rows, p, m) for m in metrics for p in params) or "<p>No metric to plot.</p>"
     counts: Dict[str, int] = {}
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
@@ -297,7 +232,8 @@ def write_report(output: str, path: str, metrics: Mapping[str, Mapping[str, str]
         raise UserError(f"--report {path}: " + ("is a directory" if os.path.isdir(path)
                                                  else f"no directory {directory}"))
     rows, runs = collect(output, metrics)
-    text = render(rows, runs, list(metrics), f"mlrunner report: {output}", directory, time.time())
+    series = {name: str(spec["command"]) for name, spec in metrics.items() if spec.get("step")}
+    text = render(rows, runs, list(metrics), f"mlrunner report: {output}", directory, time.time(), series)
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
         with open(temporary, "w", encoding="utf-8") as stream:

@@ -76,7 +76,7 @@ def test_v1_report_is_written_with_every_section(tree: Path):
     for heading in ("Timeline", "Results", "Metrics", "Failures"):
         assert f"<h2>{heading}</h2>" in page
     assert re.search(r"utilisation \d+\.\d% \(busy worker-time / available\)", page)
-    assert "bleu against lr (log)" in page and "bleu against seed<" in page
+    assert "bleu against lr (log x, log y)" in page and "bleu against seed (log y)<" in page  # bleu 1.1 to 92
 
 
 def test_v1_hostile_params_and_log_lines_are_escaped(tree: Path):

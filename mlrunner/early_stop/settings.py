@@ -62,15 +62,16 @@ def parse(raw: Any, metrics: Dict[str, Dict[str, str]], fail: Callable[..., Exce
     for key in raw:
         if key not in KEYS:
             raise fail(f"early_stop: unknown key '{key}'" + _did_you_mean(str(key), KEYS), key)
-    for key in ("metric", "step"):
-        if key not in raw:
-            raise fail(f"early_stop: '{key}' is required")
+    if "metric" not in raw:
+        raise fail("early_stop: 'metric' is required")
     metric = raw["metric"]
     if not isinstance(metric, str) or metric not in metrics:
         known = tuple(metrics)
         hint = _did_you_mean(str(metric), known) if known else " (define it under 'metric:' first)"
         raise fail(f"early_stop: unknown metric {metric!r}" + hint, "metric")
-    step = raw["step"]
+    if "step" not in raw and "step" not in metrics[metric]:
+        raise fail(f"early_stop: 'step' is required (here, or on metric '{metric}')")
+    step = raw.get("step", metrics[metric].get("step"))  # the series' own step serves (T13)
     try:
         step_re = re.compile(str(step))
     except re.error as error:

@@ -15,7 +15,7 @@ LINE_LIMIT = 64 * 1024  # bytes of one line that are looked at
 CHUNK = 1 << 20  # bytes read at most per poll
 
 
-def _number(text: str) -> Optional[float]:
+def number(text: str) -> Optional[float]:
     try:
         value = float(text)
     except (TypeError, ValueError):
@@ -35,7 +35,7 @@ def parse_line(line: str, step_re: Pattern[str], value_re: Pattern[str],
     ((4.0, 0.5), (None, None))
     """
     found = step_re.search(line)
-    counter = _number(found.group(1)) if found is not None else None
+    counter = number(found.group(1)) if found is not None else None
     if counter is not None:
         step = int(counter) if counter.is_integer() else counter
     if step is None:
@@ -43,7 +43,7 @@ def parse_line(line: str, step_re: Pattern[str], value_re: Pattern[str],
     value = value_re.search(line)
     if value is None:
         return step, None
-    return step, _number(value.group(1) if value_re.groups else value.group(0))
+    return step, number(value.group(1) if value_re.groups else value.group(0))
 
 
 class LogWatch:

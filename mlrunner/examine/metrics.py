@@ -22,6 +22,7 @@ from .. import records, state
 from ..index import Index, signature
 from ..provenance import recorded
 from .examiner import Examiner, Experiment, experiment_names, latest_log
+from .logs import last_match
 from .tree import Tree
 
 GPU_MIB = "gpu_mib"  # the column of each experiment's peak GPU memory (G12), when one was seen
@@ -46,23 +47,13 @@ def read_metric(output_dir: Union[str, Path], command: str, regex: Union[str, Pa
 
     The last match, because a log usually reports a metric once per epoch and the final one
     counts. The whole match is used when the regex has no group. None when there is no log or
-    no match.
+    no match. The log is read a chunk at a time, a value within one line (`logs.blocks`): one
+    line of hundreds of megabytes costs no more memory than a short one.
     """
     log = log or latest_log(command, output_dir)
     if log is None:
         return None
-    pattern = re.compile(regex) if isinstance(regex, str) else regex
-    try:
-        with open(log, encoding="utf-8", errors="replace") as stream:
-            text = stream.read()
-    except FileNotFoundError:
-        return None
-    last = None
-    for last in pattern.finditer(text):
-        pass
-    if last is None:
-        return None
-    value = last.group(1) if pattern.groups else last.group(0)
+    value = last_match(str(log), re.compile(regex) if isinstance(regex, str) else regex)
     return None if value is None else to_number(value)
 
 
