@@ -15,7 +15,7 @@ from typing import Iterator, List, Optional
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
-from .signals import EXIT_BY_SIGNAL, RECORDER, Interrupted
+from .run.signals import EXIT_BY_SIGNAL, RECORDER, Interrupted
 
 DURATION_RE = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[dhms]\s*)+\Z|\s*\d+(?:\.\d+)?\s*\Z")
 PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)")
@@ -35,7 +35,7 @@ def duration(text: str) -> float:
 
 def resource_value(text: str) -> str:
     """A `-r` value: a GPU id (G11) or `auto`; `-r gpu0` is refused before anything starts."""
-    from .gpus import GPU_ID_HINT, gpu_id
+    from .run.gpus import GPU_ID_HINT, gpu_id
 
     checked = "auto" if text == "auto" else gpu_id(text)
     if checked is None:
@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from . import config as config_module
-    from .sweep import expand
+    from .plan import config as config_module
+    from .plan.sweep import expand
 
     args.yaml = args.yaml or "params.yaml"
     config = config_module.load(args.yaml)
@@ -190,15 +190,15 @@ def _command(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(warning, file=sys.stderr)
     if args.hosts or config.hosts:  # check host settings before anything starts (C10)
-        from . import hosts
+        from .plan import hosts
         hosts.select(args.hosts, hosts.parse_config(config.hosts, config.path), hosts.parse_sync(config.sync, config.path))
     if config.early_stop is not None:  # A1: refused where no rule can see the peers' values
-        from .early_stop.settings import refuse_backend
+        from .run.early_stop.settings import refuse_backend
         refusal = refuse_backend(config.early_stop, args.slurm or config.slurm is not None)
         if refusal:
             raise UserError(refusal, args.yaml)
     if config.code is not None:  # P2: a git work tree to copy, and an output tree the snapshot can reach
-        from .snapshot import check
+        from .run.snapshot import check
         check(args.output)
     if args.wait and not (args.slurm or config.slurm is not None):
         raise UserError("--wait follows Slurm jobs: it needs --slurm or 'slurm:' in the file (a local run waits anyway)")
@@ -214,14 +214,14 @@ def _command(args: argparse.Namespace) -> int:
         plan.total = len(plan.tasks)
         args.force = True
     run_time = datetime.now().strftime("%Y%m%d.%H%M%S")
-    from .workers import check_resources
+    from .run.workers import check_resources
     resources = check_resources(args.resource, config.resources)
     RECORDER.checkpoint()
     if args.dry_run:
-        from .report import print_dry_run
+        from .view.report import print_dry_run
         return print_dry_run(plan, config, resources, run_time, args)
     check_output_dir(args.output)
-    from .runner import run
+    from .run.runner import run
     return run(plan, config, run_time, args)
 
 
@@ -245,8 +245,8 @@ def check_output_dir(output: str) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     """`--report`: the records under -o, with the metrics of the config file when it is there."""
-    from .html_report import write_report
-    from .origin import metrics_of, resolve
+    from .view.html_report import write_report
+    from .plan.origin import metrics_of, resolve
 
     metrics = metrics_of(resolve(args), missing_ok=True)
     path = write_report(args.output, args.report or os.path.join(args.output, "report.html"), metrics)
@@ -307,17 +307,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not _runs_commands(args):
             RECORDER.release()  # these modes stop on Ctrl-C as KeyboardInterrupt, as before
         if args.slurm_element:
-            from .executors.slurm.element import run_element
+            from .backends.slurm.element import run_element
             return run_element(args.slurm_element)
         if args.stop:
-            from .stop import stop
+            from .run.stop import stop
             return stop(args.output)
         if args.follow is not None:
-            from .follow import follow
+            from .view.follow import follow
             return follow(args.output, args.follow)
         if args.status:
-            from .status import print_status
-            from .runs import print_runs
+            from .view.status import print_status
+            from .run.runs import print_runs
             print_runs(args.output)
             with _planning():
                 return print_status(args)

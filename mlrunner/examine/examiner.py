@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import yaml
 
-from .. import records
+from ..run import records
 
 Experiment = namedtuple("Experiment", ["cache", "metric", "param"])
 Parser = Callable[[Path, Experiment, Dict[str, Any]], None]
@@ -190,7 +190,7 @@ class Examiner:
         says). Its table's columns: `experiment`, `directory`, alias cases and params, metrics,
         `status`. Parsers `add`ed later run on `exam(output)` and add their metrics to the same rows.
         """
-        from ..origin import Source, remembered
+        from ..plan.origin import Source, remembered
         from .metrics import examined
         from .tree import Tree
         if not os.path.isdir(output):

@@ -18,9 +18,9 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Pattern, Tuple, Union
 
 import yaml
 
-from .. import records, state
-from ..index import Index, signature
-from ..provenance import recorded
+from ..run import records, state
+from ..run.index import Index, signature
+from ..run.provenance import recorded
 from .examiner import Examiner, Experiment, experiment_names, latest_log
 from .logs import last_match
 from .tree import Tree
