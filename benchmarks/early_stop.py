@@ -34,7 +34,7 @@ from typing import Dict, List, Set, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mlrunner.run.early_stop.rules import make  # noqa: E402
+from mlrunner.run.early_stop.monitor import make  # noqa: E402
 from mlrunner.run.early_stop.settings import Settings  # noqa: E402
 
 STEPS = 27

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import EXIT_OK, UserError
 from ..run.provenance import COLUMNS
-from .examiner import Experiment, varying_params
+from .parsers import Experiment, varying_params
 from .metrics import GPU_MIB, compile_metrics, examined
 from .tree import Tree
 

@@ -13,9 +13,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .config import Config, Sweep, check_typos
 from ..errors import UserError
+from .names import safe_name
 from .template import Template, log_name
 
-MAX_NAME_BYTES = 255
 MAX_TASKS = 10**7  # a plan holds each task in memory (a few hundred bytes): past this, say so first
 MAX_VALUE_CHARS = 100
 
@@ -146,19 +146,6 @@ def value_name(value: Any) -> str:
             name = re.sub(r"^[/.]*", "", value).replace("/", "_")[-MAX_VALUE_CHARS:]
         _value_names[cache_key] = name = name.replace("\0", "_")
     return name
-
-
-def safe_name(name: str) -> str:
-    """Keep a name one path component of at most 255 bytes, with a stable hash when cut."""
-    name = name.replace("/", "_").replace("\0", "_")
-    if name in ("", ".", ".."):
-        name = "_" + name
-    encoded = name.encode("utf-8", "surrogateescape")
-    if len(encoded) <= MAX_NAME_BYTES:
-        return name
-    digest = hashlib.sha1(encoded).hexdigest()[:10]
-    head = encoded[:MAX_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore")
-    return f"{head}-{digest}"
 
 
 def experiment_name(keys: Sequence[str], values: Sequence[Any]) -> str:

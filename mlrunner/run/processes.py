@@ -38,8 +38,11 @@ OWNER = {"host": HOST, "pid": os.getpid(), "pid_start": process_start(os.getpid(
 def owner_alive(run: Dict[str, Any]) -> bool:
     """Is the run that wrote this `running` record still alive? Unknown hosts count as alive."""
     if run.get("job"):  # a Slurm element's: the queue knows (S3)
-        from ..backends.slurm.queue import job_alive
-        return job_alive(run)
+        from ..backends.slurm.queue import job_alive, own_job
+        job = str(run["job"])
+        if job == own_job():  # alive only in the very process that wrote it: a requeued element is a new one
+            return all(run.get(key) == OWNER[key] for key in ("host", "pid", "pid_start"))
+        return job_alive(job)
     if run.get("host") != HOST:
         return run.get("host") is not None
     pid = run.get("pid")

@@ -24,7 +24,7 @@ import yaml
 from . import records
 from .index import Signature, signature
 from .processes import HOST, OWNER, end_group, group_alive, owner_alive, process_start
-from ..plan.sweep import safe_name
+from ..plan.names import safe_name
 
 PARAM, STAT = "param", "stat"
 RUNS = "_runs"  # stat's per-command history: every run, its worker, times, status and owner

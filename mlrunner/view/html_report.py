@@ -17,7 +17,7 @@ import urllib.parse
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from ..errors import UserError
-from ..examine.examiner import Experiment, varying_params
+from ..examine.parsers import Experiment, varying_params
 from .charts import curves, fmt, scatter
 from .history import Row, Run, collect, tail
 from .timeline import layout

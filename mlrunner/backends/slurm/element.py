@@ -48,7 +48,7 @@ def _mark_began(manifest_path: str, position: int) -> None:
 
 def run_element(manifest_path: str) -> int:
     """Run the task of this array element; the exit status is a local run's (R4)."""
-    from ...cli import build_parser
+    from ...flags import build_parser
     from ...run.runner import run
 
     manifest: Dict[str, Any] = read_manifest(manifest_path)

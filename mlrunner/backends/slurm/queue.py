@@ -195,16 +195,8 @@ def own_job() -> Optional[str]:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def job_alive(run: Dict) -> bool:
-    """Is the Slurm job that owns a `running` record still pending or running (S3)?
-
-    Our own job counts as alive only in the very process that wrote the record: after a requeue
-    the element is a new process of the same job, and the old record's process is gone.
-    """
-    job = str(run["job"])
-    if job == own_job():
-        from ...run.state import OWNER
-        return all(run.get(key) == OWNER[key] for key in ("host", "pid", "pid_start"))
+def job_alive(job: str) -> bool:
+    """Is this Slurm job (another one than our own) still pending or running (S3)?"""
     try:
         return shared_queue.alive(job)
     except SlurmError:

@@ -8,20 +8,27 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Pattern, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Pattern, Protocol, Tuple
 
 from ..base import HostLost, Process
 from .login import HostError, warn
 from .rpc import Rpc
 
-if TYPE_CHECKING:
-    from .host import Host
+
+class AgentLink(Protocol):
+    """What the claims need of a host (`host.Host` is one): its name and its agent's requests."""
+
+    name: str
+
+    def request(self, op: str, **fields: Any) -> Dict[str, Any]: ...
+
+    def _gpu_request(self, op: str, **fields: Any) -> Dict[str, Any]: ...
 
 
 class RemoteClaims:
     """The host's claim directory, held by its agent (G4): the claims live as long as the agent does."""
 
-    def __init__(self, host: Host):
+    def __init__(self, host: AgentLink):
         self.host = host
         self._claims: List[Dict[str, Any]] = []
 

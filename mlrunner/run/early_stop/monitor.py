@@ -13,11 +13,20 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from ..state import FINISHED, STOPPED, Experiment, last_run
 
-from .rules import Decision, Series, make
+from .asha import Asha
+from .median import Median
+from .rules import Decision, Series
 from .settings import Settings
 from .watch import LogWatch, read_all
 
 POLL = 0.1  # seconds between two reads of the running logs
+
+
+def make(settings: Settings) -> Any:
+    """The rule object `settings.rule` names."""
+    if settings.rule == "asha":
+        return Asha(settings)
+    return Median(settings)
 
 
 class Monitor:

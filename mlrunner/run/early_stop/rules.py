@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional
 
-from .settings import Settings
-
 Series = Dict[float, float]
 
 
@@ -69,11 +67,3 @@ def median(values: List[float]) -> float:
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
-
-def make(settings: Settings) -> Any:
-    """The rule object `settings.rule` names."""
-    if settings.rule == "asha":
-        from .asha import Asha
-        return Asha(settings)
-    from .median import Median
-    return Median(settings)
