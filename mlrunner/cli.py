@@ -8,21 +8,23 @@ import gc
 import os
 import tempfile
 import sys
+from dataclasses import replace
 from datetime import datetime
 from typing import Iterator, List, Optional
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 from .flags import build_parser
+from .options import Options
 from .run.signals import EXIT_BY_SIGNAL, RECORDER, Interrupted
 
 BEST_ROWS = 10  # rows `--examine --best METRIC` shows when no N is given
 
 
-def _command(args: argparse.Namespace) -> int:
+def _command(args: Options) -> int:
     from .plan import config as config_module
     from .plan.sweep import expand
 
-    args.yaml = args.yaml or "params.yaml"
+    args = replace(args, yaml=args.yaml or "params.yaml")
     config = config_module.load(args.yaml)
     RECORDER.checkpoint()
     for warning in config.warnings:
@@ -50,7 +52,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.debug:
         plan.tasks = plan.tasks[:1]
         plan.total = len(plan.tasks)
-        args.force = True
+        args = replace(args, force=True)
     run_time = datetime.now().strftime("%Y%m%d.%H%M%S")
     from .run.workers import check_resources
     resources = check_resources(args.resource, config.resources)
@@ -81,7 +83,7 @@ def check_output_dir(output: str) -> None:
         raise UserError(f"-o {output}: cannot create files in {existing} ({error.strerror})") from None
 
 
-def _report(args: argparse.Namespace) -> int:
+def _report(args: Options) -> int:
     """`--report`: the records under -o, with the metrics of the config file when it is there."""
     from .view.html_report import write_report
     from .plan.origin import metrics_of, resolve
@@ -141,32 +143,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.all and not args.dry_run:
         parser.error("--all goes with --dry-run (it lists the finished commands too)")
     _check_examine_flags(parser, args)
+    options = Options.from_flags(args)
     try:
-        if not _runs_commands(args):
+        if not _runs_commands(options):
             RECORDER.release()  # these modes stop on Ctrl-C as KeyboardInterrupt, as before
-        if args.slurm_element:
+        if options.slurm_element:
             from .backends.slurm.element import run_element
-            return run_element(args.slurm_element)
-        if args.stop:
+            return run_element(options.slurm_element)
+        if options.stop:
             from .run.stop import stop
-            return stop(args.output)
-        if args.follow is not None:
+            return stop(options.output)
+        if options.follow is not None:
             from .view.follow import follow
-            return follow(args.output, args.follow)
-        if args.status:
+            return follow(options.output, options.follow)
+        if options.status:
             from .view.status import print_status
             from .run.runs import print_runs
-            print_runs(args.output)
+            print_runs(options.output)
             with _planning():
-                return print_status(args)
-        if args.report is not None:
-            return _report(args)
-        if args.examine:
+                return print_status(options)
+        if options.report is not None:
+            return _report(options)
+        if options.examine:
             from .examine.table import print_examine
             with _planning():
-                return print_examine(args)
+                return print_examine(options)
         with _planning():
-            return _command(args)
+            return _command(options)
     except UserError as error:
         print(error if error.path else f"mlrunner: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -185,7 +188,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             RECORDER.release(quiet=True)
 
 
-def _runs_commands(args: argparse.Namespace) -> bool:
+def _runs_commands(args: Options) -> bool:
     """Does this invocation start commands (a run, a Slurm element), where signals are recorded (R10)?"""
     return not (args.stop or args.follow is not None or args.status or args.report is not None or args.examine
                 or args.dry_run)

@@ -144,3 +144,29 @@ def test_r9_help_is_grouped_with_one_line_per_flag(columns: str):
     for entry in entries:
         help_beside_flag = re.match(r"  \S.*?\S {2,}\S", entry[0]) is not None
         assert len(entry) == (1 if help_beside_flag else 2), f"a help that is not one line: {entry}"
+
+
+def test_nothing_below_the_cli_imports_argparse():
+    """The command line becomes one `Options` in cli.py; the parser itself is flags.py."""
+    allowed = {"mlrunner.cli", "mlrunner.flags"}
+    users = []
+    for name, path in module_names().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            imported = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                        else [node.module] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if "argparse" in imported and name not in allowed:
+                users.append(name)
+    assert not users, f"argparse imported below the CLI: {users}"
+
+
+def test_options_defaults_are_the_parsers_and_cover_every_flag():
+    from mlrunner.flags import build_parser
+    from mlrunner.options import Options
+
+    parsed = build_parser().parse_args([])
+    assert Options.from_flags(parsed) == Options()  # a Slurm element builds Options(**manifest) alone
+    flags = build_parser().parse_args(["--no-subdir", "--grace", "2m", "-o", "out", "-r", "0", "1"])
+    options = Options.from_flags(flags)
+    assert (options.no_subdir, options.grace, options.output, options.resource) == (True, 120.0, "out", ["0", "1"])
+    with pytest.raises(AttributeError):
+        options.force = True  # type: ignore[misc]  # frozen: what the user asked stays as asked

@@ -16,6 +16,7 @@ import statistics
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..options import Options
 from ..errors import EXIT_OK, UserError
 from ..run.provenance import COLUMNS
 from .parsers import Experiment, varying_params
@@ -188,7 +189,7 @@ def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: st
     return render(headers, rows, fmt)
 
 
-def print_examine(args: Any) -> int:
+def print_examine(args: Options) -> int:
     """`--examine` with `--sort`, `--best`, `--mean-over` and `--format` (T4, T12)."""
     from ..plan.origin import resolve
     if not os.path.isdir(args.output):

@@ -10,14 +10,14 @@ would see it), else the copy. The hints mlrunner prints repeat the flags that fo
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
+from ..options import Options
 from ..run.detach import _invocation
 from ..run.state import locked, read_yaml, write_record
 
@@ -76,7 +76,7 @@ def remembered(output: str) -> List[Source]:
     return sources
 
 
-def resolve(args: argparse.Namespace) -> List[Source]:
+def resolve(args: Options) -> List[Source]:
     """The configs a view answers from: `-y` (or ./params.yaml) when given or when the tree
     remembers none; else those the tree remembers (`-t` picks one title)."""
     if args.yaml is not None:
@@ -87,18 +87,18 @@ def resolve(args: argparse.Namespace) -> List[Source]:
     return sources or [Source(DEFAULT_YAML, args.title, args.no_subdir)]
 
 
-def repeat(args: Any, *flags: str, config: bool = True) -> str:
+def repeat(args: Options, *flags: str, config: bool = True) -> str:
     """The command line that repeats this one's `-y`/`-t`/`-c`/`-o` with `flags`: what a hint prints.
     `config=False` for a view, which finds the config through the tree (T1)."""
     words = [_invocation()]
-    yaml_path = getattr(args, "yaml", None)
+    yaml_path = args.yaml
     if config and yaml_path not in (None, DEFAULT_YAML):
         words += ["-y", shlex.quote(yaml_path)]
-    if config and getattr(args, "title", None):
+    if config and args.title:
         words += ["-t", shlex.quote(args.title)]
-    if config and getattr(args, "command", None):
+    if config and args.command:
         words += ["-c", *map(shlex.quote, args.command)]
-    words += ["-o", shlex.quote(getattr(args, "output", None) or DEFAULT_OUTPUT)]
+    words += ["-o", shlex.quote(args.output or DEFAULT_OUTPUT)]
     return " ".join(words + list(flags))
 
 

@@ -6,13 +6,14 @@ detach point; then the executors are built, the scheduler runs, and the summary 
 
 from __future__ import annotations
 
-import argparse
 import gc
+from dataclasses import replace
 import os
 import sys
 import threading
 from typing import List
 
+from ..options import Options
 from .allocator import Allocator, Place
 from ..plan.config import Config
 from .console import Console
@@ -30,11 +31,11 @@ from ..plan.resume import Review, review
 from .runs import RunRecord
 from .scheduler import Scheduler, Summary
 from .signals import EXIT_BY_SIGNAL, RECORDER
-from .snapshot import code_dir, code_for_run
+from .snapshot import code_dir, code_for_run, frozen_code
 from ..plan.sweep import Plan
 from .workers import build_executors, host_specs
 
-def _print_summary(console: Console, summary: Summary, halted: bool, args: argparse.Namespace) -> None:
+def _print_summary(console: Console, summary: Summary, halted: bool, args: Options) -> None:
     """What went wrong first, the counts last, where a terminal leaves them in sight (T6)."""
     if summary.requeued:
         console.print(f"Tasks moved to another worker after a host was lost: {summary.requeued}")
@@ -66,7 +67,7 @@ def _no_records(output: str) -> bool:
         return False
 
 
-def _check_changes(plan: Plan, reviews: List[Review], args: argparse.Namespace) -> bool:
+def _check_changes(plan: Plan, reviews: List[Review], args: Options) -> bool:
     """I2: say which finished commands' config changed; True when the run must not start."""
     changed = [(task, verdict) for task, verdict in zip(plan.tasks, reviews) if verdict.changed]
     if not changed:
@@ -84,7 +85,7 @@ def _check_changes(plan: Plan, reviews: List[Review], args: argparse.Namespace) 
     return True
 
 
-def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> int:
+def run(plan: Plan, config: Config, run_time: str, args: Options) -> int:
     """Run the plan and return the exit status (R4)."""
     on_change = "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
     streaming = (plan.filling and config.gpu is None and not (args.slurm or config.slurm is not None)
@@ -110,6 +111,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
                         f"not {args.output}")
     # P1: asked once per run; P2: a snapshot when something will run (UserError: exit 2)
     code, snapshot, workdir, code_line = code_for_run(config.code if to_run else None, args)
+    args = replace(args, frozen_code=args.frozen_code or frozen_code(code, snapshot, workdir))
     for spec in specs if snapshot else []:  # hosts get the same snapshot through the code push (H13)
         spec.code, spec.start = os.path.join(code_dir(args.output), snapshot), workdir
     RECORDER.checkpoint()  # a signal while planning ends the run here, before anything starts (R10)
@@ -155,7 +157,7 @@ def run(plan: Plan, config: Config, run_time: str, args: argparse.Namespace) -> 
     for executor in executors:
         if isinstance(executor, LocalExecutor):
             executor.cwd = workdir
-    if not getattr(args, "slurm_element", None):  # T1: views read it without -y
+    if not args.slurm_element:  # T1: views read it without -y
         remember(config.path, args.output, args.title, args.no_subdir)
     console = Console(to_run, len(executors))
     allocator = Allocator(places, config.gpu, say=console.print)

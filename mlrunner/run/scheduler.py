@@ -9,12 +9,12 @@ the pool, H6).
 
 from __future__ import annotations
 
-import argparse
 import os
 import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from ..options import Options
 from .allocator import Allocator, Grant, NoPlace
 from ..plan.config import Config
 from .console import Console
@@ -78,7 +78,7 @@ class Scheduler:
     """Runs a plan on executors; its `stopper` ends every running tree on a signal (R8, R10)."""
 
     def __init__(self, plan: Plan, config: Config, allocator: Allocator, run_time: str,
-                 args: argparse.Namespace, reviews: List[Review], console: Console):
+                 args: Options, reviews: List[Review], console: Console):
         self.plan = plan
         self.config = config
         self.allocator = allocator

@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ..options import Options
 from ..errors import UserError
 from .provenance import Code, code_state, git_files, outside, work_tree
 
@@ -261,16 +262,20 @@ def take_snapshot(settings: Optional[Settings], output: str,
     return code.digest, workdir(directory, top, output), f"Code: snapshot {code.digest} ({how}): {directory}"
 
 
-def code_for_run(settings: Optional[Settings], args: Any) -> Tuple[Code, Optional[str], Optional[str], Optional[str]]:
+def code_for_run(settings: Optional[Settings], args: Options) -> Tuple[Code, Optional[str], Optional[str], Optional[str]]:
     """The run's code (P1) and snapshot (P2): (code, digest, where commands start, a console line).
-    A Slurm element gets its submission's (`args.frozen_code`, from the manifest) instead of its
+    A Slurm element gets its submission's (`args.frozen_code`, from the manifest; `frozen_code` below) instead of its
     own: the tree may have changed since the submission, the snapshot has not."""
-    frozen = getattr(args, "frozen_code", None)
+    frozen = args.frozen_code
     if frozen:
         code = Code(frozen.get("commit"), frozen.get("dirty"), dict(frozen.get("submodules") or {}))
         return code, frozen.get("digest"), frozen.get("start"), None
     code = code_state(".", exclude=[args.output])
     digest, start, note = take_snapshot(settings, args.output, code)
-    args.frozen_code = dict(commit=code.commit, dirty=code.dirty, submodules=code.submodules, digest=digest,
-                            start=start) if digest else None
     return code, digest, start, note
+
+
+def frozen_code(code: Code, digest: Optional[str], start: Optional[str]) -> Optional[Dict[str, Any]]:
+    """What a Slurm submission records of its code for its elements (`Options.frozen_code`)."""
+    return dict(commit=code.commit, dirty=code.dirty, submodules=code.submodules, digest=digest,
+                start=start) if digest else None

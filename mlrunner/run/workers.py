@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any, List, Optional
 
+from ..options import Options
 from ..plan.config import Config
 from ..errors import UserError
 from ..backends.base import Executor
@@ -46,7 +46,7 @@ def check_resources(option: Optional[List[str]], configured: Optional[List[str]]
     return chosen
 
 
-def host_specs(config: Config, args: argparse.Namespace) -> List[Any]:
+def host_specs(config: Config, args: Options) -> List[Any]:
     """The hosts to use, checked before anything starts: a bad setting or a host name that does
     not resolve is a UserError (C10, H12)."""
     if not (args.hosts or config.hosts):
@@ -66,7 +66,7 @@ def host_specs(config: Config, args: argparse.Namespace) -> List[Any]:
     return specs
 
 
-def build_executors(config: Config, args: argparse.Namespace, specs: List[Any],
+def build_executors(config: Config, args: Options, specs: List[Any],
                     notes: Optional[List[str]] = None) -> List[Executor]:
     """Local workers (unless `-r` with no value empties them) plus every reachable host's GPUs.
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Iterable, List, Optional
 
+from ..options import Options
 from ..plan.config import Config, close_placeholder
 from ..errors import EXIT_OK
 from ..run.provenance import print_code_notes
@@ -31,14 +31,14 @@ def format_orphans(orphans: Iterable[str], config: Optional[Config] = None) -> s
     return text + (f" (did you mean {' or '.join(dict.fromkeys(guesses))}?)" if guesses else "")
 
 
-def _reviews(plan: Plan, config: Config, args: argparse.Namespace) -> List[Review]:
+def _reviews(plan: Plan, config: Config, args: Options) -> List[Review]:
     return review(plan, config.templates, args.output, no_subdir=args.no_subdir, force=args.force,
                   on_change=on_change(args), write_index=False,  # a dry run writes nothing (R9)
-                  rerun_stopped=getattr(args, "rerun_stopped", False))
+                  rerun_stopped=args.rerun_stopped)
 
 
 def print_dry_run(plan: Plan, config: Config, resources: Optional[List[str]], run_time: str,
-                  args: argparse.Namespace) -> int:
+                  args: Options) -> int:
     """Print the exact lines a run would start now (T2), the tasks going to the workers in turn as
     they would first; `--all` adds the finished commands, each marked as a comment.
 

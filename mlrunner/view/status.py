@@ -8,7 +8,6 @@ are listed once more at the end with the last line of their logs, cut to the ter
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -16,6 +15,7 @@ import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from ..options import Options
 from ..run.console import clock
 from ..errors import EXIT_OK, UserError
 from ..run.provenance import print_code_notes
@@ -46,11 +46,11 @@ def records_under(output: str) -> List[Tuple[str, str]]:
     return sorted(found)
 
 
-def on_change(args: argparse.Namespace) -> str:
+def on_change(args: Options) -> str:
     return "rerun" if args.rerun_changed else "keep" if args.keep_changed else "ask"
 
 
-def planned(args: argparse.Namespace) -> Dict[str, Planned]:
+def planned(args: Options) -> Dict[str, Planned]:
     """stat path -> the experiment of the plan there, from the configs that ran into the tree (T1)
     or `-y`; {} without one. The path is spelt as `records_under` spells it."""
     from ..plan.origin import resolve
@@ -61,7 +61,7 @@ def planned(args: argparse.Namespace) -> Dict[str, Planned]:
     return found
 
 
-def _planned_by(args: argparse.Namespace, path: str, title: Optional[str], no_subdir: bool) -> Dict[str, Planned]:
+def _planned_by(args: Options, path: str, title: Optional[str], no_subdir: bool) -> Dict[str, Planned]:
     from ..plan import config as config_module
     from ..run.state import record_path
     from ..plan.sweep import expand
@@ -140,7 +140,7 @@ def output_width() -> int:
     return shutil.get_terminal_size((PIPED_WIDTH + 1, 24)).columns - 1
 
 
-def print_status(args: argparse.Namespace) -> int:
+def print_status(args: Options) -> int:
     """One row per experiment of the plan and of the tree: each command's status and how long it
     ran (R9), `changed` where the config changed since (I2), `pending` where nothing ran yet (T3);
     then the running commands with their logs' last lines (T13), then the counts."""

@@ -19,9 +19,11 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from typing import Any, Dict
 
 from ...plan import config as config_module
+from ...options import Options
 from ...errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE
 from ...run.processes import HOST, OWNER
 from ...run.state import FAILED, INTERRUPTED, Experiment, locked, runs_of, write_record
@@ -48,7 +50,6 @@ def _mark_began(manifest_path: str, position: int) -> None:
 
 def run_element(manifest_path: str) -> int:
     """Run the task of this array element; the exit status is a local run's (R4)."""
-    from ...flags import build_parser
     from ...run.runner import run
 
     manifest: Dict[str, Any] = read_manifest(manifest_path)
@@ -59,14 +60,14 @@ def run_element(manifest_path: str) -> int:
     restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     _mark_began(manifest_path, position)
     OWNER.update(job=queue.own_job(), host=HOST)
-    args = build_parser().parse_args([])
-    vars(args).update(manifest["args"])
+    submitted = Options(**manifest["args"])
     # Slurm's GPUs are this task's one worker (S1), named as they are: nothing to translate (G11).
     resource = os.environ.pop("CUDA_VISIBLE_DEVICES", "")
-    args.resource = [resource]
-    args.force = args.force and restarts == 0  # after a requeue, what finished stays finished
-    args.keep_changed = not args.rerun_changed  # the submission already asked (I2)
-    args.slurm_element = manifest_path  # the submission told the tree its config (T1): not this copy
+    args = replace(submitted,
+                   resource=[resource],
+                   force=submitted.force and restarts == 0,  # after a requeue, what finished stays finished
+                   keep_changed=not submitted.rerun_changed,  # the submission already asked (I2)
+                   slurm_element=manifest_path)  # the submission told the tree its config (T1): not this copy
     config = config_module.load(manifest["config"])
     config.slurm, config.hosts = None, {}  # here the task runs on this node, nowhere else
     if hasattr(config, "gpu"):

@@ -7,7 +7,6 @@ record (both asked with one `squeue`). Nothing is written when `sbatch` refuses 
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import shutil
@@ -15,6 +14,7 @@ import sys
 import time
 from typing import Dict, List
 
+from ...options import Options
 from ...plan.config import Config
 from ...run.detach import _invocation
 from ...errors import EXIT_OK, UserError
@@ -101,7 +101,7 @@ def _cancel(jobs: List[str]) -> None:
         queue.call(["scancel", *jobs])
 
 
-def submit(plan: Plan, config: Config, reviews: List[Review], run_time: str, args: argparse.Namespace) -> int:
+def submit(plan: Plan, config: Config, reviews: List[Review], run_time: str, args: Options) -> int:
     """Submit every task that needs it; with --wait, follow them until they end (S2)."""
     settings: Settings = config.slurm or Settings()
     held = _held(plan, reviews, args.output)
@@ -135,7 +135,7 @@ def submit(plan: Plan, config: Config, reviews: List[Review], run_time: str, arg
     return _wait([submission], plan, todo, held, args) if args.wait else EXIT_OK
 
 
-def _wait(new: List[Submission], plan: Plan, todo: List, held: Dict[str, str], args: argparse.Namespace) -> int:
+def _wait(new: List[Submission], plan: Plan, todo: List, held: Dict[str, str], args: Options) -> int:
     """`--wait`: the tasks just submitted and those that live jobs already hold, until all end."""
     from .watch import watch
     arrays = {job.split("_")[0] for job in held.values()}
@@ -145,7 +145,7 @@ def _wait(new: List[Submission], plan: Plan, todo: List, held: Dict[str, str], a
     return watch(earlier + new, tasks, arrays, args.no_subdir)
 
 
-def _write(plan: Plan, config: Config, tasks: List[Task], run_time: str, args: argparse.Namespace,
+def _write(plan: Plan, config: Config, tasks: List[Task], run_time: str, args: Options,
            settings: Settings) -> Submission:
     """The submission's directory, manifest and script, then one sbatch per chunk; on a refusal,
     the chunks already queued are cancelled and every file is removed again (S5)."""
