@@ -3,7 +3,7 @@
 full grid's best experiment is still found, for `median` and `asha`.
 
 An event simulation, not a run: it asks the runner's own rule classes
-(`mlrunner.early_stop.median.Median`, `.asha.Asha`) at each step of each experiment, with every
+(`mlrunner.run.early_stop.median.Median`, `.asha.Asha`) at each step of each experiment, with every
 other experiment's series so far as its peers, as `early_stop/monitor.py` does; it starts no
 command. 81 experiments (a 3^4 grid) on 8 workers take tasks in order. Each experiment's curve is
 
@@ -34,8 +34,8 @@ from typing import Dict, List, Set, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mlrunner.early_stop.rules import make  # noqa: E402
-from mlrunner.early_stop.settings import Settings  # noqa: E402
+from mlrunner.run.early_stop.monitor import make  # noqa: E402
+from mlrunner.run.early_stop.settings import Settings  # noqa: E402
 
 STEPS = 27
 RULES = {

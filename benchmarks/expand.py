@@ -104,7 +104,7 @@ def run_cli_median(path: str, cwd: str, repeat: int) -> Tuple[float, float, int]
 
 def expand_in_process(path: str) -> Tuple[float, float, int]:
     """(seconds, tracemalloc peak MiB, task count) of `sweep.expand` alone; the load is not counted."""
-    from mlrunner import config as config_module, sweep
+    from mlrunner.plan import config as config_module, sweep
 
     config = config_module.load(path)
     sweeps = config_module.select_sweeps(config, None)

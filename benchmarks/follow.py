@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import busy_cores  # noqa: E402
-from mlrunner.follow import FULL_SCAN, POLL, Follower  # noqa: E402
+from mlrunner.view.follow import FULL_SCAN, POLL, Follower  # noqa: E402
 
 FINISHED = """\
 train: finished

@@ -34,9 +34,9 @@ from typing import List
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mlrunner import records  # noqa: E402  (after the path is set)
-from mlrunner.index import YOUNG  # noqa: E402
-from mlrunner.state import FINISHED  # noqa: E402
+from mlrunner.run import records  # noqa: E402  (after the path is set)
+from mlrunner.run.index import YOUNG  # noqa: E402
+from mlrunner.run.state import FINISHED  # noqa: E402
 
 
 def config(tasks: int) -> str:

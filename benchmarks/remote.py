@@ -46,10 +46,10 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import sshd  # noqa: E402  (tests/sshd.py)
 from _common import busy_cores  # noqa: E402  (benchmarks/ is sys.path[0] too)
-from mlrunner.executors.ssh import Host  # noqa: E402
-from mlrunner.executors.ssh.push import push  # noqa: E402
-from mlrunner.hosts import HostSpec  # noqa: E402
-from mlrunner.template import shell_line  # noqa: E402
+from mlrunner.backends.ssh import Host  # noqa: E402
+from mlrunner.backends.ssh.push import push  # noqa: E402
+from mlrunner.plan.hosts import HostSpec  # noqa: E402
+from mlrunner.plan.template import shell_line  # noqa: E402
 
 BASHRC_EXTRA = "sleep 0.1  # benchmarks/remote.py: a realistic login start-up cost (conda init, module load)\n"
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}

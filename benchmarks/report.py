@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import busy_cores  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mlrunner import records  # noqa: E402
+from mlrunner.run import records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """\

@@ -31,8 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import busy_cores  # noqa: E402
-from mlrunner.provenance import code_state  # noqa: E402
-from mlrunner.snapshot import Settings, make  # noqa: E402
+from mlrunner.run.provenance import code_state  # noqa: E402
+from mlrunner.run.snapshot import Settings, make  # noqa: E402
 
 
 def git(repo: Path, *args: str) -> None:

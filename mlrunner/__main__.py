@@ -1,6 +1,6 @@
 import sys
 
-from .signals import RECORDER
+from .run.signals import RECORDER
 
 RECORDER.install()  # first: a signal while the rest is imported and the plan is made is recorded (R10)
 

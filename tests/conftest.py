@@ -11,9 +11,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import pytest
 
-from mlrunner import config as config_module
+from mlrunner.plan import config as config_module
 from mlrunner.errors import UserError
-from mlrunner.sweep import Plan, expand
+from mlrunner.plan.sweep import Plan, expand
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_YAML = REPO / "examples" / "seed" / "params.yaml"

@@ -21,7 +21,7 @@ import pytest
 
 from runlib import REPO, alive, wait_until
 
-AGENT = REPO / "mlrunner" / "executors" / "agent.py"
+AGENT = REPO / "mlrunner" / "backends" / "agent.py"
 
 
 class Agent:
@@ -242,7 +242,7 @@ def test_h13_unpack_places_files_with_nanosecond_mtimes_and_refuses_escapes(agen
 def test_G4_G6_the_agent_holds_its_machines_claims_until_it_dies(tmp_path: Path):
     """Claims made through the agent are the machine's: another runner there reads them, with the
     session the agent found for a process, and they go when the agent goes."""
-    from mlrunner.executors.claims import ClaimDir
+    from mlrunner.backends.claims import ClaimDir
     locks = tmp_path / "locks"
     agent = Agent(env={"MLRUNNER_LOCK_DIR": str(locks)})
     try:

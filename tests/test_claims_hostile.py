@@ -1,4 +1,4 @@
-"""Claims no other user can break (SPEC G4 on a shared server; executors/claims.py).
+"""Claims no other user can break (SPEC G4 on a shared server; backends/claims.py).
 
 Another local user may make a run more careful (wait, skip a GPU), never hang it past a bound,
 crash it, fail its tasks or make it start more than fits. The hostile user is a real Unix user made
@@ -29,8 +29,8 @@ import gpulib
 from gpulib import H100
 from runlib import STAND_INS, start, write
 
-from mlrunner.executors import claims as claims_module
-from mlrunner.executors.claims import ClaimDir
+from mlrunner.backends import claims as claims_module
+from mlrunner.backends.claims import ClaimDir
 
 CONFIG = ("template: {train: fake-cuda-job 1000 0.2}\nresource: [0, 1]\ngpu: {memory: 1GiB}\n---\n"
           "i: [1, 2, 3, 4]\n")

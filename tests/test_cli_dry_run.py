@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, SEED_YAML, run_mlrunner, tree
 
 from mlrunner import __version__
-from mlrunner.cli import build_parser
+from mlrunner.flags import build_parser
 
 TIME = r"\d{8}\.\d{6}"
 SEED_NAMES = ["Norm_new-Moment_0.1", "Norm_new-Moment_0.05", "Norm_batch-Moment_0.1", "Norm_batch-Moment_0.05",

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from mlrunner.config import ALLOWED_KEYS, select_sweeps
+from mlrunner.plan.config import ALLOWED_KEYS, select_sweeps
 from mlrunner.errors import UserError
 
 HEAD = """\
@@ -501,7 +501,7 @@ def test_C9_orphan_close_to_a_defaulted_placeholder_gets_did_you_mean(tmp_path, 
 
 
 def test_C9_orphan_far_from_every_placeholder_gets_no_guess(load_config):
-    from mlrunner.report import format_orphans
+    from mlrunner.view.report import format_orphans
     config = load_config(HEAD)
     assert format_orphans({"repeat"}, config) == "{'repeat'}"
     assert format_orphans(set(), config) == "set()"

@@ -17,7 +17,7 @@ from typing import List
 
 import pytest
 
-from mlrunner.console import Console
+from mlrunner.run.console import Console
 from runlib import environment, write
 
 

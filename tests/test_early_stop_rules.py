@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from mlrunner.early_stop import asha, median, rules, settings, watch
-from mlrunner.early_stop.asha import Asha, rung_of
-from mlrunner.early_stop.median import Median
-from mlrunner.early_stop.settings import Settings
-from mlrunner.early_stop.watch import LINE_LIMIT, LogWatch
+from mlrunner.run.early_stop import asha, median, rules, settings, watch
+from mlrunner.run.early_stop.asha import Asha, rung_of
+from mlrunner.run.early_stop.median import Median
+from mlrunner.run.early_stop.settings import Settings
+from mlrunner.run.early_stop.watch import LINE_LIMIT, LogWatch
 
 STEP, VALUE = re.compile(r"epoch (\d+)"), re.compile(r"val_loss ([\d.]+)")
 
@@ -88,7 +88,7 @@ def test_A1_watch_splits_carriage_returns_and_bounds_lines(tmp_path):
 
 
 def _bad(tmp_path, text: str):
-    from mlrunner import config
+    from mlrunner.plan import config
     from mlrunner.errors import UserError
     path = tmp_path / "params.yaml"
     path.write_text("template: {train: 'python3 t.py'}\n"

@@ -25,7 +25,7 @@ from typing import List, Tuple
 import pytest
 
 from longrun import kill_all_in, wait_until
-from mlrunner.follow import PROGRESS_RATE, Follower, Tail
+from mlrunner.view.follow import PROGRESS_RATE, Follower, Tail
 from runlib import environment, start, write
 
 BAR = """\

@@ -16,11 +16,11 @@ import gpulib
 from gpulib import H100
 from runlib import STAND_INS, load, run, start, write
 
-from mlrunner.allocator import Allocator, Place
-from mlrunner.executors.local import LocalExecutor
-from mlrunner.gpu_fit import EXITED, room, with_exited
-from mlrunner.gpu_policy import parse_policy
-from mlrunner.gpus import GpuApp, GpuMemory, Poller, Snapshot
+from mlrunner.run.allocator import Allocator, Place
+from mlrunner.backends.local import LocalExecutor
+from mlrunner.run.gpu_fit import EXITED, room, with_exited
+from mlrunner.run.gpu_policy import parse_policy
+from mlrunner.run.gpus import GpuApp, GpuMemory, Poller, Snapshot
 
 
 def _env(tmp_path: Path, state: Path, **extra: str) -> dict:

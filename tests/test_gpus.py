@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlrunner.gpus import QUERY_ARGS, QUERY_FIELDS, Gpu, discover, parse_list, parse_query_csv
+from mlrunner.run.gpus import QUERY_ARGS, QUERY_FIELDS, Gpu, discover, parse_list, parse_query_csv
 
 TESTS = Path(__file__).resolve().parent
 DATA = TESTS / "data" / "nvidia-smi"

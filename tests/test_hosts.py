@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlrunner import hosts
+from mlrunner.plan import hosts
 from mlrunner.errors import UserError
 from runlib import run, write
 
@@ -72,7 +72,7 @@ def test_c10_bad_hosts_setting_is_one_line_before_anything_starts(tmp_path):
 
 
 def test_h1_empty_resource_list_means_hosts_only_and_only_beside_hosts(tmp_path):
-    from mlrunner import config
+    from mlrunner.plan import config
     write(tmp_path, "template: {a: echo hi}\nresource: []\nhosts: {gpu1: {}}\n")
     assert config.load(str(tmp_path / "params.yaml")).resources == []
     write(tmp_path, "template: {a: echo hi}\nresource: []\n")

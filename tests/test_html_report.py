@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlrunner import history, html_report
+from mlrunner.view import history, html_report
 from runlib import load, run, write
 
 from cdp import Chromium, find_chromium

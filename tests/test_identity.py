@@ -15,10 +15,10 @@ import yaml
 
 from runlib import load, run, statuses, write
 
-from mlrunner import config as config_module
-from mlrunner.resume import review
-from mlrunner.state import FINISHED, Experiment
-from mlrunner.sweep import expand, same_value
+from mlrunner.plan import config as config_module
+from mlrunner.plan.resume import review
+from mlrunner.run.state import FINISHED, Experiment
+from mlrunner.plan.sweep import expand, same_value
 
 LONG = "x" * 100
 

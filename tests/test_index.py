@@ -15,10 +15,10 @@ from pathlib import Path
 
 from runlib import run, write
 
-from mlrunner import config as config_module
-from mlrunner import resume
-from mlrunner.index import NAME, YOUNG
-from mlrunner.sweep import expand
+from mlrunner.plan import config as config_module
+from mlrunner.plan import resume
+from mlrunner.run.index import NAME, YOUNG
+from mlrunner.plan.sweep import expand
 
 CONFIG = """
     template:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlrunner.cli import duration
+from mlrunner.flags import duration
 from runlib import environment, run, write
 
 CONFIG = """

@@ -12,8 +12,8 @@ from pathlib import Path
 from gitrepo import commit_all, git, make_repo, set_version
 from runlib import STAND_INS, load, run, write
 
-from mlrunner.gpus import Gpu
-from mlrunner.provenance import Code, code_notes, code_state, git_files, gpu_fields
+from mlrunner.run.gpus import Gpu
+from mlrunner.run.provenance import Code, code_notes, code_state, git_files, gpu_fields
 
 PARAMS = "template: {train: python3 train.py}\nresource: ['']\n---\nseed: [1, 2]\n"
 

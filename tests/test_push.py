@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import sshd
-from mlrunner.executors.ssh.push import changed
+from mlrunner.backends.ssh.push import changed
 from runlib import load, run, write
 
 

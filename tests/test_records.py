@@ -8,7 +8,7 @@ import string
 import pytest
 import yaml
 
-from mlrunner import records
+from mlrunner.run import records
 
 TRICKY = ["yes", "no", "on", "null", "~", "1_000", "0x1f", "1:20", "2026-11-28", "0o17", ".5", "+1", "-",
           "- a", "a b", "a: b", "a #b", "'q'", '"d"', "x\ny", "\t", "", " lead", "trail ", "[1]", "{a: 1}",

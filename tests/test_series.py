@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mlrunner import config, history, html_report
-from mlrunner.charts import axis
+from mlrunner.plan import config
+from mlrunner.view import history, html_report
+from mlrunner.view.charts import axis
 from mlrunner.examine.logs import MAX_POINTS, read_series
 from runlib import environment, load, run, write
 from test_html_report import require_chromium

@@ -20,9 +20,9 @@ import gpulib
 from gpulib import H100
 from runlib import STAND_INS, load, run, start, statuses, write
 
-from mlrunner.executors.claims import ClaimDir
-from mlrunner.gpu_policy import oom_in_log, parse_size
-from mlrunner.gpus import parse_apps_csv, parse_memory_csv
+from mlrunner.backends.claims import ClaimDir
+from mlrunner.run.gpu_policy import oom_in_log, parse_size
+from mlrunner.run.gpus import parse_apps_csv, parse_memory_csv
 
 def _env(tmp_path: Path, state: Path, home: str = "") -> dict:
     env = {"PATH": f"{STAND_INS}:{os.environ['PATH']}", "FAKE_GPU_STATE": str(state),
@@ -282,10 +282,10 @@ def test_G3_a_job_listed_but_not_yet_in_memory_used_hides_no_one_elses_memory(tm
     """memory.used and the process list are two nvidia-smi calls. Seen in benchmarks/packing.py:
     one of our jobs allocated between them (36.5 GiB in the list, not in `used`), the whole of it
     was taken off `used`, another user's 40 GiB looked free and the next job ran out of memory."""
-    from mlrunner.allocator import Allocator, Place
-    from mlrunner.executors.local import LocalExecutor
-    from mlrunner.gpu_policy import parse_policy
-    from mlrunner.gpus import GpuApp, GpuMemory, Snapshot
+    from mlrunner.run.allocator import Allocator, Place
+    from mlrunner.backends.local import LocalExecutor
+    from mlrunner.run.gpu_policy import parse_policy
+    from mlrunner.run.gpus import GpuApp, GpuMemory, Snapshot
 
     policy = parse_policy({"memory": "1GiB", "busy_above": "60GiB"}, ("train",), lambda message, *keys: ValueError(message))
     place = Place(LocalExecutor("0"), ["0"])

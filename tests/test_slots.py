@@ -19,8 +19,9 @@ import yaml
 
 import gpulib
 from cdp import Chromium
-from mlrunner import history, html_report, slots
-from mlrunner.slots import host_of, parse
+from mlrunner.view import history, html_report
+from mlrunner.run import slots
+from mlrunner.run.slots import host_of, parse
 from runlib import load, run, write
 from test_html_report import require_chromium
 

@@ -413,9 +413,9 @@ def test_a_sweep_larger_than_max_array_size_is_split_S1(slurm, tmp_path):
 def test_a_command_killed_by_slurms_own_signal_is_interrupted_not_failed_S4(tmp_path, monkeypatch):
     """Slurm signals every process of a job: when the command dies of it before the runner sees
     its own SIGTERM, the runner records `failed`; the element puts that right. No cluster needed."""
-    from mlrunner import processes
-    from mlrunner.executors.slurm import element
-    from mlrunner.sweep import Task
+    from mlrunner.run import processes
+    from mlrunner.backends.slurm import element
+    from mlrunner.plan.sweep import Task
 
     monkeypatch.setitem(processes.OWNER, "job", "41_3")
     directory = tmp_path / "E"

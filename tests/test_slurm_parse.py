@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlrunner.executors.slurm import queue
-from mlrunner.executors.slurm.settings import Settings, sbatch_argv
+from mlrunner.backends.slurm import queue
+from mlrunner.backends.slurm.settings import Settings, sbatch_argv
 
 SQUEUE = """\
 12_2|PENDING||JobArrayTaskLimit

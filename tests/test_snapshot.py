@@ -19,8 +19,8 @@ from gitrepo import commit_all, git, make_repo, set_version
 from runlib import load, run, start, wait_until, write
 
 from mlrunner.errors import UserError
-from mlrunner.provenance import code_state
-from mlrunner.snapshot import Settings, make
+from mlrunner.run.provenance import code_state
+from mlrunner.run.snapshot import Settings, make
 
 NOBODY = 65534  # `nobody` on Debian and in the CI image
 SWEEP = ("code: snapshot\ntemplate:\n  train: python3 train.py {{gate}}\nresource: ['']\ndefault: {{gate: ''}}\n"

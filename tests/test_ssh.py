@@ -20,7 +20,7 @@ from typing import List
 import pytest
 
 import sshd
-from mlrunner.executors.base import HostLost
+from mlrunner.backends.base import HostLost
 from runlib import REPO, alive, load, run, start, statuses, write
 
 
@@ -361,8 +361,8 @@ def _counts():
 def test_h12_fifty_failed_connects_leak_no_thread_and_no_socket(servers, tmp_path: Path, monkeypatch):
     """Refused at TCP (nothing listens) and refused after the handshake (unknown host key: paramiko's
     transport thread had started), 25 times each."""
-    from mlrunner.executors.ssh import Host, HostError
-    from mlrunner.hosts import HostSpec
+    from mlrunner.backends.ssh import Host, HostError
+    from mlrunner.plan.hosts import HostSpec
     monkeypatch.setenv("HOME", str(sshd.make_home(tmp_path / "home", servers[:1], trust=False)))
     closed_port = sshd.free_port()
     attempts = [HostSpec(servers[0].alias), HostSpec("127.0.0.1", port=closed_port)]
@@ -449,8 +449,8 @@ def test_h7_without_paramiko_hosts_fail_at_once_and_nothing_else_imports_it(tmp_
 @pytest.fixture
 def host(servers, tmp_path: Path, monkeypatch):
     """An open Host to the first server, in this process."""
-    from mlrunner.executors.ssh import Host
-    from mlrunner.hosts import HostSpec
+    from mlrunner.backends.ssh import Host
+    from mlrunner.plan.hosts import HostSpec
     monkeypatch.setenv("HOME", str(sshd.make_home(tmp_path / "home", servers[:1])))
     monkeypatch.chdir(tmp_path)
     opened = Host(HostSpec(servers[0].alias, workdir=str(servers[0].workdir)), False, 2)
@@ -460,7 +460,7 @@ def host(servers, tmp_path: Path, monkeypatch):
 
 
 def test_h8_a_request_past_its_deadline_fails_alone_and_the_host_stays(host, monkeypatch):
-    from mlrunner.executors.ssh import rpc
+    from mlrunner.backends.ssh import rpc
     monkeypatch.setitem(rpc.DEADLINES, "run", 1.0)
     began = time.monotonic()
     with pytest.raises(rpc.RequestFailed, match="no answer to 'run' within 1s"):
@@ -471,7 +471,7 @@ def test_h8_a_request_past_its_deadline_fails_alone_and_the_host_stays(host, mon
 
 
 def test_h8_a_long_request_is_not_silence_but_a_stopped_agent_is(host, servers, monkeypatch):
-    from mlrunner.executors.ssh import rpc
+    from mlrunner.backends.ssh import rpc
     monkeypatch.setattr(rpc, "HEARTBEAT", 0.2)
     monkeypatch.setattr(rpc, "SILENCE", 3.0)
     host.close()

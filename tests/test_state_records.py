@@ -11,9 +11,9 @@ import time
 
 import yaml
 
-from mlrunner import records, state
-from mlrunner.console import FLUSH_INTERVAL, Console
-from mlrunner.state import FINISHED, RUN, Experiment
+from mlrunner.run import records, state
+from mlrunner.run.console import FLUSH_INTERVAL, Console
+from mlrunner.run.state import FINISHED, RUN, Experiment
 
 
 class _Started:
@@ -111,7 +111,7 @@ def test_r3_lines_to_a_file_or_pipe_go_out_in_batches_and_all_by_the_end():
 def test_i3_a_command_never_runs_before_its_running_record_is_written(tmp_path):
     """The shell waits at its first line until the runner has recorded the command; a runner that
     dies in between (its end of the pipe closes) leaves a shell that exits 125, the line not run."""
-    from mlrunner.executors.local import LocalExecutor
+    from mlrunner.backends.local import LocalExecutor
     executor = LocalExecutor("0")
     held = executor.start(f"touch {tmp_path}/ran")
     assert held.wait(0.3) is None and not (tmp_path / "ran").exists()  # waiting for the record

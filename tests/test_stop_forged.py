@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import test_claims_hostile
-from mlrunner.stop import stop as stop_tree  # imported before a child switches user
+from mlrunner.run.stop import stop as stop_tree  # imported before a child switches user
 
 from runlib import environment
 

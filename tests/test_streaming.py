@@ -11,8 +11,8 @@ from pathlib import Path
 
 from runlib import run, statuses, write
 
-from mlrunner import config as config_module
-from mlrunner.sweep import expand
+from mlrunner.plan import config as config_module
+from mlrunner.plan.sweep import expand
 
 BIG = """
     template:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mlrunner import sweep
-from mlrunner.sweep import MAX_NAME_BYTES, Task, experiment_name, key_name, safe_name, value_name
-from mlrunner.template import Template
+from mlrunner.plan import sweep
+from mlrunner.plan.names import MAX_NAME_BYTES, safe_name
+from mlrunner.plan.sweep import Task, experiment_name, key_name, value_name
+from mlrunner.plan.template import Template
 
 GOLDEN_059 = Path(__file__).parent / "data" / "mlrunner-0.5.9"
 

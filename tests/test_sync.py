@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import sshd
-from mlrunner import sync
+from mlrunner.backends import sync
 
 
 @pytest.mark.parametrize("row, why", [
@@ -85,8 +85,8 @@ def host(tmp_path_factory, tmp_path, monkeypatch):
     server, = sshd.start_servers(1, tmp_path_factory, prefix="sync", env={"TMPDIR": str(scratch)})
     server.scratch = scratch
     monkeypatch.setenv("HOME", str(sshd.make_home(tmp_path / "home", [server])))
-    from mlrunner.executors.ssh import Host
-    from mlrunner.hosts import HostSpec
+    from mlrunner.backends.ssh import Host
+    from mlrunner.plan.hosts import HostSpec
     connection = Host(HostSpec(server.alias, workdir=str(server.workdir), exclude=["*.pt"]), False, 2)
     connection.connect()
     yield server, connection

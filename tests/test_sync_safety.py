@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import sshd
-from mlrunner import sync
+from mlrunner.backends import sync
 from runlib import environment, load, start, write
 
 BIG = 96 << 20  # bytes: an output whose copy takes long enough to be cut in the middle
@@ -55,8 +55,8 @@ def test_h5_a_copy_that_breaks_while_the_host_stays_is_tried_again_on_a_new_chan
                                                                                      monkeypatch):
     """The SFTP channel breaks (closed under the copy) but the connection lives: the pull raises, the
     host stays up, and the next pull, on a new SFTP channel, brings the file."""
-    from mlrunner.executors.ssh import Host
-    from mlrunner.hosts import HostSpec
+    from mlrunner.backends.ssh import Host
+    from mlrunner.plan.hosts import HostSpec
     monkeypatch.setenv("HOME", str(sshd.make_home(tmp_path / "home", [server])))
     monkeypatch.chdir(tmp_path)
     (Path(server.workdir) / "output" / "E").mkdir(parents=True)
@@ -77,8 +77,8 @@ def test_h5_a_copy_that_breaks_while_the_host_stays_is_tried_again_on_a_new_chan
 def test_h8_replies_of_the_wrong_shape_are_one_line_errors_not_tracebacks(server, tmp_path: Path, monkeypatch):
     """Replies patched at the protocol boundary: a `run` without status (the GPU poller's
     nvidia-smi) is a failed query, a `mkdir` without path fails the connect with one HostError."""
-    from mlrunner.executors.ssh import Host, HostError, rpc
-    from mlrunner.hosts import HostSpec
+    from mlrunner.backends.ssh import Host, HostError, rpc
+    from mlrunner.plan.hosts import HostSpec
     monkeypatch.setenv("HOME", str(sshd.make_home(tmp_path / "home", [server])))
     monkeypatch.chdir(tmp_path)
     real = rpc.Rpc.request
@@ -101,7 +101,7 @@ def test_h8_replies_of_the_wrong_shape_are_one_line_errors_not_tracebacks(server
 def test_h8_paramiko_tracebacks_are_one_line_with_the_host(capsys):
     """paramiko logs a traceback line by line, and a thread of its may die: one stderr line each."""
     import paramiko
-    from mlrunner.executors.ssh import login
+    from mlrunner.backends.ssh import login
     login.quiet_paramiko()
     logger = logging.getLogger(login.LOG_CHANNEL + "gpu7")
     logger.error("Exception: Server connection dropped")
@@ -124,7 +124,7 @@ def test_h8_paramiko_tracebacks_are_one_line_with_the_host(capsys):
     (b'{"id": 4, "exit": "0"}', "exit status"),
 ])
 def test_h8_a_line_that_is_not_a_protocol_message_makes_the_host_faulty(line, why):
-    from mlrunner.executors.ssh import rpc
+    from mlrunner.backends.ssh import rpc
     with pytest.raises(rpc.Faulty, match=why):
         rpc.parse(line)
     assert rpc.parse(b'{"id": 4, "exit": null}') == {"id": 4, "exit": None}

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from mlrunner.template import RESERVED, Template, log_name, quote, shell_line
+from mlrunner.plan.template import RESERVED, Template, log_name, quote, shell_line
 
 
 def render(text: str, **values) -> str:
@@ -218,7 +218,7 @@ def test_I6_doubled_braces_and_brackets_are_literal(tmp_path):
 
 def test_I6_two_runs_in_one_second_never_share_a_log(tmp_path):
     """Both runs claim the log name of the same second; the second gets `<log>.2`."""
-    from mlrunner.state import Experiment
+    from mlrunner.run.state import Experiment
 
     class Started:
         pgid = None

@@ -238,7 +238,7 @@ def test_T5_a_kept_value_change_stays_kept_when_a_later_command_runs(tmp_path: P
 # Small truths ----------------------------------------------------------------------------------
 
 def test_records_only_newline_ends_a_line_so_a_unicode_line_separator_reads_back():
-    from mlrunner import records
+    from mlrunner.run import records
     for value in ("a\u2028b", "a\u2029b", "a\x85b", "a\rb"):
         data = {"name": value, "_scripts": {"train": f"echo {value}"}}
         assert records.loads(records.dumps(data, True)) == data, repr(value)

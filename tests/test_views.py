@@ -103,7 +103,7 @@ def test_T3_T13_status_counts_pending_shows_elapsed_eta_and_the_last_progress_li
 def test_T3_eta_counts_down_between_the_run_records_writings(tmp_path: Path):
     """The run record is rewritten only when its counts change: the ETA it holds is aged by the
     time since, so a --status a minute later does not promise the same minutes again."""
-    from mlrunner.runs import describe
+    from mlrunner.run.runs import describe
     record = tmp_path / ".mlrunner-run.h.1"
     record.write_text("x")
     os.utime(record, (time.time() - 60, time.time() - 60))
@@ -116,7 +116,7 @@ def test_T3_eta_counts_down_between_the_run_records_writings(tmp_path: Path):
 def test_T13_last_line_reads_a_bounded_tail(tmp_path: Path):
     """The last line of a 5 MB log with no newline, read from its last 64 KiB: memory stays small,
     the cut start is marked, escape sequences never reach the terminal."""
-    from mlrunner.status import last_line
+    from mlrunner.view.status import last_line
     log = tmp_path / "log"
     log.write_bytes(b"x" * 5_000_000 + b"\x1b[31mred\x1b[0m end")
     text = last_line(str(log))

@@ -16,7 +16,7 @@ from collections import deque
 from itertools import islice
 from typing import Any, Iterator, List, Optional, Pattern, Tuple
 
-from ..early_stop.watch import LINE_LIMIT, number
+from ..run.early_stop.watch import LINE_LIMIT, number
 
 CHUNK = 1 << 20  # bytes read at a time
 MAX_POINTS = 500  # of one series: a chart is a few hundred pixels wide

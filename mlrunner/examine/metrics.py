@@ -18,10 +18,10 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Pattern, Tuple, Union
 
 import yaml
 
-from .. import records, state
-from ..index import Index, signature
-from ..provenance import recorded
-from .examiner import Examiner, Experiment, experiment_names, latest_log
+from ..run import records, state
+from ..run.index import Index, signature
+from ..run.provenance import recorded
+from .parsers import Experiment, ParserRunner, experiment_names, latest_log
 from .logs import last_match
 from .tree import Tree
 
@@ -187,7 +187,7 @@ def examined(output: str, metrics: Mapping[str, Mapping[str, str]], *, regex: st
     can be redirected as it is."""
     compiled = compile_metrics(metrics)
     rows = _IndexedRows(output, compiled, tree)
-    examiner = Examiner()
+    examiner = ParserRunner()
     examiner.add(rows.parse)
     todo = []
     names = experiment_names(output, regex)

@@ -16,9 +16,10 @@ import statistics
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..options import Options
 from ..errors import EXIT_OK, UserError
-from ..provenance import COLUMNS
-from .examiner import Experiment, varying_params
+from ..run.provenance import COLUMNS
+from .parsers import Experiment, varying_params
 from .metrics import GPU_MIB, compile_metrics, examined
 from .tree import Tree
 
@@ -188,14 +189,14 @@ def examine_table(output: str, metrics: Mapping[str, Mapping[str, str]], fmt: st
     return render(headers, rows, fmt)
 
 
-def print_examine(args: Any) -> int:
+def print_examine(args: Options) -> int:
     """`--examine` with `--sort`, `--best`, `--mean-over` and `--format` (T4, T12)."""
-    from ..origin import resolve
+    from ..plan.origin import resolve
     if not os.path.isdir(args.output):
         raise UserError(f"no output directory '{args.output}' (name another with -o)")
     sources = resolve(args)
     if args.yaml is not None and not os.path.exists(args.yaml):
-        from ..config import load
+        from ..plan.config import load
         load(args.yaml)  # the usual one line: file not found
     tree = Tree(args.output, sources, args.command, args.max_tasks)
     metrics = tree.metrics(steps=True)

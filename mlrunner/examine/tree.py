@@ -12,10 +12,10 @@ import hashlib
 import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..config import Config, load, select_sweeps
+from ..plan.config import Config, load, select_sweeps
 from ..errors import UserError
-from ..origin import Source
-from ..sweep import same_value
+from ..plan.origin import Source
+from ..plan.sweep import same_value
 
 
 class Tree:
@@ -74,7 +74,7 @@ class Tree:
     def changed(self, name: str, param: Dict[str, Any], stat: Dict[str, Any]) -> List[str]:
         """The finished commands of experiment `name` whose config changed (I2), from its records
         as the caller read them; the plan is made at the first call, only when one is needed."""
-        from ..resume import changes
+        from ..plan.resume import changes
         if self._tasks is None:
             self._tasks = self._plan()
         found = self._tasks.get(name)
@@ -82,7 +82,7 @@ class Tree:
 
     def _plan(self) -> Dict[str, Tuple[Any, Dict[str, Any]]]:
         """name -> (task, templates) of every experiment the configs make."""
-        from ..sweep import expand
+        from ..plan.sweep import expand
         tasks: Dict[str, Tuple[Any, Dict[str, Any]]] = {}
         for source, config in self.configs:
             try:

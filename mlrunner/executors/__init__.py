@@ -1,1 +1,0 @@
-"""Where commands run. `base` holds the interface and the one process loop; `local` runs here."""
