@@ -1,6 +1,6 @@
 """Read a growing log incrementally into (step, value) pairs (SPEC A1).
 
-It also runs on a remote host, inside the agent (executors/agent.py), to read a log where it is
+It also runs on a remote host, inside the agent (backends/agent.py), to read a log where it is
 written: Python >= 3.6, standard library only, no relative import.
 
 Only new bytes are read at each poll; a line is cut at `LINE_LIMIT` bytes, so memory stays bounded
