@@ -36,4 +36,4 @@ if ! python3 -c "import mlrunner, pytest, paramiko, pandas, yaml, sys; sys.exit(
      2> /dev/null || ! command -v hadolint > /dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 fi
-exec python3 -m pytest -q "$@"
+exec python3 -m pytest -q --durations=15 "$@"  # the slowest tests named: the suite must stay well under 10 minutes
