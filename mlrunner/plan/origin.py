@@ -102,18 +102,13 @@ def repeat(args: Options, *flags: str, config: bool = True) -> str:
     return " ".join(words + list(flags))
 
 
-def metrics_of(sources: List[Source], missing_ok: bool = False, steps: bool = False) -> Dict[str, Dict[str, str]]:
+def metrics_of(sources: List[Source], missing_ok: bool = False) -> Dict[str, Dict[str, str]]:
     """The `metric:` entries of the sources; a config with a mistake is the usual one-line error.
-    `missing_ok`: a source that is not there adds none (`--report` draws the records alone).
-    `steps`: with `early_stop:`, a `step` column, the last step each experiment printed (A2)."""
+    `missing_ok`: a source that is not there adds none (`--report` draws the records alone)."""
     from . import config as config_module
     metrics: Dict[str, Dict[str, str]] = {}
     for source in sources:
         if missing_ok and not os.path.exists(source.path):
             continue
-        config = config_module.load(source.path)
-        metrics.update(config.metrics)
-        rule = config.early_stop
-        if steps and rule is not None and "step" not in metrics:
-            metrics["step"] = {"command": rule.command, "regex": rule.step_re.pattern}
+        metrics.update(config_module.load(source.path).metrics)
     return metrics
